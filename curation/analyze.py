@@ -1,0 +1,190 @@
+"""One decode pass per video: shot boundaries and per-sample scores, then scores per candidate clip.
+
+Memory stays flat whatever the video's length: frames are dropped as soon as they are scored;
+only one float per frame (its time) and one small dict per sampled frame are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from curation.config import AnalysisConfig, SplitConfig
+from curation.decode import iter_frames, motion_vectors, small_bgr, small_gray, step_for
+from curation.probe import ProbeInfo
+from curation.scores import blur, exposure, letterbox, motion, phash, text
+from curation.shots import Candidate, ShotDetector, candidates, merge_hint_cuts
+from curation.sources.base import SplitHint
+
+# Detection runs on every frame, so it gets the smallest frames that still find cuts: on the
+# shared real videos 72-144 px short sides give identical cuts and 96 costs 3x less than 144.
+DETECT_SHORT_SIDE = 96
+# Codec motion vectors (fraction of diagonal per frame) are trusted between these bounds and
+# confirmed by optical flow outside them: below, they cannot tell a still shot from slow
+# low-texture motion; above, encoders' limited search ranges make them underestimate (x264's
+# fast presets search +-16 px), which would hide shaky footage.
+FLOW_CONFIRM_BELOW = 0.002
+FLOW_CONFIRM_ABOVE = 0.01
+
+
+@dataclass
+class Sample:
+    index: int
+    scores: dict[str, float]
+    borders: tuple[int, int, int, int]
+    phash: int
+
+
+@dataclass
+class VideoAnalysis:
+    n_frames: int
+    duration_s: float
+    fps_measured: float
+    fps_variable: bool
+    cuts: list[int]
+    times: np.ndarray
+    samples: list[Sample] = field(default_factory=list)
+    analysis_size: tuple[int, int] = (0, 0)  # (height, width) of scored frames
+
+
+def _sample_scores(
+    gray: np.ndarray, prev_gray: np.ndarray | None, mv: float | None, cfg: AnalysisConfig
+) -> tuple[dict[str, float], tuple[int, int, int, int]]:
+    borders = letterbox.frame_borders(gray)
+    s: dict[str, float] = dict(exposure.frame_exposure(gray))
+    s["sharpness"] = blur.frame_sharpness(gray, borders)
+    s["text_fraction"] = text.frame_text_fraction(gray)
+    want_flow = cfg.flow == "always" or (
+        cfg.flow == "auto" and (mv is None or not FLOW_CONFIRM_BELOW <= mv <= FLOW_CONFIRM_ABOVE)
+    )
+    if mv is not None:
+        s["motion_mv"] = mv
+    if want_flow and prev_gray is not None and cfg.flow != "never":
+        f = motion.flow_magnitude(prev_gray, gray, cfg.flow_size)
+        s.update(f)
+        s["motion"] = f["flow_mean"]
+    elif mv is not None:
+        s["motion"] = mv
+    return s, borders
+
+
+def analyze_video(
+    path: str, info: ProbeInfo, split: SplitConfig, cfg: AnalysisConfig, hints: list[SplitHint] | None = None
+) -> VideoAnalysis:
+    det = ShotDetector(split, info.fps)
+    det_step = step_for(info.coded_width, info.coded_height, DETECT_SHORT_SIDE)
+    score_step = step_for(info.coded_width, info.coded_height, cfg.short_side)
+    times: list[float] = []
+    samples: list[Sample] = []
+    period = 1.0 / cfg.score_fps
+    next_t = 0.0
+    prev = None
+    size = (0, 0)
+    for index, t, frame in iter_frames(path, info.stream_index, cfg.flow != "always", cfg.decode_threads):
+        times.append(t)
+        det.process(index, small_bgr(frame, det_step, info.rotation))
+        if t + 1e-6 >= next_t and prev is not None:
+            # Sample at the second frame of a consecutive pair so flow sees one frame interval.
+            gray = small_gray(frame, score_step, info.rotation)
+            prev_gray = small_gray(prev, score_step, info.rotation)
+            mvs = motion_vectors(frame)
+            mv = None if mvs is None else motion.mv_magnitude(mvs, frame.width, frame.height)
+            scores, borders = _sample_scores(gray, prev_gray, mv, cfg)
+            samples.append(Sample(index, scores, borders, phash.phash64(gray)))
+            size = gray.shape[:2]
+            next_t = (math.floor(t / period) + 1) * period
+        prev = frame
+    n = len(times)
+    if n == 0:
+        raise ValueError("no frame could be decoded")
+    tarr = np.asarray(times, dtype=np.float64)
+    diffs = np.diff(tarr)
+    frame_dur = float(np.median(diffs)) if n > 1 else 1.0 / info.fps
+    variable = bool(n > 2 and frame_dur > 0 and np.std(diffs) / frame_dur > 0.05)
+    cuts = det.finish()
+    if split.use_scene_hints and hints:
+        hint_frames = [int(np.searchsorted(tarr, h.start)) for h in hints if h.unit == "s"]
+        hint_frames += [int(np.searchsorted(tarr, h.end)) for h in hints if h.unit == "s"]
+        cuts = merge_hint_cuts(cuts, hint_frames, max(1, round(split.min_scene_len_s * info.fps)), n)
+    duration = float(tarr[-1] + frame_dur)
+    return VideoAnalysis(
+        n_frames=n,
+        duration_s=duration,
+        fps_measured=(n / duration) if duration > 0 else info.fps,
+        fps_variable=variable or info.fps_variable,
+        cuts=cuts,
+        times=tarr,
+        samples=samples,
+        analysis_size=size,
+    )
+
+
+def _agg(values: list[float], fn: str) -> float | None:
+    if not values:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    if fn == "mean":
+        return float(a.mean())
+    if fn == "median":
+        return float(np.median(a))
+    if fn == "max":
+        return float(a.max())
+    if fn == "p75":
+        return float(np.percentile(a, 75))
+    raise ValueError(fn)
+
+
+N_PHASHES = 3
+
+
+def clip_scores(c: Candidate, a: VideoAnalysis) -> dict[str, Any]:
+    """Scores of one candidate clip from the samples inside it; None where it has no sample."""
+    inside = [s for s in a.samples if c.start <= s.index < c.end]
+    frame_dur = a.duration_s / a.n_frames
+    start_s = float(a.times[c.start])
+    end_s = float(a.times[c.end - 1] + frame_dur)
+
+    def vals(key: str) -> list[float]:
+        return [s.scores[key] for s in inside if key in s.scores]
+
+    out: dict[str, Any] = {
+        "start_frame": c.start,
+        "end_frame": c.end,
+        "start_s": start_s,
+        "end_s": end_s,
+        "duration_s": end_s - start_s,
+        "n_frames": c.end - c.start,
+        "shot_index": c.shot,
+        "window_index": c.window,
+        "n_samples": len(inside),
+        "motion": _agg(vals("motion"), "mean"),
+        "motion_mv": _agg(vals("motion_mv"), "mean"),
+        "motion_flow": _agg(vals("flow_mean"), "mean"),
+        "motion_p90": _agg(vals("flow_p90"), "max"),
+        "camera_pan": _agg(vals("flow_global"), "mean"),
+        "flow_share": (len(vals("flow_mean")) / len(inside)) if inside else None,
+        "luma_mean": _agg(vals("luma_mean"), "median"),
+        "luma_std": _agg(vals("luma_std"), "median"),
+        "dark_fraction": _agg(vals("dark_fraction"), "mean"),
+        "bright_fraction": _agg(vals("bright_fraction"), "mean"),
+        "sharpness": _agg(vals("sharpness"), "median"),
+        "text_fraction": _agg(vals("text_fraction"), "p75"),
+        "text_fraction_max": _agg(vals("text_fraction"), "max"),
+    }
+    h, w = a.analysis_size
+    if inside and h and w:
+        out.update(letterbox.aggregate_crop([s.borders for s in inside], h, w))
+        picks = [inside[min(len(inside) - 1, int(len(inside) * q))] for q in (0.25, 0.5, 0.75)]
+        out["phashes"] = [p.phash for p in picks]
+    else:
+        out.update({"crop_top": 0.0, "crop_bottom": 0.0, "crop_left": 0.0, "crop_right": 0.0})
+        out["border_fraction"] = 0.0
+        out["phashes"] = []
+    return out
+
+
+def analyze_clips(a: VideoAnalysis, split: SplitConfig) -> list[dict[str, Any]]:
+    return [clip_scores(c, a) for c in candidates(a.cuts, a.times, split)]

@@ -1,0 +1,136 @@
+"""Typed configuration of the curation job; one YAML file, unknown keys are errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Strict):
+    """Shot detection with PySceneDetect, then windows of bounded length."""
+
+    detector: Literal["adaptive", "content"] = "adaptive"
+    adaptive_threshold: float = Field(3.0, gt=0, description="AdaptiveDetector ratio threshold")
+    min_content_val: float = Field(15.0, ge=0, description="AdaptiveDetector minimum content score")
+    content_threshold: float = Field(27.0, gt=0, description="ContentDetector threshold")
+    min_scene_len_s: float = Field(0.5, ge=0, description="no two cuts closer than this")
+    min_clip_s: float = Field(2.0, gt=0)
+    max_clip_s: float = Field(10.0, gt=0)
+    trim_frames: int = Field(2, ge=0, description="frames dropped after and before each cut (transitions)")
+    use_scene_hints: bool = Field(True, description="add source-annotated scene boundaries (seconds) as cuts")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SplitConfig:
+        if self.max_clip_s < self.min_clip_s:
+            raise ValueError("max_clip_s must be >= min_clip_s")
+        return self
+
+
+class AnalysisConfig(_Strict):
+    """The single downscaled decode pass that feeds shot detection and every score."""
+
+    short_side: int = Field(144, ge=32, le=720, description="approximate short side of analysis frames")
+    score_fps: float = Field(2.0, gt=0, description="scores are computed on frames sampled at this rate")
+    flow: Literal["auto", "always", "never"] = Field(
+        "auto", description="optical flow: auto = only where codec motion vectors are missing or ambiguous"
+    )
+    flow_size: int = Field(128, ge=32)
+    decode_threads: int = Field(0, ge=0, description="0 = FFmpeg's choice")
+    timeout_s: float = Field(1800.0, gt=0, description="a video whose analysis exceeds this is an error")
+
+
+class FilterConfig(_Strict):
+    """Thresholds: a verdict per score. Changing these re-decides from stored scores, no decoding."""
+
+    min_short_side: int = Field(240, ge=1)
+    min_aspect: float = Field(0.4, gt=0, description="width/height after crop")
+    max_aspect: float = Field(2.5, gt=0)
+    static_motion_max: float = Field(0.0008, ge=0, description="mean motion, fraction of diagonal per frame")
+    shaky_motion_min: float = Field(0.05, gt=0)
+    black_luma_max: float = Field(12.0, ge=0, description="clip median luma below this is black")
+    dark_luma_max: float = Field(35.0, ge=0, description="clip median luma below this is too dark")
+    washed_luma_min: float = Field(200.0, ge=0, description="bright and ...")
+    washed_std_max: float = Field(25.0, ge=0, description="... flat: washed out")
+    blur_min: float = Field(40.0, ge=0, description="median Laplacian variance below this is blurry")
+    border_fraction_max: float = Field(
+        0.5, ge=0, le=1, description="letterbox is cropped later; reject only above this share of area"
+    )
+    text_fraction_max: float = Field(0.03, ge=0, le=1, description="burnt-in text share of frame area")
+    dedup_max_distance: int = Field(6, ge=0, le=64, description="phash Hamming distance of near-duplicates")
+
+
+class ExtractConfig(_Strict):
+    codec: str = "libx264"
+    crf: int = Field(18, ge=0, le=51)
+    preset: str = "veryfast"
+    max_short_side: int = Field(1080, ge=64, description="larger clips are downscaled when written")
+    threads: int = Field(1, ge=0, description="x264 threads; fixed so outputs are byte-identical on rerun")
+
+
+class RunnerConfig(_Strict):
+    max_in_flight: int = Field(0, ge=0, description="videos in flight; 0 = 2 x cluster CPUs")
+    num_cpus_per_video: float = Field(1.0, gt=0)
+    progress: bool = True
+
+
+class CurateConfig(_Strict):
+    version: Literal[1] = 1
+    split: SplitConfig = SplitConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    filters: FilterConfig = FilterConfig()
+    extract: ExtractConfig = ExtractConfig()
+    runner: RunnerConfig = RunnerConfig()
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections: scores depend on split+analysis, decisions on filters too."""
+        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def analysis_hash(self) -> str:
+        return self.section_hash("split", "analysis")
+
+    @property
+    def decision_hash(self) -> str:
+        return self.section_hash("split", "analysis", "filters", "extract")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, origin: str = "<dict>") -> CurateConfig:
+    try:
+        return CurateConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin)) from None
+
+
+def load_config(path: str | Path | None) -> CurateConfig:
+    """Load a curate YAML (the whole file, or its `curate:` section); None gives the defaults."""
+    if path is None:
+        return CurateConfig()
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {path}: top level must be a mapping")
+    if "curate" in data:
+        data = data["curate"]
+    return parse_config(data, str(path))

@@ -1,0 +1,134 @@
+"""The analysis decode pass: every frame once, downscaled cheaply, with the codec's motion vectors.
+
+Downscaling uses strided views of the decoded planes instead of swscale: on 480p-720p H.264 a
+swscale conversion to a small BGR frame costs 30-75% of the decode itself, strided views cost
+next to nothing, and shot detection and the scores do not need anti-aliased pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import av
+import cv2
+import numpy as np
+
+_PLANAR_BITS = {
+    "yuv420p": 8,
+    "yuvj420p": 8,
+    "yuv422p": 8,
+    "yuvj422p": 8,
+    "yuv444p": 8,
+    "yuvj444p": 8,
+    "yuv420p10le": 10,
+    "yuv422p10le": 10,
+    "yuv444p10le": 10,
+}
+
+
+def _plane(frame: av.VideoFrame, i: int, bits: int) -> np.ndarray:
+    p = frame.planes[i]
+    if bits == 8:
+        return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+    return np.frombuffer(p, np.uint16).reshape(p.height, p.line_size // 2)[:, : p.width]
+
+
+def _sub(plane: np.ndarray, sy: int, sx: int, step: int, shape: tuple[int, int]) -> np.ndarray:
+    """Chroma samples at the luma positions kept by `step`."""
+    if step % sy == 0 and step % sx == 0:
+        out = plane[:: step // sy, :: step // sx]
+    else:
+        rows = np.minimum(np.arange(shape[0]) * step // sy, plane.shape[0] - 1)
+        cols = np.minimum(np.arange(shape[1]) * step // sx, plane.shape[1] - 1)
+        out = plane[rows][:, cols]
+    return out[: shape[0], : shape[1]]
+
+
+def small_bgr(frame: av.VideoFrame, step: int, rotation: int = 0) -> np.ndarray:
+    """The frame shrunk by an integer step, as contiguous BGR uint8 with the display rotation applied."""
+    bits = _PLANAR_BITS.get(frame.format.name)
+    if bits is None:
+        img = frame.reformat(
+            width=max(2, frame.width // step), height=max(2, frame.height // step), format="bgr24"
+        ).to_ndarray()
+    else:
+        y = _plane(frame, 0, bits)[::step, ::step]
+        u_full, v_full = _plane(frame, 1, bits), _plane(frame, 2, bits)
+        sy = max(1, round(frame.height / u_full.shape[0]))
+        sx = max(1, round(frame.width / u_full.shape[1]))
+        u = _sub(u_full, sy, sx, step, y.shape)
+        v = _sub(v_full, sy, sx, step, y.shape)
+        yuv = np.dstack([y, u, v])
+        if bits != 8:
+            yuv = (yuv >> (bits - 8)).astype(np.uint8)
+        img = cv2.cvtColor(np.ascontiguousarray(yuv), cv2.COLOR_YUV2BGR)
+    return rotate(img, rotation)
+
+
+def small_gray(frame: av.VideoFrame, step: int, rotation: int = 0) -> np.ndarray:
+    """Luma shrunk by an integer step (no colour conversion: every score works on luma)."""
+    bits = _PLANAR_BITS.get(frame.format.name)
+    if bits is None:
+        img = frame.reformat(
+            width=max(2, frame.width // step), height=max(2, frame.height // step), format="gray"
+        ).to_ndarray()
+    else:
+        y = _plane(frame, 0, bits)[::step, ::step]
+        img = np.ascontiguousarray(y if bits == 8 else (y >> (bits - 8)).astype(np.uint8))
+    return rotate(img, rotation)
+
+
+def rotate(img: np.ndarray, rotation: int) -> np.ndarray:
+    r = rotation % 360
+    if r == 90:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    if r == 270:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if r == 180:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    return img
+
+
+def step_for(width: int, height: int, short_side: int) -> int:
+    """Integer shrink step; even when possible so 4:2:0 chroma stays a plain strided view."""
+    step = max(1, min(width, height) // short_side)
+    return step - 1 if step > 2 and step % 2 else step
+
+
+def motion_vectors(frame: av.VideoFrame) -> np.ndarray | None:
+    sd = frame.side_data.get("MOTION_VECTORS")
+    return None if sd is None else sd.to_ndarray()
+
+
+def iter_frames(
+    path: str, stream_index: int, export_mvs: bool = True, threads: int = 0
+) -> Iterator[tuple[int, float, av.VideoFrame]]:
+    """(index, seconds from the first frame, frame) for every decodable frame of one stream.
+
+    A corrupt packet costs its own frames, not the video; timestamps come from the stream, so
+    variable-frame-rate files keep their true times.
+    """
+    container = av.open(path)
+    try:
+        stream = container.streams[stream_index]
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = threads
+        if export_mvs:
+            stream.codec_context.options = {"flags2": "+export_mvs"}
+        rate = float(stream.average_rate or 25)
+        index = 0
+        t0: float | None = None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                continue
+            for frame in frames:
+                t = frame.time if frame.time is not None else index / rate
+                if t0 is None:
+                    t0 = t
+                yield index, t - t0, frame
+                index += 1
+    finally:
+        container.close()

@@ -1,0 +1,196 @@
+"""64-bit DCT perceptual hash of frames, and near-duplicate clip grouping by banded (LSH) search.
+
+Hashes are Python ints in the signed int64 range so that they store as-is in an Arrow ``int64`` column;
+:func:`hamming` and :func:`near_duplicates` only look at the 64 bit pattern, so the sign is irrelevant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+# Suggested per-frame Hamming threshold for near-duplicate clips (every compared frame within it).
+# Re-encodes, rescales, mild crops and brightness changes of the same frame typically stay within 0-6 of
+# 64 bits; unrelated frames sit around 32. Keep it <= ~8: the search cost grows as (d+1)^2 band tables.
+DUP_MAX_DISTANCE = 6
+
+
+def phash64(gray: np.ndarray) -> int:
+    """64-bit perceptual hash of a uint8 grayscale frame, as a signed int64 Python int.
+
+    Classic pHash: resize to 32x32 (area averaging), 2-D DCT, keep the 8x8 lowest frequencies, and set
+    each bit where the coefficient is above the median of the 63 AC coefficients. The DC coefficient
+    (mean brightness) is left out of the median and its bit is always 0, so a uniform brightness shift
+    does not change the hash: 63 informative bits. Bit ``8*row + col`` holds coefficient (row, col).
+    """
+    small = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:8, :8].ravel()
+    median = float(np.median(low[1:]))
+    bits = low > median
+    bits[0] = False
+    value = int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits between two 64-bit hashes (signed or unsigned ints)."""
+    return bin((a ^ b) & _MASK64).count("1")
+
+
+if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+
+    def _popcount(x: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(x).astype(np.int64)
+
+else:  # pragma: no cover - numpy 1.x
+    _BYTE_POP = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+    def _popcount(x: np.ndarray) -> np.ndarray:
+        b = np.ascontiguousarray(x).view(np.uint8).reshape(*x.shape, 8)
+        return _BYTE_POP[b].sum(axis=-1)
+
+
+def _bands(n_bands: int) -> list[tuple[int, int]]:
+    """(shift, width) of ``n_bands`` contiguous bit ranges covering the 64 bits as evenly as possible."""
+    n_bands = min(n_bands, 64)
+    edges = np.linspace(0, 64, n_bands + 1).round().astype(int)
+    return [(int(lo), int(hi - lo)) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:  # path compression
+            parent[i], i = root, parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # Keep the smaller index as root: with items sorted by id, the root is the survivor.
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+
+def _same_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i, j), i != j, with ``keys[i] == keys[j]``, without an all-pairs comparison.
+
+    Sort the keys, then pair each sorted position with the one ``t`` places later for t = 1, 2, ...
+    while both still lie in the same run of equal keys; the work is proportional to the number of pairs.
+    """
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    n = sk.size
+    # End (exclusive) of the run of equal keys each sorted position belongs to.
+    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+    run_ends = np.r_[starts[1:], n]
+    ends = np.repeat(run_ends, np.diff(np.r_[starts, n]))
+    pos = np.flatnonzero(ends - np.arange(n) > 1)  # positions with at least one later partner
+    out_a: list[np.ndarray] = []
+    out_b: list[np.ndarray] = []
+    t = 1
+    while pos.size:
+        out_a.append(order[pos])
+        out_b.append(order[pos + t])
+        t += 1
+        pos = pos[ends[pos] - pos > t]
+    if not out_a:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    return np.concatenate(out_a), np.concatenate(out_b)
+
+
+def near_duplicates(items: Sequence[tuple[str, Sequence[int]]], max_distance: int) -> dict[str, str]:
+    """Group near-duplicate clips; return ``{duplicate_clip_id: survivor_clip_id}`` for every losing clip.
+
+    ``items`` are ``(clip_id, hashes)`` with the :func:`phash64` of the same number of frames, taken at
+    the same relative positions, for every clip. Two clips are near-duplicates when EVERY pair of
+    corresponding hashes is within ``max_distance`` bits (stricter than a mean: one very different frame
+    means different content, and it is what makes the exact banded search below possible). Groups are the
+    connected components of that relation (so A~B and B~C puts A, B, C together even if A and C are
+    further apart); the lexicographically smallest clip id of a group survives, so the result does not
+    depend on the input order. Clip ids must be unique.
+
+    Search without comparing all pairs (exact, no missed pairs): split each 64-bit hash into
+    ``max_distance + 1`` bands; by pigeonhole two hashes within ``max_distance`` agree exactly on at
+    least one band. With two or more frames per clip, a candidate key joins one band of the first frame's
+    hash and one band of the last frame's hash ((d+1)^2 tables of ~128/(d+1)-bit keys), which is far more
+    selective than a single ~64/(d+1)-bit band; with one frame, single bands are used. Clips with
+    identical hash lists are merged up front, so large groups of identical frames (black, static slides)
+    do not produce quadratic candidate lists. Candidates are verified on all frames, vectorised.
+    """
+    if not 0 <= max_distance <= 63:
+        raise ValueError("max_distance must be in 0..63")
+    if not items:
+        return {}
+    ids = [cid for cid, _ in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("clip ids must be unique")
+    n_frames = len(items[0][1])
+    if n_frames == 0 or any(len(h) != n_frames for _, h in items):
+        raise ValueError("every clip needs the same, non-zero number of hashes")
+
+    # Sort by id so index order == id order: the union-find root (smallest index) is the survivor.
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    ids = [ids[i] for i in order]
+    hashes = np.array([[h & _MASK64 for h in items[i][1]] for i in order], dtype=np.uint64)
+    uf = _UnionFind(len(ids))
+
+    # Exact duplicates first: union them and keep one representative (the smallest id) for the search.
+    _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    for i, rep in enumerate(first[inverse].tolist()):
+        if rep != i:
+            uf.union(rep, i)
+    reps = np.sort(first)
+    rh = hashes[reps]
+
+    if reps.size > 1 and max_distance > 0:
+        bands = _bands(max_distance + 1)
+        frames = (0, n_frames - 1) if n_frames > 1 else (0,)
+        band_vals = [
+            [(rh[:, f] >> np.uint64(shift)) & np.uint64((1 << width) - 1) for shift, width in bands]
+            for f in frames
+        ]
+        # Generated lazily: one N-sized key array alive at a time.
+        tables = (
+            band_vals[0]
+            if len(frames) == 1
+            else (
+                (a << np.uint64(bands[j][1])) | b
+                for a in band_vals[0]
+                for j, b in enumerate(band_vals[1])
+            )
+        )
+        found: list[np.ndarray] = []
+        for keys in tables:
+            a, b = _same_key_pairs(keys)
+            if a.size == 0:
+                continue
+            dist = _popcount(rh[a] ^ rh[b]).max(axis=1)
+            ok = dist <= max_distance
+            if ok.any():
+                lo = np.minimum(a[ok], b[ok]).astype(np.int64)
+                hi = np.maximum(a[ok], b[ok]).astype(np.int64)
+                found.append(lo * reps.size + hi)
+        if found:
+            for code in np.unique(np.concatenate(found)).tolist():
+                uf.union(int(reps[code // reps.size]), int(reps[code % reps.size]))
+
+    out: dict[str, str] = {}
+    for i, cid in enumerate(ids):
+        root = uf.find(i)
+        if root != i:
+            out[cid] = ids[root]
+    return out

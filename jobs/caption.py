@@ -1,0 +1,160 @@
+"""`vjp caption`: Japanese captions for every kept clip -> OUT/manifests/captions/.
+
+    vjp caption --clips OUT/manifests --backend vllm|openai|transformers [--model ID_OR_PATH]
+                [--config jobs/configs/caption.yaml] [--address RAY_ADDRESS] [--retry-rejected]
+                [--endpoint URL]
+
+Exit status: 0 when every pending caption got a row that is ok or rejected, 1 when some rows are
+errors (rerun to retry them), 2 for bad arguments or config. Runs under .venv-vllm too (no Ray
+there: use --executor local).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "caption.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clips", required=True, help="OUT/manifests (holding the clips/ Parquet dataset)")
+    parser.add_argument("--backend", choices=["vllm", "openai", "transformers"], default="vllm")
+    parser.add_argument("--model", default=None, help="hub id or local dir (overrides model.id)")
+    parser.add_argument("--revision", default=None, help="model revision to pin (overrides model.revision)")
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
+        help="caption YAML config",
+    )
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    parser.add_argument("--retry-rejected", action="store_true", help="also redo captions that were rejected")
+    parser.add_argument(
+        "--endpoint", default=None, help="OpenAI-compatible base URL (overrides openai.endpoint)"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["auto", "ray", "local"],
+        default="auto",
+        help="auto: Ray Data for vllm or when a cluster address is given, local threads otherwise",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="caption at most this many pending clips")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, dotted key, YAML value (repeatable), e.g. --set retry.max_tries=2",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def choose_executor(executor: str, backend: str, address: str | None) -> str:
+    if executor != "auto":
+        return executor
+    return "ray" if backend == "vllm" or address or os.environ.get("RAY_ADDRESS") else "local"
+
+
+def run(args: argparse.Namespace) -> int:
+    from captioning.config import ConfigError, load_config
+    from captioning.manifest import new_run_id, pending_work, read_captions, read_kept_clips, resolve_layout
+
+    overrides = {}
+    try:
+        overrides = parse_overrides(args.overrides)
+        if args.model:
+            overrides["model.id"] = args.model
+        if args.revision:
+            overrides["model.revision"] = args.revision
+        if args.endpoint:
+            overrides["openai.endpoint"] = args.endpoint
+        cfg = load_config(args.config, overrides)
+        out_dir, clips_dir, captions_dir = resolve_layout(args.clips)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"vjp caption: {e}", file=sys.stderr)
+        return 2
+
+    clips = read_kept_clips(clips_dir)
+    work = pending_work(clips, read_captions(captions_dir), cfg.enabled_types(), args.retry_rejected)
+    if args.limit is not None:
+        work = work[: args.limit]
+    executor = choose_executor(args.executor, args.backend, args.address)
+    print(
+        f"vjp caption: {len(clips)} kept clips, {len(work)} to caption "
+        f"({args.backend}, {executor}, model {cfg.model.id}, config {cfg.content_hash()})",
+        file=sys.stderr,
+    )
+    from captioning.runner import RunContext
+
+    ctx = RunContext(
+        backend_name=args.backend,
+        model_id=cfg.model.id,
+        model_revision=cfg.model.revision,
+        run_id=new_run_id(),
+        config_hash=cfg.content_hash(),
+    )
+    if work and executor == "ray":
+        from captioning.ray_runner import ResourceError, run_ray
+
+        try:
+            stats = run_ray(work, args.backend, cfg, ctx, out_dir, captions_dir, args.address)
+        except ResourceError as e:
+            print(f"vjp caption: {e}", file=sys.stderr)
+            return 2
+    elif work:
+        from captioning.backends.base import make_backend
+        from captioning.runner import run_local
+
+        backend = make_backend(args.backend, cfg)
+        batch = cfg.vllm.batch_size if args.backend in ("vllm", "openai") else cfg.transformers.batch_size
+        try:
+            stats = run_local(
+                work, backend, cfg, ctx, out_dir, captions_dir, batch, progress=not args.no_progress
+            )
+        finally:
+            backend.close()
+    else:
+        from captioning.runner import RunStats
+
+        stats = RunStats()
+    result = {
+        "run_id": ctx.run_id,
+        "clips": len(work),
+        "rows": stats.rows,
+        "status": dict(stats.status),
+        "tokens_out": stats.tokens_out,
+        "wall_s": round(stats.wall_s, 2),
+        "captions": str(captions_dir),
+    }
+    print(json.dumps(result, ensure_ascii=False))
+    return 1 if stats.status.get("error") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vjp caption", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    # Make `python jobs/caption.py` work from a checkout without installing the package
+    # (the .venv-vllm case: vLLM's venv gets the code via the path, not pip).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())

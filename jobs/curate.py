@@ -1,0 +1,119 @@
+"""`vjp curate`: sources -> probe -> split -> filter -> clips, with Parquet manifests; resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from curation import __version__
+from curation.config import ConfigError, CurateConfig, load_config
+from curation.pipeline import Layout, _base_row, _error_row, finalize, needs_work, process_video
+from curation.manifest import VIDEO_SCHEMA, write_table_atomic
+from curation.sources import open_source
+from curation.sources.base import VideoItem
+from jobs.runner import init_ray, map_ray, map_threads
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "curate.yaml")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source",
+        required=True,
+        help="pixabay:PATH_OR_URL | finevideo:PATH_OR_URL | files:'GLOB' | sample: (generated videos)",
+    )
+    p.add_argument("--out", required=True, help="output folder (local or a shared file system)")
+    p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    p.add_argument("--address", default=None, help="Ray address; default RAY_ADDRESS or an embedded local Ray")
+    p.add_argument("--runner", choices=["ray", "local"], default="ray", help="local = threads, no Ray")
+    p.add_argument("--limit", type=int, default=0, help="process at most this many videos (0 = all)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+
+
+def _source_spec(spec: str, out: str) -> str:
+    if spec.startswith("sample:"):
+        from curation.synth import write_sample_corpus
+
+        folder = os.path.join(out, "sample_videos")
+        if not os.path.isdir(folder):
+            write_sample_corpus(folder)
+        return f"files:{folder}/*.mp4"
+    return spec
+
+
+def _limited(items: Any, limit: int) -> Any:
+    for i, item in enumerate(items):
+        if limit and i >= limit:
+            return
+        yield item
+
+
+def curate(
+    source: str, out: str, cfg: CurateConfig, runner: str = "ray", address: str | None = None, limit: int = 0
+) -> dict[str, Any]:
+    """The whole job; returns its summary. Safe to rerun: finished videos are skipped."""
+    os.makedirs(out, exist_ok=True)
+    src = open_source(_source_spec(source, out))
+    todo = (it for it in _limited(src.iter_items(), limit) if needs_work(it, out, cfg))
+    if runner == "ray":
+        init_ray(address)
+        results = map_ray(process_video, todo, (out, cfg), cfg.runner.max_in_flight, cfg.runner.num_cpus_per_video)
+    else:
+        results = map_threads(process_video, todo, (out, cfg), cfg.runner.max_in_flight)
+    progress = _progress(cfg.runner.progress)
+    t0 = time.time()
+    for item, row, exc in results:
+        if exc is not None and isinstance(item, VideoItem):
+            # The worker itself died (not a decoder: that is caught in the worker). Record it.
+            row = _error_row(_base_row(item, cfg), "analyze", f"worker failed: {type(exc).__name__}: {exc}")
+            write_table_atomic([row], VIDEO_SCHEMA, Layout(out).video_part(item.video_id))
+        progress(row)
+    summary = finalize(out, cfg)
+    summary.update(
+        elapsed_s=round(time.time() - t0, 2),
+        config_hash=cfg.decision_hash,
+        package_version=__version__,
+        source=source,
+    )
+    with open(os.path.join(out, "manifests", "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    with open(os.path.join(out, "manifests", "config.json"), "w") as f:
+        f.write(cfg.model_dump_json(indent=2))
+    return summary
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return lambda row: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="video", desc="curate", file=sys.stderr, dynamic_ncols=True)
+    counts = {"ok": 0, "error": 0}
+
+    def update(row: dict[str, Any] | None) -> None:
+        if row:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        bar.update(1)
+        bar.set_postfix(counts)
+
+    return update
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIG)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    summary = curate(args.source, args.out, cfg, args.runner, args.address, args.limit)
+    if not args.no_report:
+        from jobs.report import write_report
+
+        summary["report"] = write_report(args.out)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    # Non-zero only when nothing could be read: bad files are recorded, not fatal.
+    return 1 if summary["videos"] and summary["videos_ok"] == 0 else 0

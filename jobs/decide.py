@@ -1,0 +1,31 @@
+"""`vjp decide`: re-decide every clip from stored scores with new thresholds; no frame is decoded.
+
+Clips that become kept and were extracted before are published at once; clips that were never
+extracted are listed, and a rerun of `vjp curate` with the same config extracts only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from curation.config import ConfigError, load_config
+from curation.pipeline import finalize
+from jobs.curate import DEFAULT_CONFIG
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder of a previous `vjp curate`")
+    p.add_argument("--config", default=None, help="YAML with the new thresholds")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIG)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    summary = finalize(args.out, cfg)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,301 @@
+"""Test helpers for captioning: tiny random Qwen2-VL / Qwen2.5-VL models, tiny clips, clip manifests.
+
+No hub access: the models are built from real config classes with tiny sizes, a small byte-level
+BPE tokenizer that carries the Qwen2-VL special tokens and chat template, saved to a directory and
+loaded back through from_pretrained like a real checkpoint. Runs under either venv (.venv or
+.venv-vllm), and as a script: `python tests/caption_fixtures.py model DIR` builds a model there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+_CORPUS = [
+    "海辺の道を赤い車がゆっくり走り、カメラは横から追いかけている。",
+    "都市部の空撮写真です。高層ビルの間を川が流れ、夕日が水面に反射している。",
+    "女性が台所で野菜を切り、鍋に入れてかき混ぜる。固定カメラで撮影された実写映像。",
+    "A red square moves across a blue background while the camera stays still.",
+    "子どもたちが公園で遊んでいる。ズームインして笑顔を映す。アニメ風の色調。",
+    "森の中を流れる小川、木漏れ日、スローモーション、ドローンによる空撮。",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+]
+
+
+def build_tokenizer() -> Any:
+    """A byte-level BPE Qwen2Tokenizer with Qwen2-VL's special tokens and chat template."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import Qwen2Tokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_CORPUS * 4, vocab_size=600, min_frequency=1, show_progress=False)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    # Ids 0.. are the BPE vocab; the special tokens follow, as in Qwen2-VL (151643 onwards).
+    tok = Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        unk_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    tok.add_tokens(SPECIAL_TOKENS, special_tokens=True)
+    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return tok
+
+
+def _token_ids(tok: Any) -> dict[str, int]:
+    return {t: int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}
+
+
+def build_tiny_model(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
+    """Save a tiny random model + processor to out_dir (about 2-3 MB) and return the path.
+
+    Text tower head_dim 64 (hidden 256, 4 heads): vLLM's CPU attention kernels reject head_dim 16.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    ids = _token_ids(tok)
+    vocab = ((len(tok) + 63) // 64) * 64
+    text = {
+        "vocab_size": vocab,
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    if family == "qwen2_vl":
+        from transformers import (
+            Qwen2VLConfig,
+            Qwen2VLForConditionalGeneration,
+            Qwen2VLImageProcessor,
+            Qwen2VLProcessor,
+            Qwen2VLVideoProcessor,
+        )
+
+        vision = {"depth": 2, "embed_dim": 128, "hidden_size": 256, "num_heads": 2, "mlp_ratio": 2}
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+        model = Qwen2VLForConditionalGeneration(config)
+        processor = Qwen2VLProcessor(
+            image_processor=Qwen2VLImageProcessor(),
+            video_processor=Qwen2VLVideoProcessor(),
+            tokenizer=tok,
+            chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        )
+    elif family == "qwen2_5_vl":
+        from transformers import (
+            Qwen2_5_VLConfig,
+            Qwen2_5_VLForConditionalGeneration,
+            Qwen2_5_VLProcessor,
+            Qwen2VLImageProcessor,
+            Qwen2VLVideoProcessor,
+        )
+
+        vision = {
+            "depth": 2,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_heads": 2,
+            "out_hidden_size": 256,
+            "fullatt_block_indexes": [1],
+            "window_size": 112,
+        }
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        processor = Qwen2_5_VLProcessor(
+            image_processor=Qwen2VLImageProcessor(),
+            video_processor=Qwen2VLVideoProcessor(),
+            tokenizer=tok,
+            chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        )
+    else:
+        raise ValueError(family)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"]
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_clip(path: str | Path, *, size: int = 112, frames: int = 16, fps: int = 8, color: int = 0) -> Path:
+    """A tiny H.264 mp4: a coloured square moving over a plain background."""
+    import av
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    palette = [(220, 40, 40), (40, 180, 60), (40, 80, 220), (230, 200, 40)]
+    fg = np.array(palette[color % len(palette)], dtype=np.uint8)
+    bg = np.array(palette[(color + 2) % len(palette)], dtype=np.uint8) // 3
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        side = size // 4
+        for i in range(frames):
+            img = np.empty((size, size, 3), dtype=np.uint8)
+            img[:] = bg
+            x = int((size - side) * i / max(frames - 1, 1))
+            img[size // 3 : size // 3 + side, x : x + side] = fg
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_clip_manifest(out: str | Path, clips: list[dict[str, Any]], part: str = "part-000000") -> Path:
+    """Write OUT/manifests/clips/<part>.parquet with curation's clip columns.
+
+    Each dict needs clip_id; the rest defaults to a kept Pixabay clip at clips/<clip_id>.mp4.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    rows = []
+    for c in clips:
+        kept = c.get("status", "kept") == "kept"
+        rows.append(
+            {
+                "clip_id": c["clip_id"],
+                "video_id": c.get("video_id", c["clip_id"].split("_")[0]),
+                "source": c.get("source", "pixabay"),
+                "status": c.get("status", "kept"),
+                "clip_path": c.get("clip_path", f"clips/{c['clip_id']}.mp4" if kept else None),
+                "start_s": float(c.get("start_s", 0.0)),
+                "end_s": float(c.get("end_s", 2.0)),
+                "fps": float(c.get("fps", 8.0)),
+                "width": int(c.get("width", 112)),
+                "height": int(c.get("height", 112)),
+                "source_caption": c.get("source_caption"),
+                "source_meta": c.get("source_meta", json.dumps({})),
+            }
+        )
+    schema = pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("video_id", pa.string()),
+            ("source", pa.string()),
+            ("status", pa.string()),
+            ("clip_path", pa.string()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("fps", pa.float64()),
+            ("width", pa.int64()),
+            ("height", pa.int64()),
+            ("source_caption", pa.string()),
+            ("source_meta", pa.string()),
+        ]
+    )
+    d = out / "manifests" / "clips"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{part}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def make_dataset(out: str | Path, n_kept: int = 2, *, corrupt: bool = False, rejected: bool = True) -> Path:
+    """OUT with n_kept real clips (+ one corrupt kept clip, + one rejected row) and their manifest."""
+    out = Path(out)
+    clips: list[dict[str, Any]] = []
+    for i in range(n_kept):
+        cid = f"pix{i:04d}abcd_0000000_0000016"
+        make_clip(out / "clips" / f"{cid}.mp4", color=i)
+        meta = {"youtube_title": "red square", "youtube_tags": ["test", "square"]} if i % 2 else {}
+        clips.append(
+            {
+                "clip_id": cid,
+                "source": "finevideo" if i % 2 else "pixabay",
+                "source_caption": None if i % 2 else "A coloured square moves to the right.",
+                "source_meta": json.dumps(meta),
+            }
+        )
+    if corrupt:
+        cid = "pixbad0000_0000000_0000016"
+        (out / "clips").mkdir(parents=True, exist_ok=True)
+        (out / "clips" / f"{cid}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+        clips.append({"clip_id": cid})
+    if rejected:
+        clips.append({"clip_id": "pixrej0000_0000000_0000016", "status": "rejected"})
+    make_clip_manifest(out, clips)
+    return out
+
+
+def tiny_frames_config() -> dict[str, Any]:
+    """Frame settings for 112x112 test clips: 4 frames of 112x112, i.e. 32 video tokens."""
+    return {
+        "fps": 2.0,
+        "min_frames": 4,
+        "max_frames": 8,
+        "min_pixels": 56 * 56,
+        "max_pixels": 112 * 112,
+        "total_pixels": 4 * 112 * 112,
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "model":
+        fam = sys.argv[3] if len(sys.argv) > 3 else "qwen2_vl"
+        print(build_tiny_model(sys.argv[2], fam))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "dataset":
+        print(make_dataset(sys.argv[2], n_kept=int(sys.argv[3]) if len(sys.argv) > 3 else 2))
+    else:
+        sys.exit("usage: caption_fixtures.py model DIR [qwen2_vl|qwen2_5_vl] | dataset DIR [N]")

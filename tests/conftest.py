@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from curation.synth import write_sample_corpus
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+
+
+def shared_video(name: str) -> str:
+    path = SHARED_VIDEOS / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared is optional)")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(str(folder))
+    return folder
+
+
+def _audio_only(path: Path) -> None:
+    with av.open(str(path), "w", format="mp4") as out:
+        st = out.add_stream("aac", rate=16000)
+        st.layout = "mono"
+        for i in range(10):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate = 16000
+            f.pts = i * 1024
+            out.mux(st.encode(f))
+        out.mux(st.encode(None))
+
+
+@pytest.fixture(scope="session")
+def bad_dir(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Path:
+    """Files that must each become an error row with a readable reason."""
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "zero.mp4").write_bytes(b"")
+    (folder / "text.mp4").write_text("this is not a video\n" * 50)
+    data = (corpus_dir / "short.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    _audio_only(folder / "audio_only.mp4")
+    # An unknown codec tag: the container opens, no decoder exists for the stream.
+    (folder / "unknown_codec.mp4").write_bytes(data.replace(b"avc1", b"zzzz").replace(b"avcC", b"zzzC"))
+    shutil.copy(corpus_dir / "short.mp4", folder / "good.mp4")
+    return folder
+
+
+def parquet_rows(path: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist() if os.path.exists(path) else []
+
+
