@@ -215,22 +215,28 @@ def read_captions(captions_dir: Path, latest: bool = True) -> pa.Table:
 
 
 def pending_work(
-    clips: list[dict[str, Any]], captions: pa.Table, caption_types: Iterable[str], retry_rejected: bool
+    clips: list[dict[str, Any]],
+    captions: pa.Table,
+    caption_types: Iterable[str],
+    retry_rejected: bool,
+    current_hash: str | None = None,
 ) -> list[dict[str, Any]]:
     """Clips that still need captions, each with `caption_types` = the types to (re)do.
 
     Done = latest row ok (or rejected, unless retry_rejected). Errors and missing types are redone.
+    With current_hash, rows written under another config hash (model, prompts, ...) are redone too.
     """
     done_status = {"ok"} if retry_rejected else {"ok", "rejected"}
     done: set[tuple[str, str]] = set()
     if captions.num_rows:
-        for cid, ctype, st in zip(
+        for cid, ctype, st, h in zip(
             captions.column("clip_id").to_pylist(),
             captions.column("caption_type").to_pylist(),
             captions.column("status").to_pylist(),
+            captions.column("config_hash").to_pylist(),
             strict=True,
         ):
-            if st in done_status:
+            if st in done_status and (current_hash is None or h == current_hash):
                 done.add((cid, ctype))
     types = list(caption_types)
     out = []

@@ -21,7 +21,7 @@ from curation.sources.base import SplitHint
 
 # Detection runs on every frame, so it gets the smallest frames that still find cuts: on the
 # shared real videos 72-144 px short sides give identical cuts and 96 costs 3x less than 144.
-DETECT_SHORT_SIDE = 96
+DETECT_SHORT_SIDE = 64
 # Codec motion vectors (fraction of diagonal per frame) are trusted between these bounds and
 # confirmed by optical flow outside them: below, they cannot tell a still shot from slow
 # low-texture motion; above, encoders' limited search ranges make them underestimate (x264's
@@ -83,7 +83,9 @@ def analyze_video(
     next_t = 0.0
     prev = None
     size = (0, 0)
-    for index, t, frame in iter_frames(path, info.stream_index, cfg.flow != "always", cfg.decode_threads):
+    for index, t, frame in iter_frames(
+        path, info.stream_index, cfg.flow != "always", cfg.decode_threads, cfg.skip_loop_filter
+    ):
         times.append(t)
         det.process(index, small_bgr(frame, det_step, info.rotation))
         if t + 1e-6 >= next_t and prev is not None:

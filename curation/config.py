@@ -45,6 +45,7 @@ class AnalysisConfig(_Strict):
     )
     flow_size: int = Field(128, ge=32)
     decode_threads: int = Field(0, ge=0, description="0 = FFmpeg's choice")
+    skip_loop_filter: bool = Field(True, description="skip deblocking in the analysis decode (faster)")
     timeout_s: float = Field(1800.0, gt=0, description="a video whose analysis exceeds this is an error")
 
 

@@ -32,7 +32,9 @@ def content_size(row: dict[str, Any], width: int, height: int) -> tuple[float, f
     return cw, ch
 
 
-def failing_checks(row: dict[str, Any], width: int, height: int, split: SplitConfig, f: FilterConfig) -> list[str]:
+def failing_checks(
+    row: dict[str, Any], width: int, height: int, split: SplitConfig, f: FilterConfig
+) -> list[str]:
     """Every check the clip fails, in REASONS order (a score that is None fails no check)."""
 
     def lt(key: str, bound: float) -> bool:

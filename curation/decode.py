@@ -90,9 +90,8 @@ def rotate(img: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def step_for(width: int, height: int, short_side: int) -> int:
-    """Integer shrink step; even when possible so 4:2:0 chroma stays a plain strided view."""
-    step = max(1, min(width, height) // short_side)
-    return step - 1 if step > 2 and step % 2 else step
+    """Integer shrink step giving a short side close to `short_side`."""
+    return max(1, round(min(width, height) / short_side))
 
 
 def motion_vectors(frame: av.VideoFrame) -> np.ndarray | None:
@@ -101,12 +100,13 @@ def motion_vectors(frame: av.VideoFrame) -> np.ndarray | None:
 
 
 def iter_frames(
-    path: str, stream_index: int, export_mvs: bool = True, threads: int = 0
+    path: str, stream_index: int, export_mvs: bool = True, threads: int = 0, skip_loop_filter: bool = False
 ) -> Iterator[tuple[int, float, av.VideoFrame]]:
     """(index, seconds from the first frame, frame) for every decodable frame of one stream.
 
     A corrupt packet costs its own frames, not the video; timestamps come from the stream, so
-    variable-frame-rate files keep their true times.
+    variable-frame-rate files keep their true times. `skip_loop_filter` skips the deblocking
+    filter (10-45% of H.264/VP8 decode time here): analysis at 64-144 px does not see its effect.
     """
     container = av.open(path)
     try:
@@ -114,8 +114,12 @@ def iter_frames(
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
+        opts = {}
         if export_mvs:
-            stream.codec_context.options = {"flags2": "+export_mvs"}
+            opts["flags2"] = "+export_mvs"
+        if skip_loop_filter:
+            opts["skip_loop_filter"] = "all"
+        stream.codec_context.options = opts
         rate = float(stream.average_rate or 25)
         index = 0
         t0: float | None = None

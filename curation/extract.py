@@ -78,7 +78,13 @@ def _decode_skipping_errors(
 
 
 def extract_clips(
-    path: str, stream_index: int, rotation: int, fps: float, spans: list[ClipSpan], out_dir: str, cfg: ExtractConfig
+    path: str,
+    stream_index: int,
+    rotation: int,
+    fps: float,
+    spans: list[ClipSpan],
+    out_dir: str,
+    cfg: ExtractConfig,
 ) -> dict[str, int]:
     """Decode each span once from the nearest keyframe and encode it; returns frames written per clip.
 

@@ -33,9 +33,7 @@ def _arrow_type(tp: Any) -> pa.DataType:
 
 
 def arrow_schema(model: type[BaseModel]) -> pa.Schema:
-    return pa.schema(
-        [pa.field(name, _arrow_type(f.annotation)) for name, f in model.model_fields.items()]
-    )
+    return pa.schema([pa.field(name, _arrow_type(f.annotation)) for name, f in model.model_fields.items()])
 
 
 VIDEO_SCHEMA = arrow_schema(VideoRow)
@@ -67,7 +65,9 @@ def read_rows(folder: str, schema: pa.Schema | None = None) -> list[dict[str, An
     if not os.path.isdir(folder):
         return []
     files = sorted(
-        os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".parquet") and not f.startswith(".")
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if f.endswith(".parquet") and not f.startswith(".")
     )
     if not files:
         return []

@@ -29,7 +29,14 @@ from curation.decide import decide_clips, failing_checks
 from curation.extract import ClipSpan, extract_clips
 from curation.ids import clip_id, sha256_file
 from curation.isolate import IsolatedError, run_isolated
-from curation.manifest import CLIP_SCHEMA, SCORES_SCHEMA, VIDEO_SCHEMA, read_one, read_rows, write_table_atomic
+from curation.manifest import (
+    CLIP_SCHEMA,
+    SCORES_SCHEMA,
+    VIDEO_SCHEMA,
+    read_one,
+    read_rows,
+    write_table_atomic,
+)
 from curation.probe import ProbeError, probe
 from curation.sources.base import VideoItem
 
@@ -93,10 +100,18 @@ def _analyze_in_child(path: str, cfg_json: str, hints: list[dict[str, Any]]) -> 
 
 
 def _extract_in_child(
-    path: str, stream_index: int, rotation: int, fps: float, spans: list[dict[str, Any]], out_dir: str, cfg_json: str
+    path: str,
+    stream_index: int,
+    rotation: int,
+    fps: float,
+    spans: list[dict[str, Any]],
+    out_dir: str,
+    cfg_json: str,
 ) -> dict[str, int]:
     cfg = CurateConfig.model_validate_json(cfg_json)
-    return extract_clips(path, stream_index, rotation, fps, [ClipSpan(**s) for s in spans], out_dir, cfg.extract)
+    return extract_clips(
+        path, stream_index, rotation, fps, [ClipSpan(**s) for s in spans], out_dir, cfg.extract
+    )
 
 
 # ---------------------------------------------------------------- per-video unit
@@ -107,7 +122,10 @@ def local_copy(item: VideoItem) -> Iterator[str]:
     """A local file path for the decoder: bytes are spooled, remote files downloaded, local used as is."""
     if item.data is None and item.path is not None:
         fs, p = fsspec.core.url_to_fs(item.path)
-        if getattr(fs, "protocol", None) in ("file", ("file", "local")) or fs.__class__.__name__ == "LocalFileSystem":
+        if (
+            getattr(fs, "protocol", None) in ("file", ("file", "local"))
+            or fs.__class__.__name__ == "LocalFileSystem"
+        ):
             yield p
             return
     suffix = os.path.splitext(item.key.split("::")[-1].split("#")[0])[1] or ".mp4"
@@ -140,7 +158,9 @@ def _error_row(base: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
     return {**base, "status": "error", "error": reason, "error_stage": stage}
 
 
-def _locally_passing(rows: list[dict[str, Any]], video: dict[str, Any], cfg: CurateConfig) -> list[dict[str, Any]]:
+def _locally_passing(
+    rows: list[dict[str, Any]], video: dict[str, Any], cfg: CurateConfig
+) -> list[dict[str, Any]]:
     """Clips that pass every check but deduplication, which needs the whole job."""
     return [r for r in rows if not failing_checks(r, video["width"], video["height"], cfg.split, cfg.filters)]
 
@@ -162,7 +182,9 @@ def needs_work(item: VideoItem, out: str, cfg: CurateConfig) -> bool:
         return True
     if prev[0]["status"] == "error":
         return False
-    return bool(_missing_files(_locally_passing(read_one(layout.scores_part(item.video_id)), prev[0], cfg), layout))
+    return bool(
+        _missing_files(_locally_passing(read_one(layout.scores_part(item.video_id)), prev[0], cfg), layout)
+    )
 
 
 def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any]:

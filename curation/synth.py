@@ -117,7 +117,12 @@ def sample_corpus() -> list[SynthVideo]:
     return [
         SynthVideo(
             "cuts",
-            (Segment("moving", s, 1), Segment("static", s, 2), Segment("dark", s, 3), Segment("letterbox", s, 4)),
+            (
+                Segment("moving", s, 1),
+                Segment("static", s, 2),
+                Segment("dark", s, 3),
+                Segment("letterbox", s, 4),
+            ),
             expected={"0": "kept", "1": "static", "2": "too_dark", "3": "kept"},
         ),
         SynthVideo(

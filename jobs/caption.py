@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--endpoint", default=None, help="OpenAI-compatible base URL (overrides openai.endpoint)"
     )
     parser.add_argument(
+        "--redo-stale",
+        action="store_true",
+        help="also redo captions written under another config hash (new model, prompt, sampling, QA)",
+    )
+    parser.add_argument(
         "--executor",
         choices=["auto", "ray", "local"],
         default="auto",
@@ -92,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     clips = read_kept_clips(clips_dir)
-    work = pending_work(clips, read_captions(captions_dir), cfg.enabled_types(), args.retry_rejected)
+    work = pending_work(
+        clips,
+        read_captions(captions_dir),
+        cfg.enabled_types(),
+        args.retry_rejected,
+        current_hash=cfg.content_hash() if args.redo_stale else None,
+    )
     if args.limit is not None:
         work = work[: args.limit]
     executor = choose_executor(args.executor, args.backend, args.address)

@@ -11,8 +11,8 @@ from typing import Any
 
 from curation import __version__
 from curation.config import ConfigError, CurateConfig, load_config
-from curation.pipeline import Layout, _base_row, _error_row, finalize, needs_work, process_video
 from curation.manifest import VIDEO_SCHEMA, write_table_atomic
+from curation.pipeline import Layout, _base_row, _error_row, finalize, needs_work, process_video
 from curation.sources import open_source
 from curation.sources.base import VideoItem
 from jobs.runner import init_ray, map_ray, map_threads
@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (local or a shared file system)")
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
-    p.add_argument("--address", default=None, help="Ray address; default RAY_ADDRESS or an embedded local Ray")
+    p.add_argument(
+        "--address", default=None, help="Ray address; default RAY_ADDRESS or an embedded local Ray"
+    )
     p.add_argument("--runner", choices=["ray", "local"], default="ray", help="local = threads, no Ray")
     p.add_argument("--limit", type=int, default=0, help="process at most this many videos (0 = all)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -61,7 +63,9 @@ def curate(
     todo = (it for it in _limited(src.iter_items(), limit) if needs_work(it, out, cfg))
     if runner == "ray":
         init_ray(address)
-        results = map_ray(process_video, todo, (out, cfg), cfg.runner.max_in_flight, cfg.runner.num_cpus_per_video)
+        results = map_ray(
+            process_video, todo, (out, cfg), cfg.runner.max_in_flight, cfg.runner.num_cpus_per_video
+        )
     else:
         results = map_threads(process_video, todo, (out, cfg), cfg.runner.max_in_flight)
     progress = _progress(cfg.runner.progress)

@@ -9,6 +9,7 @@ import html
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import av
@@ -16,7 +17,7 @@ import numpy as np
 
 from curation.config import CurateConfig
 from curation.decide import REASONS
-from curation.manifest import CLIP_SCHEMA, VIDEO_SCHEMA, read_one, read_rows
+from curation.manifest import VIDEO_SCHEMA, read_one, read_rows
 from curation.pipeline import Layout
 
 # (score column, threshold fields of FilterConfig drawn on its histogram)
@@ -49,7 +50,7 @@ def _funnel(videos: list[dict[str, Any]], clips: list[dict[str, Any]]) -> str:
 
     remaining = len(clips)
     labels, values = ["candidates"], [remaining]
-    for r in REASONS + ("extract_failed",):
+    for r in (*REASONS, "extract_failed"):
         n = sum(1 for c in clips if c["reason"] == r)
         if n:
             remaining -= n
@@ -115,7 +116,11 @@ def write_report(out: str, max_thumbs: int = 60) -> str:
     videos = read_rows(layout.videos, VIDEO_SCHEMA)
     clips = read_one(layout.clips_manifest) if os.path.exists(layout.clips_manifest) else []
     cfg_path = os.path.join(out, "manifests", "config.json")
-    cfg = CurateConfig.model_validate_json(open(cfg_path).read()) if os.path.exists(cfg_path) else CurateConfig()
+    cfg = (
+        CurateConfig.model_validate_json(Path(cfg_path).read_text())
+        if os.path.exists(cfg_path)
+        else CurateConfig()
+    )
     captions = _captions(out)
     rng = np.random.default_rng(0)
     cards = []
@@ -140,7 +145,7 @@ def write_report(out: str, max_thumbs: int = 60) -> str:
         if v["status"] == "error"
     )
     summary_path = os.path.join(out, "manifests", "summary.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+    summary = json.loads(Path(summary_path).read_text()) if os.path.exists(summary_path) else {}
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>videojp curation report</title>
 <style>body{{font-family:sans-serif;margin:20px}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
 .card{{width:250px;font-size:11px;border:2px solid #ccc;padding:4px}} .kept{{border-color:#3a3}}

@@ -31,7 +31,11 @@ def generate() -> dict[str, dict[str, Any]]:
     for name, ref in MODELS.items():
         module, model = ref.split(":")
         cls: type[BaseModel] = getattr(importlib.import_module(module), model)
-        out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": name, **cls.model_json_schema()}
+        out[name] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": name,
+            **cls.model_json_schema(),
+        }
     for module in PROVIDERS:
         try:
             provider = importlib.import_module(module)

@@ -299,3 +299,31 @@ if __name__ == "__main__":
         print(make_dataset(sys.argv[2], n_kept=int(sys.argv[3]) if len(sys.argv) > 3 else 2))
     else:
         sys.exit("usage: caption_fixtures.py model DIR [qwen2_vl|qwen2_5_vl] | dataset DIR [N]")
+
+
+_MODEL_CACHE: dict[str, Path] = {}
+
+
+def tiny_model_dir(family: str = "qwen2_vl") -> Path:
+    """Build the tiny model once per test process (a few seconds) and reuse it across modules."""
+    if family not in _MODEL_CACHE:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix=f"tiny-{family}-"))
+        atexit.register(shutil.rmtree, root, True)
+        _MODEL_CACHE[family] = build_tiny_model(root / family, family)
+    return _MODEL_CACHE[family]
+
+
+def tiny_cli_args(model: Path, max_tokens: int = 12) -> list[str]:
+    """CLI overrides that make a CPU run over tiny clips quick."""
+    frames = json.dumps(tiny_frames_config())
+    return [
+        "--model", str(model),
+        "--set", f"frames={frames}",
+        "--set", f"caption_types.short.max_tokens={max_tokens}",
+        "--set", f"caption_types.dense.max_tokens={max_tokens}",
+        "--no-progress",
+    ]  # fmt: skip

@@ -58,5 +58,3 @@ def parquet_rows(path: str) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist() if os.path.exists(path) else []
-
-

@@ -136,7 +136,9 @@ def test_rows_match_json_schemas(curated: Path) -> None:
         jsonschema.validate(r, schemas["clip_row.v1"])
 
 
-def test_rerun_skips_finished_videos(curated: Path, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_skips_finished_videos(
+    curated: Path, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import curation.pipeline as pipeline
 
     def boom(*a: object, **k: object) -> None:
@@ -167,7 +169,9 @@ def test_redecide_from_scores_without_decoding(curated: Path, monkeypatch: pytes
 def test_error_item_from_source_is_recorded(tmp_path: Path) -> None:
     from curation.sources.base import VideoItem
 
-    item = VideoItem(source="pixabay", key="annotation::../../etc/passwd", uri="../../etc/passwd", error="escapes")
+    item = VideoItem(
+        source="pixabay", key="annotation::../../etc/passwd", uri="../../etc/passwd", error="escapes"
+    )
     row = process_video(item, str(tmp_path), CFG)
     assert row["status"] == "error" and row["error_stage"] == "source"
     assert parquet_rows(Layout(str(tmp_path)).video_part(item.video_id))[0]["error"] == "escapes"

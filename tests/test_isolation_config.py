@@ -44,14 +44,14 @@ def test_exception_message_travels() -> None:
 def test_unknown_key_names_its_path(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("curate:\n  filters:\n    blur_minimum: 3\n")
-    with pytest.raises(ConfigError, match="filters.blur_minimum"):
+    with pytest.raises(ConfigError, match=r"filters\.blur_minimum"):
         load_config(p)
 
 
 def test_bad_value_names_its_path() -> None:
-    with pytest.raises(ConfigError, match="split.max_clip_s"):
+    with pytest.raises(ConfigError, match=r"split\.max_clip_s"):
         parse_config({"split": {"max_clip_s": "ten"}})
-    with pytest.raises(ConfigError, match="max_clip_s must be >= min_clip_s"):
+    with pytest.raises(ConfigError, match=r"max_clip_s must be >= min_clip_s"):
         parse_config({"split": {"min_clip_s": 5, "max_clip_s": 3}})
 
 

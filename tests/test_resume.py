@@ -20,8 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cmd(src: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "curate", "--runner", "local", "--no-report",
-            "--source", f"files:{src}/*.mp4", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "curate",
+        "--runner",
+        "local",
+        "--no-report",
+        "--source",
+        f"files:{src}/*.mp4",
+        "--out",
+        str(out),
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -43,8 +54,14 @@ def test_sigkill_then_resume_equals_uninterrupted(corpus_dir: Path, tmp_path: Pa
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     subprocess.run(_cmd(corpus_dir, clean), check=True, env=_env(), cwd=ROOT, capture_output=True)
 
-    proc = subprocess.Popen(_cmd(corpus_dir, killed), env=_env(), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(corpus_dir, killed),
+        env=_env(),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     videos = killed / "manifests" / "videos"
     while time.time() < deadline:

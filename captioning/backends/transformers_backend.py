@@ -62,8 +62,12 @@ class TransformersBackend:
         if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):
             # qwen-vl-utils already applied the whole-video budget; say so (and silence the warning).
             kw["cap_pixels_per_frame"] = False
-        if self.family == "qwen2_5_vl":
-            kw["fps"] = [req.frames.sample_fps]  # absolute time for Qwen2.5-VL's M-RoPE
+        # Qwen2.5-VL derives second_per_grid_ts (absolute time in M-RoPE) from the metadata's
+        # sampled fps; describe the frames as what they are: every frame of a sample_fps sequence.
+        n = req.frames.shape[0]
+        kw["video_metadata"] = [
+            {"total_num_frames": n, "fps": req.frames.sample_fps, "frames_indices": list(range(n))}
+        ]
         return kw
 
     def _one(self, req: GenRequest) -> GenResult:
