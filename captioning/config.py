@@ -198,6 +198,9 @@ class OpenAIConfig(_Strict):
     # backend then sees the same frames); clip: the clip file itself as a data URL (the server
     # samples, 32 frames by default); file_url: file:// path (server needs --allowed-local-media-path).
     video_transport: Literal["frames_mp4", "clip", "file_url"] = "frames_mp4"
+    send_mm_processor_kwargs: bool = Field(
+        False, description="Send frames.min/max_pixels per request (vLLM: needs --trust-request-mm-kwargs)."
+    )
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -174,17 +174,22 @@ def _missing_files(rows: list[dict[str, Any]], layout: Layout) -> list[dict[str,
     ]
 
 
-def needs_work(item: VideoItem, out: str, cfg: CurateConfig) -> bool:
-    """False when a previous run finished this video under the same analysis settings."""
-    layout = Layout(out)
+def _resume_state(item: VideoItem, layout: Layout, cfg: CurateConfig) -> tuple[dict[str, Any] | None, list]:
+    """(video row of a previous run under the same analysis settings, clips it still lacks)."""
     prev = read_one(layout.video_part(item.video_id))
     if not prev or prev[0]["analysis_hash"] != cfg.analysis_hash:
-        return True
-    if prev[0]["status"] == "error":
-        return False
-    return bool(
-        _missing_files(_locally_passing(read_one(layout.scores_part(item.video_id)), prev[0], cfg), layout)
-    )
+        return None, []
+    video = prev[0]
+    if video["status"] == "error":
+        return video, []
+    scores = read_one(layout.scores_part(item.video_id))
+    return video, _missing_files(_locally_passing(scores, video, cfg), layout)
+
+
+def needs_work(item: VideoItem, out: str, cfg: CurateConfig) -> bool:
+    """False when a previous run finished this video under the same analysis settings."""
+    video, todo = _resume_state(item, Layout(out), cfg)
+    return video is None or bool(todo)
 
 
 def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any]:
@@ -199,13 +204,8 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any
         row = _error_row(base, "source", item.error)
         write_table_atomic([row], VIDEO_SCHEMA, layout.video_part(item.video_id))
         return row
-    prev = read_one(layout.video_part(item.video_id))
-    if prev and prev[0]["analysis_hash"] == cfg.analysis_hash:
-        video = prev[0]
-        if video["status"] == "error":
-            return video
-        scores = read_one(layout.scores_part(item.video_id))
-        todo = _missing_files(_locally_passing(scores, video, cfg), layout)
+    video, todo = _resume_state(item, layout, cfg)
+    if video is not None:
         if not todo:
             return video
         with local_copy(item) as path:

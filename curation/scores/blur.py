@@ -15,10 +15,11 @@ WORK_SHORT_SIDE = 144
 # Pixels dropped inside a letterbox crop: the bar/picture edge and its compression ringing are strong,
 # content-independent edges that would make every letterboxed frame look sharp.
 CROP_MARGIN = 2
-# Suggested per-clip minimum (median over sampled frames) of frame_sharpness. Measured at 144p: in-focus
-# textured frames give several hundred to thousands, a Gaussian blur of sigma >= ~1.5 px at 144p (a heavily
-# out-of-focus or motion-smeared shot) brings natural frames below ~30-60; flat but sharp content (sky,
-# walls, anime flats) can also score low, so treat this as "blurry or featureless".
+# Suggested per-clip minimum (median over sampled frames) of frame_sharpness. Measured at 144p on a photo
+# and synthetic scenes: in focus ~550-7700; Gaussian blur sigma 1 px (at 144p) ~25-470, sigma 2 px ~5-45
+# (a strongly out-of-focus or motion-smeared shot). The value also scales with contrast (a sharp but very
+# dark frame scores ~25) and flat content (sky, walls, anime flats) scores low, so read a low value as
+# "blurry or featureless", and judge it only on clips that pass the exposure checks.
 BLUR_MIN = 40.0
 
 
