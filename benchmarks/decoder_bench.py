@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from curation.synth import Segment, SynthVideo, write_video  # noqa: E402
+from curation.synth import Segment, SynthVideo, write_video
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 
@@ -113,7 +113,8 @@ def main() -> None:
         ]
     totals = np.zeros(6)
     print(
-        f"{'video':34s} {'seq av':>8s} {'seq dc':>8s} {'sparse av':>10s} {'sparse dc':>10s} {'span av':>8s} {'span dc':>8s}"
+        f"{'video':34s} {'seq av':>8s} {'seq dc':>8s} {'sparse av':>10s} {'sparse dc':>10s} "
+        f"{'span av':>8s} {'span dc':>8s}"
     )
     for p in videos:
         with av.open(p) as c:
