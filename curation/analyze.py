@@ -162,8 +162,10 @@ def clip_scores(c: Candidate, a: VideoAnalysis) -> dict[str, Any]:
         "shot_index": c.shot,
         "window_index": c.window,
         "n_samples": len(inside),
-        "motion": _agg(vals("motion"), "mean"),
-        "motion_mv": _agg(vals("motion_mv"), "mean"),
+        # Medians: FFmpeg labels every reference as one frame away, so P-frames behind B-frames
+        # read ~3x their true motion; they are the minority of sampled frames.
+        "motion": _agg(vals("motion"), "median"),
+        "motion_mv": _agg(vals("motion_mv"), "median"),
         "motion_flow": _agg(vals("flow_mean"), "mean"),
         "motion_p90": _agg(vals("flow_p90"), "max"),
         "camera_pan": _agg(vals("flow_global"), "mean"),
@@ -178,7 +180,9 @@ def clip_scores(c: Candidate, a: VideoAnalysis) -> dict[str, Any]:
     }
     h, w = a.analysis_size
     if inside and h and w:
-        out.update(letterbox.aggregate_crop([s.borders for s in inside], h, w))
+        # Black frames (fades) report no bars; leave them out of the crop box.
+        black = [s.scores.get("dark_fraction", 0.0) >= exposure.BLACK_DARK_FRACTION_MIN for s in inside]
+        out.update(letterbox.aggregate_crop([s.borders for s in inside], h, w, skip=black))
         picks = [inside[min(len(inside) - 1, int(len(inside) * q))] for q in (0.25, 0.5, 0.75)]
         out["phashes"] = [p.phash for p in picks]
     else:

@@ -65,7 +65,7 @@ class FilterConfig(_Strict):
     border_fraction_max: float = Field(
         0.5, ge=0, le=1, description="letterbox is cropped later; reject only above this share of area"
     )
-    text_fraction_max: float = Field(0.03, ge=0, le=1, description="burnt-in text share of frame area")
+    text_fraction_max: float = Field(0.025, ge=0, le=1, description="burnt-in text share of frame area")
     dedup_max_distance: int = Field(6, ge=0, le=64, description="phash Hamming distance of near-duplicates")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import random
+import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -25,7 +27,9 @@ H, W = 144, 256
 # ---------------------------------------------------------------- synthetic frames
 
 
-def texture(h: int = H, w: int = W, seed: int = 0, beta: float = 1.8, lo: float = 20, hi: float = 230) -> np.ndarray:
+def texture(
+    h: int = H, w: int = W, seed: int = 0, beta: float = 1.8, lo: float = 20, hi: float = 230
+) -> np.ndarray:
     """1/f^beta noise: a natural-image-like texture (uint8)."""
     rng = np.random.default_rng(seed)
     fy = np.fft.fftfreq(h)[:, None]
@@ -122,12 +126,14 @@ def test_exposure_matches_numpy() -> None:
 
 
 def test_sharpness_drops_with_blur() -> None:
-    checker = (np.indices((H, W)).sum(axis=0) // 8 % 2 * 200 + 28).astype(np.uint8)
-    for sharp in (checker, jpeg(texture(seed=2), 85)):
-        soft = cv2.GaussianBlur(sharp, (0, 0), 2.0)
-        s_sharp, s_soft = frame_sharpness(sharp), frame_sharpness(soft)
-        assert s_sharp > 5 * s_soft
-        assert s_soft < BLUR_MIN < s_sharp
+    yy, xx = np.indices((H, W))
+    checker = (((yy // 8 + xx // 8) % 2) * 200 + 28).astype(np.uint8)
+    soft = cv2.GaussianBlur(checker, (0, 0), 2.0)
+    assert frame_sharpness(checker) > 5 * frame_sharpness(soft)
+    sharp = jpeg(texture(seed=2), 85)
+    soft = cv2.GaussianBlur(sharp, (0, 0), 2.0)
+    assert frame_sharpness(sharp) > 5 * frame_sharpness(soft)
+    assert frame_sharpness(soft) < BLUR_MIN < frame_sharpness(sharp)
 
 
 def test_sharpness_comparable_across_resolutions() -> None:
@@ -160,7 +166,7 @@ def test_pillarbox_and_windowbox() -> None:
     t, b, left, right = frame_borders(letterboxed(0, 0, 32, 32))
     assert t == 0 and b == 0 and abs(left - 32) <= 2 and abs(right - 32) <= 2
     t, b, left, right = frame_borders(letterboxed(12, 12, 20, 20))
-    assert all(abs(v - e) <= 2 for v, e in zip((t, b, left, right), (12, 12, 20, 20)))
+    assert all(abs(v - e) <= 2 for v, e in zip((t, b, left, right), (12, 12, 20, 20), strict=True))
 
 
 def test_no_bars_on_plain_or_dark_textured_scene() -> None:
@@ -233,7 +239,10 @@ def test_no_text_on_noise_water_and_flat() -> None:
     rng = np.random.default_rng(0)
     noise = np.clip(rng.normal(128, 50, (H, W)), 0, 255).astype(np.uint8)
     y, x = np.mgrid[0:H, 0:W].astype(np.float32)
-    waves = sum(np.sin(k * (x * np.cos(t) + y * np.sin(t)) + p) for k, t, p in rng.uniform(0.1, 0.6, (8, 3)) * (1, 5, 10))
+    waves = sum(
+        np.sin(k * (x * np.cos(t) + y * np.sin(t)) + p)
+        for k, t, p in rng.uniform(0.1, 0.6, (8, 3)) * (1, 5, 10)
+    )
     water = cv2.normalize(waves, None, 40, 220, cv2.NORM_MINMAX).astype(np.uint8)
     for img in (noise, water, np.full((H, W), 90, np.uint8), letterboxed(18, 18)):
         assert frame_text_fraction(jpeg(img)) < TEXT_FRACTION_MAX / 2
@@ -300,7 +309,7 @@ def _brute_force(items: list[tuple[str, list[int]]], d: int) -> dict[str, str]:
 
     for i, a in enumerate(ids):
         for b in ids[i + 1 :]:
-            if all(hamming(x, y) <= d for x, y in zip(hashes[a], hashes[b])):
+            if all(hamming(x, y) <= d for x, y in zip(hashes[a], hashes[b], strict=True)):
                 ra, rb = find(a), find(b)
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)
@@ -347,7 +356,12 @@ def test_near_duplicates_matches_brute_force() -> None:
             items.append((f"c{rng.getrandbits(32):08x}_{i}", hs))
             for j in range(rng.choice([0, 0, 1, 2])):  # planted near-duplicates, some beyond d
                 flips = [[rng.randrange(64) for _ in range(rng.randint(0, d + 2))] for _ in hs]
-                items.append((f"d{rng.getrandbits(32):08x}_{i}_{j}", [_flip(h, f) for h, f in zip(hs, flips)]))
+                items.append(
+                    (
+                        f"d{rng.getrandbits(32):08x}_{i}_{j}",
+                        [_flip(h, f) for h, f in zip(hs, flips, strict=True)],
+                    )
+                )
         items.append((f"exact_{trial}", list(items[0][1])))  # exact copy
         assert near_duplicates(items, d) == _brute_force(items, d)
 
@@ -361,6 +375,9 @@ def test_near_duplicates_no_false_merges_and_validation() -> None:
         near_duplicates([("a", [1, 2]), ("b", [1])], 4)
     with pytest.raises(ValueError):
         near_duplicates([("a", [1]), ("a", [2])], 4)
+    with pytest.raises(ValueError):
+        near_duplicates([("a", [1])], -1)
+    assert near_duplicates([("b", [0]), ("a", [-1]), ("c", [5])], 64) == {"b": "a", "c": "a"}
 
 
 # ---------------------------------------------------------------- motion
@@ -404,7 +421,10 @@ def test_flow_global_picks_the_pan() -> None:
 
 def test_flow_resolution_independent() -> None:
     a, b = _pan_pair(8, 4, seed=6)
-    small = flow_magnitude(cv2.resize(a, (160, 90), interpolation=cv2.INTER_AREA), cv2.resize(b, (160, 90), interpolation=cv2.INTER_AREA))
+    small = flow_magnitude(
+        cv2.resize(a, (160, 90), interpolation=cv2.INTER_AREA),
+        cv2.resize(b, (160, 90), interpolation=cv2.INTER_AREA),
+    )
     full = flow_magnitude(a, b)
     assert small["flow_mean"] == pytest.approx(full["flow_mean"], rel=0.15)
 
@@ -455,8 +475,19 @@ def test_mv_magnitude_on_real_h264() -> None:
 
 def test_mv_magnitude_weighting() -> None:
     dtype = np.dtype(
-        [("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"), ("src_y", "<i2"), ("dst_x", "<i2"),
-         ("dst_y", "<i2"), ("flags", "<u8"), ("motion_x", "<i4"), ("motion_y", "<i4"), ("motion_scale", "<u2")]
+        [
+            ("source", "<i4"),
+            ("w", "u1"),
+            ("h", "u1"),
+            ("src_x", "<i2"),
+            ("src_y", "<i2"),
+            ("dst_x", "<i2"),
+            ("dst_y", "<i2"),
+            ("flags", "<u8"),
+            ("motion_x", "<i4"),
+            ("motion_y", "<i4"),
+            ("motion_scale", "<u2"),
+        ]
     )
     mvs = np.zeros(2, dtype)
     mvs["w"], mvs["h"] = (16, 8), (16, 8)
@@ -471,8 +502,7 @@ def test_mv_magnitude_weighting() -> None:
 # ---------------------------------------------------------------- timings (not a test)
 
 
-def _time_ms(fn, *args, repeat: int = 300) -> float:  # noqa: ANN001 - tiny helper
-    import time
+def _time_ms(fn: Callable[..., object], *args: object, repeat: int = 300) -> float:
 
     fn(*args)
     start = time.perf_counter()

@@ -19,8 +19,8 @@ Classical pipeline at a fixed working scale (short side 144 px):
 
 The score is the share of the frame covered by the kept line boxes. Measured on synthetic frames
 (Japanese and Latin subtitles rendered at 4x and downscaled, telops, title cards, over photos, 1/f noise,
-water, crowds, window grids, grass and leaves): one subtitle line scores ~0.02-0.06, a title card
-~0.05-0.15, and scenes without text 0 except for very busy, high-contrast vegetation (up to ~0.02 per
+water, crowds, window grids, grass and leaves): one subtitle line scores ~0.03-0.07, a title card
+~0.05-0.15, and scenes without text 0 except for very busy, high-contrast vegetation (up to ~0.025 per
 frame). Known misses: text smaller than ~4% of the frame height, and text over equally busy high-contrast
 texture. Aggregate per clip (e.g. the median or 75th percentile over sampled frames) before thresholding.
 """
@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 # Suggested per-clip threshold on the median of frame_text_fraction over sampled frames: a clip above it
-# carries burnt-in text on most frames (one subtitle line is ~0.02-0.06 of the frame).
+# carries burnt-in text on most frames (one subtitle line is ~0.03-0.07 of the frame).
 TEXT_FRACTION_MAX = 0.02
 
 WORK_SHORT_SIDE = 144
@@ -93,7 +93,9 @@ def text_boxes(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
         return float(s) / ((x1 - x0) * (y1 - y0))
 
     out: list[tuple[int, int, int, int]] = []
-    for x, y, bwi, bhi in zip(bx[keep].tolist(), by[keep].tolist(), bw[keep].tolist(), bh[keep].tolist()):
+    for x, y, bwi, bhi in zip(
+        bx[keep].tolist(), by[keep].tolist(), bw[keep].tolist(), bh[keep].tolist(), strict=True
+    ):
         inside = density(x, y, x + bwi, y + bhi)
         if inside < MIN_EDGE_DENSITY:
             continue
@@ -117,7 +119,7 @@ def frame_text_fraction(gray: np.ndarray) -> float:
     """Share (0-1) of the frame area covered by text-like lines in a uint8 grayscale frame.
 
     Resolution-independent (computed at a short side of 144 px). 0 for frames without text; one subtitle
-    line is ~0.02-0.06, a title card ~0.05-0.15. See the module docstring for the method and limits.
+    line is ~0.03-0.07, a title card ~0.05-0.15. See the module docstring for the method and limits.
     """
     boxes = text_boxes(gray)
     if not boxes:
