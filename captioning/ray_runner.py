@@ -17,7 +17,16 @@ import pyarrow as pa
 from captioning.config import CaptionConfig
 from captioning.frames import FrameSample
 from captioning.manifest import write_part
-from captioning.runner import ClipWork, RunContext, RunStats, batch_key, caption_batch, prepare_clip
+from captioning.runner import (
+    ClipWork,
+    RunContext,
+    RunStats,
+    batch_key,
+    caption_batch,
+    error_rows,
+    missing_keys,
+    prepare_clip,
+)
 
 PREP_SCHEMA = pa.schema(
     [
@@ -189,5 +198,12 @@ def run_ray(
         stats.tokens_out += row["tokens_out"] or 0
         stats.prep_s += row["prep_s"] or 0.0
         stats.gen_s += row["gen_s"] or 0.0
+    # Blocks lost to a dead actor or task (tolerated by max_errored_blocks) left no rows: record
+    # them as errors so nothing disappears silently; the next run retries them.
+    lost = missing_keys(work, {(r["clip_id"], r["caption_type"]) for r in summary}, cfg)
+    if lost:
+        rows = error_rows(lost, "worker: batch lost (Ray actor or task died)", cfg, ctx)
+        write_part(rows, captions_dir, ctx.run_id, "lost-" + batch_key(lost))
+        stats.add_rows(rows)
     stats.wall_s = time.perf_counter() - t0
     return stats

@@ -188,6 +188,33 @@ def _row(t: _Task, cfg: CaptionConfig, ctx: RunContext) -> CaptionRow:
     )
 
 
+def error_rows(
+    clips: list[dict[str, Any]], reason: str, cfg: CaptionConfig, ctx: RunContext
+) -> list[CaptionRow]:
+    """Error rows for every pending caption of these clips (a batch lost to a crash or dead worker)."""
+    tasks = []
+    for clip in clips:
+        for ctype in clip.get("caption_types") or cfg.enabled_types():
+            tasks.append(_Task(ClipWork(clip), ctype, [], error=reason[:500], done=True))
+    return [_row(t, cfg, ctx) for t in tasks]
+
+
+def missing_keys(
+    work: list[dict[str, Any]], produced: set[tuple[str, str]], cfg: CaptionConfig
+) -> list[dict]:
+    """Clips (with the caption types) of `work` that got no row at all, e.g. their Ray block failed."""
+    out = []
+    for clip in work:
+        types = [
+            t
+            for t in (clip.get("caption_types") or cfg.enabled_types())
+            if (clip["clip_id"], t) not in produced
+        ]
+        if types:
+            out.append({**clip, "caption_types": types})
+    return out
+
+
 def batch_key(clips: list[dict[str, Any]]) -> str:
     """Deterministic short name of a batch (part files are named run_id + this)."""
     h = hashlib.sha256("\n".join(sorted(c["clip_id"] for c in clips)).encode()).hexdigest()
@@ -250,7 +277,10 @@ def run_local(
             pending = submit(batches[i + 1]) if i + 1 < len(batches) else []
             stats.prep_s += sum(w.frames.prep_s for w in works if w.frames is not None)
             t0 = time.perf_counter()
-            rows = caption_batch(works, backend, cfg, ctx, out_dir)
+            try:
+                rows = caption_batch(works, backend, cfg, ctx, out_dir)
+            except Exception as e:  # a backend crash costs this batch (as error rows), not the run
+                rows = error_rows(batch, f"batch: {type(e).__name__}: {e}", cfg, ctx)
             stats.gen_s += time.perf_counter() - t0
             part = write_part(rows, captions_dir, ctx.run_id, batch_key(batch))
             if part is not None:

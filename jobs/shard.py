@@ -1,0 +1,276 @@
+"""`vjp shard`: captioned clips -> WebDataset tars of one resolution stage, with index; resumable.
+
+    vjp shard --clips OUT/manifests --stage stage1 --out SHARDS [--config ...] [--address ...]
+
+Plan first, then write: every kept clip gets a caption choice, a split, a probe of its file and
+a frame window (or a recorded skip reason); samples are grouped into shards deterministically,
+and one task per shard renders and writes its tar (temporary name + rename) and a record. A rerun
+rewrites only shards whose plan changed or whose file is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from jobs.runner import init_ray, map_ray, map_threads
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clips", required=True, help="OUT/manifests of the curation job (clips/ and captions/)")
+    p.add_argument("--stage", required=True, help="stage preset name from the config (stage1, stage2, ...)")
+    p.add_argument("--out", required=True, help="shard root: writes OUT/<stage>/<split>/NNNNNN.tar + index.json")
+    p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--address", default=None, help="Ray address; default RAY_ADDRESS or an embedded local Ray"
+    )
+    p.add_argument("--runner", choices=["ray", "local"], default="ray", help="local = threads, no Ray")
+    p.add_argument("--verify", action="store_true", help="re-hash existing shards before trusting them")
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+def resolve_layout(clips_arg: str | Path) -> tuple[Path, Path, Path]:
+    """(OUT, clip manifest dir, caption manifest dir) from OUT/manifests, OUT/manifests/clips or OUT."""
+    p = Path(clips_arg)
+    if p.name == "clips" and p.parent.name == "manifests":
+        p = p.parent
+    if (p / "clips").is_dir() and p.name == "manifests":
+        return p.parent, p / "clips", p / "captions"
+    if (p / "manifests" / "clips").is_dir():
+        return p, p / "manifests" / "clips", p / "manifests" / "captions"
+    raise FileNotFoundError(f"no clip manifest at {p} (expected OUT/manifests with a clips/ dataset)")
+
+
+def read_kept_clips(clips_dir: Path) -> list[dict[str, Any]]:
+    import pyarrow.dataset as ds
+
+    if not any(clips_dir.glob("*.parquet")):
+        raise FileNotFoundError(f"no parquet parts in {clips_dir}")
+    dset = ds.dataset(str(clips_dir), format="parquet")
+    missing = {"clip_id", "video_id", "status", "clip_path"} - set(dset.schema.names)
+    if missing:
+        raise ValueError(f"clip manifest {clips_dir} lacks columns {sorted(missing)}")
+    rows = dset.to_table(filter=ds.field("status") == "kept").to_pylist()
+    return sorted((r for r in rows if r.get("clip_path")), key=lambda r: r["clip_id"])
+
+
+def read_caption_variants(captions_dir: Path) -> dict[str, dict[str, Any]]:
+    """clip_id -> {caption_type: CaptionVariant}, latest row per (clip, type), every status."""
+    from training.data.sample_format import CaptionVariant
+
+    if not captions_dir.is_dir() or not any(captions_dir.glob("*.parquet")):
+        return {}
+    from captioning.manifest import read_captions
+
+    fields = set(CaptionVariant.model_fields)
+    out: dict[str, dict[str, Any]] = {}
+    for row in read_captions(captions_dir, latest=True).to_pylist():
+        variant = CaptionVariant.model_validate({k: v for k, v in row.items() if k in fields})
+        out.setdefault(row["clip_id"], {})[row["caption_type"]] = variant
+    return out
+
+
+def _probe_batch(batch: list[tuple[str, str]], root: str) -> list[tuple[str, Any]]:
+    from training.data.shard_writer import probe_clip
+
+    return [(cid, probe_clip(os.path.join(root, rel))) for cid, rel in batch]
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _run(fn: Any, items: Any, extra: tuple[Any, ...], runner: str, cfg: Any) -> Iterator[tuple[Any, Any, Any]]:
+    if runner == "ray":
+        return map_ray(fn, items, extra, cfg.runner.max_in_flight, cfg.runner.num_cpus_per_shard)
+    return map_threads(fn, items, extra, cfg.runner.max_in_flight)
+
+
+# ---- the job ---------------------------------------------------------------------------------
+def _clean_stale(out: str, stage: str, planned: dict[str, int]) -> list[str]:
+    """Remove temporaries of killed runs and numbered shards beyond the current plan."""
+    from training.data.sample_format import SPLITS, shard_number
+    from training.data.shard_writer import record_path, split_dir
+
+    removed = []
+    for split in SPLITS:
+        folder = split_dir(out, stage, split)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            n = shard_number(name)
+            stale_tmp = name.startswith(".") and ".tar.tmp-" in name
+            if stale_tmp or (n is not None and n >= planned.get(split, 0)):
+                os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(split, name))
+                if n is not None and os.path.exists(rec := record_path(out, stage, split, name)):
+                    os.remove(rec)
+    return removed
+
+
+def _write_samples_table(path: str, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [(c, pa.string()) for c in ("clip_id", "video_id", "split", "status", "reason", "shard")]
+    )
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, path)
+
+
+def shard_stage(
+    clips_arg: str,
+    stage_name: str,
+    out: str,
+    cfg: Any,
+    runner: str = "ray",
+    address: str | None = None,
+    verify: bool = False,
+) -> dict[str, Any]:
+    """The whole job for one stage; returns its summary. Safe to rerun: finished shards are kept."""
+    from training.data.sample_format import INDEX_NAME, SAMPLES_NAME, SPLITS, dumps
+    from training.data.shard_writer import (
+        build_index,
+        estimate_sample_bytes,
+        group_shards,
+        plan_sample,
+        samples_per_shard,
+        shard_is_done,
+        shard_order,
+        split_dir,
+        split_of,
+        write_atomic,
+        write_shard,
+    )
+
+    t0 = time.time()
+    stage = cfg.stage(stage_name)
+    root_path, clips_dir, captions_dir = resolve_layout(clips_arg)
+    root = str(root_path)
+    clips = read_kept_clips(clips_dir)
+    variants = read_caption_variants(captions_dir)
+    if runner == "ray":
+        init_ray(address)
+
+    # 1. probe clip files (in parallel: on a cluster the manifest can hold millions of clips)
+    probes: dict[str, Any] = {}
+    todo = [(c["clip_id"], c["clip_path"]) for c in clips]
+    for batch, result, exc in _run(_probe_batch, _batches(todo, cfg.runner.probe_batch), (root,), runner, cfg):
+        for cid, probe in result if exc is None else [(cid, "unreadable") for cid, _ in batch or []]:
+            probes[cid] = probe
+
+    # 2. plan every sample (pure, cheap), then group into shards before writing anything
+    plans, rows = [], {}
+    for c in clips:
+        plan = plan_sample(c, variants.get(c["clip_id"], {}), probes[c["clip_id"]], stage_name, cfg)
+        split = split_of(c["video_id"], cfg.split)
+        if isinstance(plan, str):
+            rows[c["clip_id"]] = dict(clip_id=c["clip_id"], video_id=c["video_id"], split=split, status="skipped",
+                                      reason=plan, shard=None)  # fmt: skip
+        else:
+            plans.append(plan)
+    calibrate = shard_order(plans, cfg.seed)[: cfg.runner.calibration_samples] if stage.target_shard_bytes else []
+    est = estimate_sample_bytes(calibrate, root, stage, cfg.runner.decode_threads) if calibrate else None
+    per_shard = samples_per_shard(stage, est)
+    shards = group_shards(plans, per_shard, cfg.seed)
+    planned = {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS}
+    removed = _clean_stale(out, stage_name, planned)
+
+    # 3. write missing or changed shards, one task each
+    records, todo_shards = {}, []
+    for sh in shards:
+        rec = shard_is_done(sh, out, stage_name, verify)
+        if rec is None:
+            todo_shards.append(sh)
+        else:
+            records[(sh.split, sh.name)] = rec
+    progress = _progress(cfg.runner.progress, len(todo_shards))
+    failed = []
+    for sh, rec, exc in _run(write_shard, todo_shards, (root, out, stage_name, cfg), runner, cfg):
+        progress()
+        if exc is not None:
+            failed.append(f"{sh.split}/{sh.name}: {type(exc).__name__}: {exc}")
+            continue
+        records[(sh.split, sh.name)] = rec
+
+    # 4. index per split, and the per-clip table answering "where is clip X, or why not?"
+    for sh in shards:
+        rec = records.get((sh.split, sh.name))
+        for p in sh.samples:
+            # No record: the shard's task failed (reported, exit 1); a rerun retries it.
+            reason = rec.skipped.get(p.key) if rec else "shard_failed"
+            status = "written" if not reason else ("skipped" if rec else "failed")
+            rows[p.key] = dict(clip_id=p.key, video_id=p.meta.video_id, split=sh.split, status=status,
+                               reason=reason, shard=None if reason else f"{sh.split}/{sh.name}")  # fmt: skip
+    summary: dict[str, Any] = {"stage": stage_name, "config_hash": cfg.stage_hash(stage_name)}
+    for split in SPLITS:
+        skipped: dict[str, int] = {}
+        for r in rows.values():
+            if r["split"] == split and r["status"] != "written":
+                skipped[r["reason"]] = skipped.get(r["reason"], 0) + 1
+        keys = [(sh.split, sh.name) for sh in shards if sh.split == split]
+        index = build_index(stage_name, split, cfg, [records[k] for k in keys if k in records], skipped)
+        os.makedirs(split_dir(out, stage_name, split), exist_ok=True)
+        write_atomic(os.path.join(split_dir(out, stage_name, split), INDEX_NAME),
+                     dumps(index.model_dump(mode="json")))  # fmt: skip
+        summary[split] = {"shards": len(index.shards), "samples": index.samples, "bytes": index.bytes}
+    _write_samples_table(os.path.join(out, stage_name, SAMPLES_NAME), sorted(rows.values(), key=lambda r: r["clip_id"]))
+    reasons: dict[str, int] = {}
+    for r in rows.values():
+        if r["status"] != "written":
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    summary.update(
+        clips_kept=len(clips),
+        samples_written=sum(1 for r in rows.values() if r["status"] == "written"),
+        skipped_by_reason=dict(sorted(reasons.items())),
+        samples_per_shard=per_shard,
+        est_bytes_per_sample=round(est) if est else None,
+        shards_written=len(todo_shards) - len(failed),
+        shards_reused=len(shards) - len(todo_shards),
+        stale_removed=removed,
+        failed_shards=failed,
+        elapsed_s=round(time.time() - t0, 2),
+        out=os.path.join(out, stage_name),
+    )
+    return summary
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled or not total:
+        return lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="shard", desc="shard", file=sys.stderr, dynamic_ncols=True)
+    return lambda: bar.update(1)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.data.stages import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIG)
+        cfg.stage(args.stage)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    try:
+        summary = shard_stage(args.clips, args.stage, args.out, cfg, args.runner, args.address, args.verify)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vjp shard: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
+    if summary["failed_shards"]:
+        return 1
+    # Skipped clips are recorded, not fatal; an empty stage from a non-empty manifest is.
+    return 1 if summary["clips_kept"] and not summary["samples_written"] else 0

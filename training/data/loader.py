@@ -1,0 +1,263 @@
+"""Stream stage shards into training with `webdataset`: split by node and worker, shuffle, decode.
+
+    dm = ShardDataModule("SHARDS/stage1", split="train", batch_size=4, num_workers=4)
+    for batch in dm.loader():          # infinite (resampled) by default: step-based training
+        batch["video"]                 # float [B, T, C, H, W] in [-1, 1]
+        batch["caption"]               # list[str]
+
+Two modes, chosen for the known webdataset pain points:
+- resampled (training, default): every (rank, worker) draws shards with replacement from its own
+  seeded stream, so no rank can run out of shards and hang DDP, and a resumed run passes
+  `resume_step` to draw a fresh stream instead of replaying the first samples (webdataset has no
+  mid-epoch checkpoint; its maintainer recommends exactly this).
+- finite (evaluation, `resampled=False`): shards are split by node then by worker; fewer shards
+  than ranks is an error up front instead of a hang, and `with_epoch` gives every rank the same
+  number of batches.
+The shuffle buffer holds encoded samples (~100 KB each), and decoding happens after it, so a big
+buffer costs little memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.data.sample_format import (
+    INDEX_NAME,
+    JSON,
+    LATENTS,
+    MP4,
+    TEXT_EMB,
+    TXT,
+    ShardIndex,
+    decode_mp4,
+    load_npy,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _seed(*parts: int) -> int:
+    """Deterministic 31-bit seed from ints (webdataset's make_seed; hash() of ints is unsalted)."""
+    s = 0
+    for p in parts:
+        s = (s * 31 + int(p)) & 0x7FFFFFFF
+    return s
+
+
+def resolve_shards(source: str | os.PathLike[str] | Sequence[str], split: str = "train") -> tuple[list[str], ShardIndex | None]:
+    """Shard URLs and the index from a stage folder, a split folder, an index.json, or URLs.
+
+    Local shards are read through their index, so a stale or half-written file in the folder is
+    never picked up. Anything else (brace patterns, `pipe:` and object-store URLs) is passed to
+    webdataset as is, without an index.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return list(source), None
+    p = Path(source)
+    for candidate in (p / split / INDEX_NAME, p / INDEX_NAME, p):
+        if candidate.is_file() and candidate.name == INDEX_NAME:
+            index = ShardIndex.model_validate_json(candidate.read_text())
+            if index.split != split:
+                raise ValueError(f"{candidate} indexes split {index.split!r}, not {split!r}")
+            urls = [str(candidate.parent / e.name) for e in index.shards]
+            return urls, index
+    return [str(source)], None
+
+
+# ---- per-sample decoding ---------------------------------------------------------------------
+def video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float32 [T, C, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def decode_sample(sample: dict[str, Any], decode_threads: int = 1) -> dict[str, Any]:
+    """Raw webdataset sample (bytes per member) -> tensors + caption; checks shape against the json."""
+    meta = json.loads(sample[JSON])
+    out: dict[str, Any] = {
+        "key": sample["__key__"],
+        "caption": sample[TXT].decode("utf-8"),
+        "meta": meta,
+    }
+    if MP4 in sample:
+        frames = decode_mp4(sample[MP4], decode_threads)
+        want = (meta["frames"], meta["height"], meta["width"], 3)
+        if frames.shape != want:
+            raise ValueError(f"{out['key']}: mp4 is {frames.shape}, json says {want}")
+        out["video"] = video_tensor(frames)
+    if LATENTS in sample:
+        out["latents"] = torch.from_numpy(load_npy(sample[LATENTS]).astype(np.float32))
+        out["text_emb"] = torch.from_numpy(load_npy(sample[TEXT_EMB]).astype(np.float32))
+    return out
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack videos/latents; pad text embeddings to the longest with a mask (stored unpadded)."""
+    batch: dict[str, Any] = {k: [s[k] for s in samples] for k in ("key", "caption", "meta")}
+    if "video" in samples[0]:
+        batch["video"] = torch.stack([s["video"] for s in samples])
+    if "latents" in samples[0]:
+        batch["latents"] = torch.stack([s["latents"] for s in samples])
+        embs = [s["text_emb"] for s in samples]
+        n = max(e.shape[0] for e in embs)
+        padded = torch.zeros(len(embs), n, embs[0].shape[1])
+        mask = torch.zeros(len(embs), n, dtype=torch.bool)
+        for i, e in enumerate(embs):
+            padded[i, : e.shape[0]] = e
+            mask[i, : e.shape[0]] = True
+        batch["text_emb"], batch["text_mask"] = padded, mask
+    return batch
+
+
+# ---- pipeline stages -------------------------------------------------------------------------
+def _worker_info(rank: int | None, world_size: int | None) -> tuple[int, int, int, int]:
+    from webdataset.utils import pytorch_worker_info
+
+    r, w, worker, num_workers = pytorch_worker_info()
+    return (r if rank is None else rank), (w if world_size is None else world_size), worker, num_workers
+
+
+def _shuffle(bufsize: int, initial: int, seed: int, rank: int | None, world: int | None) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """A shuffle buffer seeded inside each worker (seed, rank, worker, epoch): reproducible and distinct."""
+    epoch = [-1]
+
+    def run(src: Iterator[Any]) -> Iterator[Any]:
+        epoch[0] += 1
+        r, _, worker, _ = _worker_info(rank, world)
+        rng = random.Random(_seed(seed, r, worker, epoch[0]))
+        buf: list[Any] = []
+        for sample in src:
+            buf.append(sample)
+            if len(buf) >= bufsize:
+                i = rng.randrange(len(buf))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+            elif len(buf) < initial:
+                continue
+        rng.shuffle(buf)
+        yield from buf
+
+    return run
+
+
+def _split_by_node(rank: int | None, world: int | None) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    def run(src: Iterator[Any]) -> Iterator[Any]:
+        r, w, _, _ = _worker_info(rank, world)
+        for i, item in enumerate(src):
+            if i % w == r:
+                yield item
+
+    return run
+
+
+class ShardDataModule:
+    """The training data of one stage and split, as a webdataset pipeline and a DataLoader."""
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | Sequence[str],
+        split: str = "train",
+        batch_size: int = 1,
+        num_workers: int = 2,
+        resampled: bool = True,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        resume_step: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        epoch_batches: int | None = None,
+        decode_threads: int = 1,
+        drop_last: bool = True,
+        on_error: str = "warn",
+        pin_memory: bool = False,
+    ) -> None:
+        import webdataset as wds
+
+        self.urls, self.index = resolve_shards(source, split)
+        if not self.urls:
+            raise ValueError(f"no shards for split {split!r} in {source}")
+        self.split, self.batch_size, self.num_workers = split, batch_size, num_workers
+        self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
+        self.resume_step, self.rank, self.world_size = resume_step, rank, world_size
+        self.decode_threads, self.drop_last, self.pin_memory = decode_threads, drop_last, pin_memory
+        self.handler = {"warn": wds.warn_and_continue, "raise": wds.reraise_exception, "skip": wds.ignore_and_continue}[on_error]
+        r, w, _, _ = _worker_info(rank, world_size)
+        self._rank, self._world = r, w
+        if not resampled and len(self.urls) < w:
+            # webdataset#188: a rank with no shard yields nothing and DDP hangs at the first collective.
+            raise ValueError(
+                f"{len(self.urls)} shards for {w} ranks: a rank would get no shard and hang DDP; "
+                "use resampled=True or write smaller shards (max_shard_samples)"
+            )
+        if not resampled and len(self.urls) < w * max(1, num_workers):
+            log.warning("%d shards for %d ranks x %d workers: some workers idle", len(self.urls), w, num_workers)
+        self.epoch_batches = epoch_batches if epoch_batches is not None else self._default_epoch_batches()
+
+    def _default_epoch_batches(self) -> int | None:
+        """Finite mode: the same number of batches on every rank (a short rank wraps around)."""
+        if self.resampled or self.index is None:
+            return None
+        counts = [0] * self._world
+        for i, e in enumerate(self.index.shards):
+            counts[i % self._world] += e.samples
+        per_rank = sum(counts) // self._world
+        return max(1, per_rank // self.batch_size) if self.drop_last else max(1, -(-per_rank // self.batch_size))
+
+    @property
+    def samples(self) -> int | None:
+        return self.index.samples if self.index else None
+
+    def dataset(self) -> Any:
+        """The webdataset pipeline (an IterableDataset of batches)."""
+        import webdataset as wds
+
+        stages: list[Any] = []
+        if self.resampled:
+            rank, world, step, seed = self.rank, self.world_size, self.resume_step, self.seed
+            stages.append(
+                wds.ResampledShards(
+                    self.urls,
+                    seed=seed,
+                    worker_seed=lambda: _seed(*_worker_info(rank, world)[::2], step),
+                    deterministic=True,
+                )
+            )
+        else:
+            stages += [
+                wds.SimpleShardList(self.urls),
+                # Same shard order on every rank (seed + epoch), then disjoint slices per rank/worker.
+                wds.detshuffle(len(self.urls), len(self.urls), seed=self.seed) if self.shuffle_buffer else None,
+                _split_by_node(self.rank, self.world_size),
+                wds.split_by_worker,
+            ]
+        stages += [
+            wds.tarfile_to_samples(handler=self.handler),
+            _shuffle(self.shuffle_buffer, max(1, self.shuffle_buffer // 4), self.seed + self.resume_step,
+                     self.rank, self.world_size) if self.shuffle_buffer else None,  # fmt: skip
+            wds.map(lambda s: decode_sample(s, self.decode_threads), handler=self.handler),
+            wds.batched(self.batch_size, collation_fn=collate, partial=not self.drop_last),
+        ]
+        return wds.DataPipeline(*[s for s in stages if s is not None])
+
+    def loader(self) -> Any:
+        """A WebLoader over `dataset()`; batching happens in the workers."""
+        import webdataset as wds
+
+        loader = wds.WebLoader(
+            self.dataset(),
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+        if self.epoch_batches:
+            loader = loader.with_epoch(self.epoch_batches)
+        return loader

@@ -1,0 +1,512 @@
+"""Stage shards: pure per-sample logic (caption, split, frame window, crop, encode) and shard assembly.
+
+Everything here is a plain function of its inputs: no Ray, no global state. jobs/shard.py reads
+the manifests, plans, and runs `write_shard` once per shard under Ray or in threads. The same
+inputs and seed give byte-identical tars: the frame window and the shard order come from hashes
+of seed and clip id, x264 runs single-threaded with fixed crf/preset, the mp4 muxer is bitexact
+(no creation time, no library version string) and tar headers carry a fixed mtime/owner/mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import cv2
+import numpy as np
+
+from training.data.sample_format import (
+    JSON,
+    MP4,
+    RECORDS_DIR,
+    SPLITS,
+    TXT,
+    VIDEO_MEMBERS,
+    CaptionVariant,
+    ClipInfo,
+    SampleMeta,
+    ShardEntry,
+    ShardIndex,
+    ShardRecord,
+    SkipReason,
+    Window,
+    check_key,
+    config_hash,
+    dumps,
+    shard_name,
+)
+from training.data.stages import CaptionChoice, ShardConfig, SplitConfig, StagePreset
+
+# Fixed tar header fields: reproducible shards (2024-01-01T00:00:00Z; 0 makes GNU tar warn).
+TAR_MTIME = 1704067200
+TAR_OWNER = "videojp"
+TAR_MODE = 0o444
+
+SCORE_COLUMNS = (
+    "motion",
+    "motion_mv",
+    "motion_flow",
+    "motion_p90",
+    "camera_pan",
+    "flow_share",
+    "luma_mean",
+    "luma_std",
+    "dark_fraction",
+    "bright_fraction",
+    "sharpness",
+    "text_fraction",
+    "text_fraction_max",
+    "border_fraction",
+)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("videojp-data")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _unit_hash(*parts: object) -> int:
+    """A stable 64-bit integer of the parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+# ---- caption and split -----------------------------------------------------------------------
+def pick_caption(
+    variants: Mapping[str, CaptionVariant], source_caption: str | None, choice: CaptionChoice
+) -> tuple[str, str] | None:
+    """(caption, field) for txt: the first ok caption in preference order, else the allowed fallback."""
+    for ctype in choice.types:
+        v = variants.get(ctype)
+        if v is not None and v.status == "ok" and v.caption and v.caption.strip():
+            return v.caption.strip(), f"captions.{ctype}"
+    if choice.fallback == "source_caption" and source_caption and source_caption.strip():
+        return source_caption.strip(), "source_caption"
+    return None
+
+
+def split_of(video_id: str, cfg: SplitConfig) -> str:
+    """train/eval by a hash of the SOURCE video: no video contributes to both (FVD hold-out)."""
+    u = _unit_hash(cfg.salt, video_id) / 2**64
+    return "eval" if u < cfg.eval_fraction else "train"
+
+
+# ---- probing and planning --------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipProbe:
+    width: int
+    height: int
+    n_frames: int
+    fps: float
+    size_bytes: int
+
+
+def probe_clip(path: str) -> ClipProbe | SkipReason:
+    """Real size, frame count and rate of a clip file from its header (the clip may be downscaled)."""
+    import av
+
+    if not os.path.exists(path):
+        return "missing_file"
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return "unreadable"
+            st = container.streams.video[0]
+            rate = st.average_rate or st.guessed_rate
+            n = int(st.frames or 0)
+            if n <= 0:  # no frame count in the header: count packets (no decoding)
+                n = sum(1 for p in container.demux(st) if p.size)
+            w, h = st.codec_context.width, st.codec_context.height
+    except Exception:
+        return "unreadable"
+    if not rate or not w or not h or n <= 0:
+        return "unreadable"
+    return ClipProbe(int(w), int(h), n, float(rate), os.path.getsize(path))
+
+
+def frame_window(n_frames: int, src_fps: float, stage: StagePreset, seed: int, clip_id: str) -> list[int] | SkipReason:
+    """`stage.frames` frame indices at `stage.fps`, at a start chosen from seed + clip id.
+
+    Nearest source frame to each target time; the start does not depend on the stage, so stages
+    sharing a frame rate take the same moment of a clip (same content, higher resolution).
+    """
+    ratio = src_fps / stage.fps
+    offsets = [math.floor(k * ratio + 0.5) for k in range(stage.frames)]
+    if any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
+        return "low_fps"  # a frame would repeat: that is temporal stretching
+    span = offsets[-1] + 1
+    if span > n_frames:
+        return "too_short"
+    start = _unit_hash(seed, clip_id, "window") % (n_frames - span + 1)
+    return [start + o for o in offsets]
+
+
+def crop_region(
+    width: int, height: int, crop_box: Sequence[float], stage: StagePreset
+) -> tuple[tuple[int, int, int, int], float] | SkipReason:
+    """Letterbox crop first, then the largest centered box of the stage aspect inside it.
+
+    Returns ((x0, y0, x1, y1), scale) in clip-file pixels; resizing that box to the stage size
+    keeps the aspect (no stretching). The box is never padded.
+    """
+    top, bottom, left, right = (min(max(float(c), 0.0), 0.49) for c in crop_box)
+    cx0, cx1 = round(left * width), width - round(right * width)
+    cy0, cy1 = round(top * height), height - round(bottom * height)
+    cw, ch = cx1 - cx0, cy1 - cy0
+    if cw <= 0 or ch <= 0:
+        return "too_small"
+    target = stage.width / stage.height
+    if cw / ch > target:  # content wider than the stage: crop the sides
+        rw, rh = min(cw, round(ch * target)), ch
+    else:
+        rw, rh = cw, min(ch, round(cw / target))
+    scale = max(stage.width / rw, stage.height / rh)
+    if scale > stage.max_upscale + 1e-9:
+        return "too_small"
+    if (rw * rh) / (cw * ch) < stage.min_area_kept:
+        return "aspect_mismatch"
+    x0, y0 = cx0 + (cw - rw) // 2, cy0 + (ch - rh) // 2
+    return (x0, y0, x0 + rw, y0 + rh), round(scale, 6)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Everything a worker needs to render one sample; `meta` is the final json member."""
+
+    meta: SampleMeta
+    clip_path: str  # relative to the curation output folder
+    size_bytes: int  # clip file size at planning time: a changed input changes the plan hash
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"meta": self.meta.model_dump(mode="json"), "size": self.size_bytes}
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def plan_sample(
+    clip: Mapping[str, Any],
+    variants: Mapping[str, CaptionVariant],
+    probe: ClipProbe | SkipReason,
+    stage_name: str,
+    cfg: ShardConfig,
+) -> SamplePlan | SkipReason:
+    """Decide everything about one sample from its manifest row, captions and probe; no decoding."""
+    picked = pick_caption(variants, clip.get("source_caption"), cfg.captions)
+    if picked is None:
+        return "no_caption"
+    if isinstance(probe, str):
+        return probe
+    stage = cfg.stage(stage_name)
+    indices = frame_window(probe.n_frames, probe.fps, stage, cfg.seed, clip["clip_id"])
+    if isinstance(indices, str):
+        return indices
+    crop = (
+        float(clip.get("crop_top") or 0.0),
+        float(clip.get("crop_bottom") or 0.0),
+        float(clip.get("crop_left") or 0.0),
+        float(clip.get("crop_right") or 0.0),
+    )
+    region = crop_region(probe.width, probe.height, crop, stage)
+    if isinstance(region, str):
+        return region
+    box, scale = region
+    start_s = float(clip.get("start_s") or 0.0)
+    caption, field = picked
+    meta = SampleMeta(
+        key=check_key(clip["clip_id"]),
+        clip_id=clip["clip_id"],
+        video_id=clip["video_id"],
+        source=clip.get("source") or "",
+        stage=stage_name,
+        split=split_of(clip["video_id"], cfg.split),  # type: ignore[arg-type]
+        width=stage.width,
+        height=stage.height,
+        frames=stage.frames,
+        fps=stage.fps,
+        clip=ClipInfo(
+            clip_path=clip["clip_path"],
+            start_s=start_s,
+            end_s=float(clip.get("end_s") or 0.0),
+            fps=probe.fps,
+            n_frames=probe.n_frames,
+            width=probe.width,
+            height=probe.height,
+            source_width=clip.get("width"),
+            source_height=clip.get("height"),
+            crop_box=crop,
+            decision_hash=clip.get("decision_hash"),
+        ),
+        window=Window(
+            frame_indices=indices,
+            start_s=round(start_s + indices[0] / probe.fps, 6),
+            end_s=round(start_s + (indices[-1] + 1) / probe.fps, 6),
+            region=box,
+            scale=scale,
+        ),
+        scores={c: _clean(clip[c]) for c in SCORE_COLUMNS if c in clip},
+        caption=caption,
+        caption_field=field,
+        captions=dict(sorted(variants.items())),
+        source_caption=clip.get("source_caption"),
+        seed=cfg.seed,
+        config_hash=cfg.stage_hash(stage_name),
+        package_version=package_version(),
+    )
+    return SamplePlan(meta=meta, clip_path=clip["clip_path"], size_bytes=probe.size_bytes)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    index: int
+    samples: tuple[SamplePlan, ...]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+    @property
+    def plan_hash(self) -> str:
+        return config_hash([s.fingerprint() for s in self.samples])
+
+
+def shard_order(plans: Iterable[SamplePlan], seed: int) -> list[SamplePlan]:
+    """A seeded pseudo-random order: clips of one video spread over shards (better shuffling)."""
+    return sorted(plans, key=lambda p: (_unit_hash(seed, p.key, "order"), p.key))
+
+
+def group_shards(plans: Iterable[SamplePlan], samples_per_shard: int, seed: int) -> list[ShardPlan]:
+    """Deterministic shards per split, planned before anything is written (one task per shard)."""
+    by_split: dict[str, list[SamplePlan]] = {s: [] for s in SPLITS}
+    for p in plans:
+        by_split[p.meta.split].append(p)
+    out: list[ShardPlan] = []
+    for split in SPLITS:
+        ordered = shard_order(by_split[split], seed)
+        for i in range(0, len(ordered), samples_per_shard):
+            out.append(ShardPlan(split, i // samples_per_shard, tuple(ordered[i : i + samples_per_shard])))
+    return out
+
+
+def samples_per_shard(stage: StagePreset, bytes_per_sample: float | None) -> int:
+    if not stage.target_shard_bytes or not bytes_per_sample:
+        return stage.max_shard_samples
+    return max(1, min(stage.max_shard_samples, int(stage.target_shard_bytes // bytes_per_sample)))
+
+
+# ---- rendering one sample --------------------------------------------------------------------
+def decode_frames(path: str, indices: Sequence[int], threads: int = 1) -> np.ndarray:
+    """RGB frames at `indices` (decode order) as uint8 [T, H, W, 3]; decodes no further than needed.
+
+    Only the chosen frames are converted to RGB, the costly part at 1080p.
+    """
+    import av
+
+    wanted = set(indices)
+    last = max(indices)
+    got: dict[int, np.ndarray] = {}
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    missing = [i for i in indices if i not in got]
+    if missing:
+        raise ValueError(f"clip ended before frame {missing[0]} ({len(got)} of {len(indices)} decoded)")
+    return np.stack([got[i] for i in indices])
+
+
+def resize_region(frames: np.ndarray, region: Sequence[int], width: int, height: int) -> np.ndarray:
+    """Crop the region and resize it to width x height (area filter down, cubic up)."""
+    x0, y0, x1, y1 = region
+    interp = cv2.INTER_AREA if (x1 - x0) >= width else cv2.INTER_CUBIC
+    out = np.empty((len(frames), height, width, 3), np.uint8)
+    for i, f in enumerate(frames):
+        out[i] = cv2.resize(np.ascontiguousarray(f[y0:y1, x0:x1]), (width, height), interpolation=interp)
+    return out
+
+
+def encode_mp4(frames: np.ndarray, fps: float, stage: StagePreset) -> bytes:
+    """H.264 mp4 bytes, deterministic: one x264 thread, fixed crf/preset, bitexact muxer."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
+        st = out.add_stream(stage.codec, rate=Fraction(fps).limit_denominator(1001))
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        st.codec_context.thread_count = 1
+        st.options = {"crf": str(stage.crf), "preset": stage.preset}
+        for f in frames:
+            out.mux(st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(st.encode(None))
+    return buf.getvalue()
+
+
+def render_sample(plan: SamplePlan, root: str, stage: StagePreset, decode_threads: int = 1) -> dict[str, Any]:
+    """The tar members of one sample (bytes), ready for TarWriter."""
+    meta = plan.meta
+    frames = decode_frames(os.path.join(root, plan.clip_path), meta.window.frame_indices, decode_threads)
+    frames = resize_region(frames, meta.window.region, stage.width, stage.height)
+    return {
+        "__key__": meta.key,
+        JSON: dumps(meta.model_dump(mode="json")),
+        MP4: encode_mp4(frames, stage.fps, stage),
+        TXT: meta.caption.encode("utf-8"),
+    }
+
+
+def tar_bytes(sample: Mapping[str, Any]) -> int:
+    """Bytes a sample takes in an uncompressed tar: a 512-byte header + padded data per member."""
+    return sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if not k.startswith("_"))
+
+
+def estimate_sample_bytes(
+    plans: Sequence[SamplePlan], root: str, stage: StagePreset, decode_threads: int = 1
+) -> float | None:
+    sizes = []
+    for p in plans:
+        try:
+            sizes.append(tar_bytes(render_sample(p, root, stage, decode_threads)))
+        except Exception:
+            continue  # the shard task records the failure; the estimate just skips it
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+# ---- shards, records, index ------------------------------------------------------------------
+def split_dir(out: str, stage: str, split: str) -> str:
+    return os.path.join(out, stage, split)
+
+
+def record_path(out: str, stage: str, split: str, name: str) -> str:
+    return os.path.join(out, stage, RECORDS_DIR, split, name.replace(".tar", ".json"))
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_tar(path: str, samples: Iterable[Mapping[str, Any]]) -> tuple[int, list[str]]:
+    """Write samples to `path` via a temporary name + rename; returns (count, keys).
+
+    webdataset's TarWriter writes members in sorted field order per sample; fixed mtime, owner
+    and mode make the bytes reproducible. A reader never sees a half-written shard.
+    """
+    from webdataset import TarWriter
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    keys: list[str] = []
+    try:
+        with open(tmp, "wb") as f, TarWriter(
+            f, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE
+        ) as tw:
+            for s in samples:
+                tw.write(dict(s))
+                keys.append(s["__key__"])
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(keys), keys
+
+
+def write_shard(shard: ShardPlan, root: str, out: str, stage_name: str, cfg: ShardConfig) -> ShardRecord:
+    """One task: render the shard's samples, write the tar atomically, then its record."""
+    stage = cfg.stage(stage_name)
+    skipped: dict[str, str] = {}
+
+    def samples() -> Iterable[dict[str, Any]]:
+        for plan in shard.samples:
+            try:
+                yield render_sample(plan, root, stage, cfg.runner.decode_threads)
+            except Exception:
+                skipped[plan.key] = "decode_error"
+
+    path = os.path.join(split_dir(out, stage_name, shard.split), shard.name)
+    n, keys = write_tar(path, samples())
+    entry = ShardEntry(
+        name=shard.name, samples=n, bytes=os.path.getsize(path), sha256=sha256_file(path), plan_hash=shard.plan_hash
+    )
+    record = ShardRecord(split=shard.split, entry=entry, keys=keys, skipped=skipped)  # type: ignore[arg-type]
+    write_atomic(record_path(out, stage_name, shard.split, shard.name), dumps(record.model_dump(mode="json")))
+    return record
+
+
+def read_record(out: str, stage: str, split: str, name: str) -> ShardRecord | None:
+    path = record_path(out, stage, split, name)
+    try:
+        with open(path, "rb") as f:
+            return ShardRecord.model_validate_json(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def shard_is_done(shard: ShardPlan, out: str, stage: str, verify: bool = False) -> ShardRecord | None:
+    """The record of an identical finished shard, or None when it must be (re)written."""
+    rec = read_record(out, stage, shard.split, shard.name)
+    path = os.path.join(split_dir(out, stage, shard.split), shard.name)
+    if rec is None or rec.entry.plan_hash != shard.plan_hash or not os.path.exists(path):
+        return None
+    if os.path.getsize(path) != rec.entry.bytes:
+        return None
+    if verify and sha256_file(path) != rec.entry.sha256:
+        return None
+    return rec
+
+
+def build_index(
+    stage_name: str,
+    split: str,
+    cfg: ShardConfig,
+    records: Sequence[ShardRecord],
+    skipped: Mapping[str, int],
+) -> ShardIndex:
+    stage = cfg.stage(stage_name)
+    """The index of one split; `skipped` counts every clip of the split left out, by reason."""
+    entries = [r.entry for r in sorted(records, key=lambda r: r.entry.name)]
+    return ShardIndex(
+        stage=stage_name,
+        split=split,  # type: ignore[arg-type]
+        width=stage.width,
+        height=stage.height,
+        frames=stage.frames,
+        fps=stage.fps,
+        members=list(VIDEO_MEMBERS),
+        config_hash=cfg.stage_hash(stage_name),
+        seed=cfg.seed,
+        package_version=package_version(),
+        preset=stage.model_dump(mode="json"),
+        shards=entries,
+        samples=sum(e.samples for e in entries),
+        bytes=sum(e.bytes for e in entries),
+        skipped=dict(sorted(skipped.items())),
+    )
