@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import numpy as np
 from av.video.frame import PictureType
 
@@ -92,7 +93,7 @@ def analyze_video(
     samples: list[Sample] = []
     period = 1.0 / cfg.score_fps
     next_t = 0.0
-    prev = None
+    prev: av.VideoFrame | None = None
     size = (0, 0)
     last_flow_t = -1e9
     last_anchor = 0  # display index of the last I/P frame: P-frame vectors span the anchor distance

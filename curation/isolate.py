@@ -26,6 +26,11 @@ class IsolatedError(Exception):
 def _context() -> Any:
     global _ctx
     if _ctx is None:
+        # One video per core is the parallelism; BLAS and OpenMP pools inside a worker only add
+        # spin-waiting threads (OpenBLAS's burned more CPU than the whole analysis). The
+        # forkserver inherits this environment when it starts.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
         _ctx = mp.get_context("forkserver")
         _ctx.set_forkserver_preload(_PRELOAD)
     return _ctx

@@ -52,8 +52,8 @@ def frame_exposure(
     hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     n = float(gray.size)
     levels = np.arange(256, dtype=np.float64)
-    mean = float(hist @ levels) / n
-    var = max(float(hist @ (levels * levels)) / n - mean * mean, 0.0)
+    mean = float((hist * levels).sum()) / n
+    var = max(float((hist * levels * levels).sum()) / n - mean * mean, 0.0)
     return {
         "luma_mean": mean,
         "luma_std": float(np.sqrt(var)),

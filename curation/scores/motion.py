@@ -130,4 +130,5 @@ def mv_magnitude(mvs: np.ndarray | None, width: int, height: int) -> float:
     total = float(area.sum())
     if total <= 0:
         return 0.0
-    return float(area @ mag) / total / float(np.hypot(width, height))
+    # Elementwise, not `@`: a BLAS call wakes OpenBLAS threads whose spin-wait burns a core.
+    return float((area * mag).sum()) / total / float(np.hypot(width, height))
