@@ -31,6 +31,9 @@ HISTOGRAMS = (
 )
 
 
+LOG_SCALE = ("motion", "sharpness")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder of `vjp curate`")
     p.add_argument("--max-thumbs", type=int, default=60)
@@ -73,11 +76,19 @@ def _histograms(clips: list[dict[str, Any]], cfg: CurateConfig) -> str:
     thresholds = cfg.filters.model_dump()
     for ax, (col, ths) in zip(axes.flat, HISTOGRAMS, strict=True):
         vals = [c[col] for c in clips if c.get(col) is not None]
-        if vals:
+        if vals and col in LOG_SCALE:
+            # Motion and sharpness span orders of magnitude; thresholds sit in the low tail.
+            lo = max(min(v for v in vals if v > 0) if any(v > 0 for v in vals) else 1e-6, 1e-6)
+            bins = np.geomspace(lo, max(max(vals), lo * 10), 30)
+            ax.hist([max(v, lo) for v in vals], bins=bins, color="#888")
+            ax.set_xscale("log")
+        elif vals:
             ax.hist(vals, bins=30, color="#888")
         for t in ths:
             ax.axvline(thresholds[t], color="#c33", linestyle="--")
-            ax.text(thresholds[t], ax.get_ylim()[1] * 0.9, t, rotation=90, fontsize=7, color="#c33")
+            ax.text(
+                thresholds[t], ax.get_ylim()[1] * 0.95, t, rotation=90, fontsize=7, color="#c33", va="top"
+            )
         ax.set_title(col)
     fig.tight_layout()
     out = _png(fig)
