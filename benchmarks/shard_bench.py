@@ -1,6 +1,6 @@
 """Stage-shard throughput: samples/s written per core, loader samples/s per core, ratio to the trainer.
 
-    .venv/bin/python benchmarks/shard_bench.py [--clips 8] [--size 1280x720] [--seconds 5]
+    .venv/bin/python benchmarks/shard_bench.py [--clips 8] [--size 1920x1080] [--seconds 5]
         [--stages stage1,stage2] [--step-time stage1=1.0,stage2=2.0] [--batch stage1=8,stage2=1]
 
 Generates textured, panning H.264 clips at --size (the curated clips the writer reads; 1080p short
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from jobs.shard import shard_stage  # noqa: E402
 from tests.test_shards import make_clips  # noqa: E402
 from training.data.loader import ShardDataModule  # noqa: E402
-from training.data.shard_writer import decode_frames, encode_mp4, plan_sample, probe_clip, resize_region  # noqa: E402
+from training.data.shard_writer import encode_mp4, load_window, plan_sample, probe_clip  # noqa: E402
 from training.data.stages import load_config, parse_config  # noqa: E402
 
 
@@ -50,18 +50,18 @@ def bench_stage(
     # Where the writer's time goes, on the same clips.
     import pyarrow.parquet as pq
 
-    parts = {"decode": 0.0, "resize": 0.0, "encode": 0.0}
+    parts = {"decode+crop/scale": 0.0, "encode": 0.0}
     preset = cfg.stage(stage)
     for clip in pq.read_table(manifests / "clips" / "clips.parquet").to_pylist()[:4]:
         plan = plan_sample(clip, {}, probe_clip(str(root / clip["clip_path"])), stage, cfg)
         if isinstance(plan, str):
             continue
         c = time.process_time()
-        frames = decode_frames(str(root / plan.clip_path), plan.meta.window.frame_indices)
-        parts["decode"] += time.process_time() - c
-        c = time.process_time()
-        frames = resize_region(frames, plan.meta.window.region, preset.width, preset.height)
-        parts["resize"] += time.process_time() - c
+        w = plan.meta.window
+        frames = load_window(
+            str(root / plan.clip_path), w.frame_indices, w.region, preset.width, preset.height
+        )
+        parts["decode+crop/scale"] += time.process_time() - c
         c = time.process_time()
         encode_mp4(frames, preset.fps, preset)
         parts["encode"] += time.process_time() - c
@@ -96,7 +96,7 @@ def bench_stage(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--size", default="1280x720", help="clip file size WxH")
+    ap.add_argument("--size", default="1920x1080", help="clip file size WxH (curation caps at 1080p)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--fps", type=int, default=24)
     ap.add_argument("--stages", default="stage1,stage2")
@@ -109,31 +109,41 @@ def main() -> None:
     data = load_config(REPO / "jobs" / "configs" / "shard.yaml").model_dump(mode="json")
     data["captions"]["fallback"] = "source_caption"
     data["split"]["eval_fraction"] = 0.0
+    for preset in data["stages"].values():  # steady state: no calibration encodes (8 per job)
+        preset["target_shard_bytes"] = None
     data["runner"].update(progress=False, max_in_flight=1)  # one writer thread: per-core numbers
     cfg = parse_config(data)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         frames = int(args.seconds * args.fps)
         specs = [
-            {"clip_id": f"bench{i:03d}_0000000_{frames:07d}", "video_id": f"bench{i:03d}", "width": w,
-             "height": h, "frames": frames, "fps": args.fps, "caption": f"ベンチマーク用のクリップ{i}。"}
+            {
+                "clip_id": f"bench{i:03d}_0000000_{frames:07d}",
+                "video_id": f"bench{i:03d}",
+                "width": w,
+                "height": h,
+                "frames": frames,
+                "fps": args.fps,
+                "caption": f"ベンチマーク用のクリップ{i}。",
+            }
             for i in range(args.clips)
-        ]  # fmt: skip
+        ]
         t0 = time.time()
         manifests = make_clips(work / "curated", specs)
-        print(f"# {args.clips} clips {w}x{h}, {frames} frames at {args.fps} fps made in {time.time() - t0:.1f} s",
-              file=sys.stderr)  # fmt: skip
+        made = f"{args.clips} clips {w}x{h}, {frames} frames at {args.fps} fps"
+        print(f"# {made} made in {time.time() - t0:.1f} s", file=sys.stderr)
         results = [
             bench_stage(s, cfg, manifests, work / "shards", steps.get(s, 1.0), batches.get(s, 1))
             for s in args.stages.split(",")
         ]
     print(json.dumps(results, indent=2, ensure_ascii=False))
     for r in results:
+        split = ", ".join(f"{k} {v}" for k, v in r["writer_split"].items())
         print(
-            f"{r['stage']} {r['size']}: writer {r['writer_samples_per_core_s']} samples/s/core "
-            f"({', '.join(f'{k} {v}' for k, v in r['writer_split'].items())}); loader "
-            f"{r['loader_samples_per_core_s']} samples/s/core; trainer {r['trainer_samples_per_gpu_s']} samples/s/GPU "
-            f"(batch {r['batch_per_gpu']} @ {r['step_time_s']} s/step): ratio {r['loader_to_trainer_ratio_per_core']} "
+            f"{r['stage']} {r['size']}: writer {r['writer_samples_per_core_s']} samples/s/core ({split}); "
+            f"loader {r['loader_samples_per_core_s']} samples/s/core; trainer "
+            f"{r['trainer_samples_per_gpu_s']} samples/s/GPU (batch {r['batch_per_gpu']} "
+            f"@ {r['step_time_s']} s/step): ratio {r['loader_to_trainer_ratio_per_core']} "
             f"-> {r['loader_cores_per_gpu']} loader cores per GPU"
         )
 

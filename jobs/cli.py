@@ -14,6 +14,8 @@ COMMANDS = {
     "report": ("jobs.report", "HTML report (filter funnel, score histograms, contact sheet)"),
     "sample-corpus": ("jobs.sample_corpus", "write the generated sample videos"),
     "caption": ("jobs.caption", "Japanese captions with Qwen2-VL (vLLM, OpenAI API, transformers)"),
+    "shard": ("jobs.shard", "captioned clips -> WebDataset shards of one resolution stage, with index"),
+    "encode": ("jobs.encode", "optional: VAE latents + text embeddings -> derived shards"),
 }
 
 

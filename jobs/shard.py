@@ -27,7 +27,11 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", required=True, help="OUT/manifests of the curation job (clips/ and captions/)")
     p.add_argument("--stage", required=True, help="stage preset name from the config (stage1, stage2, ...)")
-    p.add_argument("--out", required=True, help="shard root: writes OUT/<stage>/<split>/NNNNNN.tar + index.json")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="shard root: writes OUT/<stage>/<split>/NNNNNN.tar + OUT/<stage>/__index__/",
+    )
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
     p.add_argument(
         "--address", default=None, help="Ray address; default RAY_ADDRESS or an embedded local Ray"
@@ -89,7 +93,9 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
-def _run(fn: Any, items: Any, extra: tuple[Any, ...], runner: str, cfg: Any) -> Iterator[tuple[Any, Any, Any]]:
+def _run(
+    fn: Any, items: Any, extra: tuple[Any, ...], runner: str, cfg: Any
+) -> Iterator[tuple[Any, Any, Any]]:
     if runner == "ray":
         return map_ray(fn, items, extra, cfg.runner.max_in_flight, cfg.runner.num_cpus_per_shard)
     return map_threads(fn, items, extra, cfg.runner.max_in_flight)
@@ -129,6 +135,73 @@ def _write_samples_table(path: str, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _row(
+    clip_id: str, video_id: str, split: str, reason: str | None, shard: str | None, ok: bool = True
+) -> dict:
+    status = "written" if reason is None else ("skipped" if ok else "failed")
+    return dict(clip_id=clip_id, video_id=video_id, split=split, status=status, reason=reason, shard=shard)
+
+
+def plan_stage(
+    clips: list[dict[str, Any]], variants: dict[str, Any], root: str, stage_name: str, cfg: Any, runner: str
+) -> tuple[list[Any], dict[str, dict[str, Any]], float | None]:
+    """Probe every clip file (in parallel), then plan each sample: (plans, skipped rows, bytes estimate)."""
+    from training.data.shard_writer import estimate_sample_bytes, plan_sample, shard_order, split_of
+
+    probes: dict[str, Any] = {}
+    todo = [(c["clip_id"], c["clip_path"]) for c in clips]
+    for batch, result, exc in _run(
+        _probe_batch, _batches(todo, cfg.runner.probe_batch), (root,), runner, cfg
+    ):
+        for cid, probe in result if exc is None else [(cid, "unreadable") for cid, _ in batch or []]:
+            probes[cid] = probe
+    plans, rows = [], {}
+    for c in clips:
+        plan = plan_sample(c, variants.get(c["clip_id"], {}), probes[c["clip_id"]], stage_name, cfg)
+        if isinstance(plan, str):
+            rows[c["clip_id"]] = _row(
+                c["clip_id"], c["video_id"], split_of(c["video_id"], cfg.split), plan, None
+            )
+        else:
+            plans.append(plan)
+    # Bytes per sample from a few real encodes (deterministic: the first samples in shard order).
+    stage = cfg.stage(stage_name)
+    n_cal = cfg.runner.calibration_samples if stage.target_shard_bytes else 0
+    calibrate = shard_order(plans, cfg.seed)[:n_cal]
+    est = estimate_sample_bytes(calibrate, root, stage, cfg.runner.decode_threads) if calibrate else None
+    return plans, rows, est
+
+
+def write_indexes(
+    out: str, stage_name: str, cfg: Any, shards: list[Any], records: dict, rows: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The index per split and samples.parquet (where is clip X, or why is it not there?)."""
+    from training.data.sample_format import SPLITS, dumps, index_path, samples_path
+    from training.data.shard_writer import build_index, split_dir, write_atomic
+
+    for sh in shards:
+        rec = records.get((sh.split, sh.name))
+        for p in sh.samples:
+            # No record: the shard's task failed (reported, exit 1); a rerun retries it.
+            reason = (rec.skipped.get(p.key) if rec else "shard_failed") or None
+            shard = None if reason else f"{sh.split}/{sh.name}"
+            rows[p.key] = _row(p.key, p.meta.video_id, sh.split, reason, shard, ok=rec is not None)
+    result = {}
+    for split in SPLITS:
+        skipped: dict[str, int] = {}
+        for r in rows.values():
+            if r["split"] == split and r["status"] != "written":
+                skipped[r["reason"]] = skipped.get(r["reason"], 0) + 1
+        keys = [(sh.split, sh.name) for sh in shards if sh.split == split]
+        index = build_index(stage_name, split, cfg, [records[k] for k in keys if k in records], skipped)
+        os.makedirs(split_dir(out, stage_name, split), exist_ok=True)
+        write_atomic(index_path(os.path.join(out, stage_name), split), dumps(index.model_dump(mode="json")))
+        result[split] = {"shards": len(index.shards), "samples": index.samples, "bytes": index.bytes}
+    table = sorted(rows.values(), key=lambda r: r["clip_id"])
+    _write_samples_table(samples_path(os.path.join(out, stage_name)), table)
+    return result
+
+
 def shard_stage(
     clips_arg: str,
     stage_name: str,
@@ -139,20 +212,8 @@ def shard_stage(
     verify: bool = False,
 ) -> dict[str, Any]:
     """The whole job for one stage; returns its summary. Safe to rerun: finished shards are kept."""
-    from training.data.sample_format import INDEX_NAME, SAMPLES_NAME, SPLITS, dumps
-    from training.data.shard_writer import (
-        build_index,
-        estimate_sample_bytes,
-        group_shards,
-        plan_sample,
-        samples_per_shard,
-        shard_is_done,
-        shard_order,
-        split_dir,
-        split_of,
-        write_atomic,
-        write_shard,
-    )
+    from training.data.sample_format import SPLITS
+    from training.data.shard_writer import group_shards, samples_per_shard, shard_is_done, write_shard
 
     t0 = time.time()
     stage = cfg.stage(stage_name)
@@ -163,87 +224,51 @@ def shard_stage(
     if runner == "ray":
         init_ray(address)
 
-    # 1. probe clip files (in parallel: on a cluster the manifest can hold millions of clips)
-    probes: dict[str, Any] = {}
-    todo = [(c["clip_id"], c["clip_path"]) for c in clips]
-    for batch, result, exc in _run(_probe_batch, _batches(todo, cfg.runner.probe_batch), (root,), runner, cfg):
-        for cid, probe in result if exc is None else [(cid, "unreadable") for cid, _ in batch or []]:
-            probes[cid] = probe
-
-    # 2. plan every sample (pure, cheap), then group into shards before writing anything
-    plans, rows = [], {}
-    for c in clips:
-        plan = plan_sample(c, variants.get(c["clip_id"], {}), probes[c["clip_id"]], stage_name, cfg)
-        split = split_of(c["video_id"], cfg.split)
-        if isinstance(plan, str):
-            rows[c["clip_id"]] = dict(clip_id=c["clip_id"], video_id=c["video_id"], split=split, status="skipped",
-                                      reason=plan, shard=None)  # fmt: skip
-        else:
-            plans.append(plan)
-    calibrate = shard_order(plans, cfg.seed)[: cfg.runner.calibration_samples] if stage.target_shard_bytes else []
-    est = estimate_sample_bytes(calibrate, root, stage, cfg.runner.decode_threads) if calibrate else None
+    # 1. plan everything and group into shards before writing anything
+    plans, rows, est = plan_stage(clips, variants, root, stage_name, cfg, runner)
     per_shard = samples_per_shard(stage, est)
     shards = group_shards(plans, per_shard, cfg.seed)
-    planned = {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS}
-    removed = _clean_stale(out, stage_name, planned)
+    removed = _clean_stale(out, stage_name, {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS})
 
-    # 3. write missing or changed shards, one task each
-    records, todo_shards = {}, []
+    # 2. write missing or changed shards, one task each
+    records, todo = {}, []
     for sh in shards:
         rec = shard_is_done(sh, out, stage_name, verify)
         if rec is None:
-            todo_shards.append(sh)
+            todo.append(sh)
         else:
             records[(sh.split, sh.name)] = rec
-    progress = _progress(cfg.runner.progress, len(todo_shards))
+    progress = _progress(cfg.runner.progress, len(todo))
     failed = []
-    for sh, rec, exc in _run(write_shard, todo_shards, (root, out, stage_name, cfg), runner, cfg):
+    for sh, rec, exc in _run(write_shard, todo, (root, out, stage_name, cfg), runner, cfg):
         progress()
         if exc is not None:
             failed.append(f"{sh.split}/{sh.name}: {type(exc).__name__}: {exc}")
-            continue
-        records[(sh.split, sh.name)] = rec
+        else:
+            records[(sh.split, sh.name)] = rec
 
-    # 4. index per split, and the per-clip table answering "where is clip X, or why not?"
-    for sh in shards:
-        rec = records.get((sh.split, sh.name))
-        for p in sh.samples:
-            # No record: the shard's task failed (reported, exit 1); a rerun retries it.
-            reason = rec.skipped.get(p.key) if rec else "shard_failed"
-            status = "written" if not reason else ("skipped" if rec else "failed")
-            rows[p.key] = dict(clip_id=p.key, video_id=p.meta.video_id, split=sh.split, status=status,
-                               reason=reason, shard=None if reason else f"{sh.split}/{sh.name}")  # fmt: skip
-    summary: dict[str, Any] = {"stage": stage_name, "config_hash": cfg.stage_hash(stage_name)}
-    for split in SPLITS:
-        skipped: dict[str, int] = {}
-        for r in rows.values():
-            if r["split"] == split and r["status"] != "written":
-                skipped[r["reason"]] = skipped.get(r["reason"], 0) + 1
-        keys = [(sh.split, sh.name) for sh in shards if sh.split == split]
-        index = build_index(stage_name, split, cfg, [records[k] for k in keys if k in records], skipped)
-        os.makedirs(split_dir(out, stage_name, split), exist_ok=True)
-        write_atomic(os.path.join(split_dir(out, stage_name, split), INDEX_NAME),
-                     dumps(index.model_dump(mode="json")))  # fmt: skip
-        summary[split] = {"shards": len(index.shards), "samples": index.samples, "bytes": index.bytes}
-    _write_samples_table(os.path.join(out, stage_name, SAMPLES_NAME), sorted(rows.values(), key=lambda r: r["clip_id"]))
+    # 3. index per split, per-clip table, summary
+    splits = write_indexes(out, stage_name, cfg, shards, records, rows)
     reasons: dict[str, int] = {}
     for r in rows.values():
         if r["status"] != "written":
             reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    summary.update(
-        clips_kept=len(clips),
-        samples_written=sum(1 for r in rows.values() if r["status"] == "written"),
-        skipped_by_reason=dict(sorted(reasons.items())),
-        samples_per_shard=per_shard,
-        est_bytes_per_sample=round(est) if est else None,
-        shards_written=len(todo_shards) - len(failed),
-        shards_reused=len(shards) - len(todo_shards),
-        stale_removed=removed,
-        failed_shards=failed,
-        elapsed_s=round(time.time() - t0, 2),
-        out=os.path.join(out, stage_name),
-    )
-    return summary
+    return {
+        "stage": stage_name,
+        "config_hash": cfg.stage_hash(stage_name),
+        **splits,
+        "clips_kept": len(clips),
+        "samples_written": sum(1 for r in rows.values() if r["status"] == "written"),
+        "skipped_by_reason": dict(sorted(reasons.items())),
+        "samples_per_shard": per_shard,
+        "est_bytes_per_sample": round(est) if est else None,
+        "shards_written": len(todo) - len(failed),
+        "shards_reused": len(shards) - len(todo),
+        "stale_removed": removed,
+        "failed_shards": failed,
+        "elapsed_s": round(time.time() - t0, 2),
+        "out": os.path.join(out, stage_name),
+    }
 
 
 def _progress(enabled: bool, total: int) -> Any:

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ import numpy as np
 import torch
 
 from training.data.sample_format import (
-    INDEX_NAME,
     JSON,
     LATENTS,
     MP4,
@@ -39,6 +39,7 @@ from training.data.sample_format import (
     TXT,
     ShardIndex,
     decode_mp4,
+    index_path,
     load_npy,
 )
 
@@ -53,24 +54,32 @@ def _seed(*parts: int) -> int:
     return s
 
 
-def resolve_shards(source: str | os.PathLike[str] | Sequence[str], split: str = "train") -> tuple[list[str], ShardIndex | None]:
-    """Shard URLs and the index from a stage folder, a split folder, an index.json, or URLs.
+def resolve_shards(
+    source: str | os.PathLike[str] | Sequence[str], split: str = "train"
+) -> tuple[list[str], ShardIndex | None]:
+    """Shard URLs and the index from a stage folder, a split folder, an index file, or URLs.
 
-    Local shards are read through their index, so a stale or half-written file in the folder is
-    never picked up. Anything else (brace patterns, `pipe:` and object-store URLs) is passed to
-    webdataset as is, without an index.
+    Local shards are read through their index (<stage>/__index__/<split>.json), so a stale file in
+    the folder is never picked up. Anything else (brace patterns, `pipe:` and object-store URLs) is
+    expanded and passed to webdataset as is, without an index.
     """
     if not isinstance(source, (str, os.PathLike)):
-        return list(source), None
+        return [str(u) for u in source], None
     p = Path(source)
-    for candidate in (p / split / INDEX_NAME, p / INDEX_NAME, p):
-        if candidate.is_file() and candidate.name == INDEX_NAME:
-            index = ShardIndex.model_validate_json(candidate.read_text())
-            if index.split != split:
-                raise ValueError(f"{candidate} indexes split {index.split!r}, not {split!r}")
-            urls = [str(candidate.parent / e.name) for e in index.shards]
-            return urls, index
-    return [str(source)], None
+    if p.is_file() and p.suffix == ".json":
+        index = ShardIndex.model_validate_json(p.read_text())
+        stage_dir = p.parent.parent
+    else:
+        stage_dir = p.parent if p.name == split and Path(index_path(p.parent, split)).is_file() else p
+        index_file = Path(index_path(stage_dir, split))
+        index = ShardIndex.model_validate_json(index_file.read_text()) if index_file.is_file() else None
+    if index is not None:
+        if index.split != split:
+            raise ValueError(f"{source}: the index is of split {index.split!r}, not {split!r}")
+        return [str(stage_dir / split / e.name) for e in index.shards], index
+    from webdataset.shardlists import expand_urls
+
+    return list(expand_urls(str(source))), None  # brace patterns: one URL per shard
 
 
 # ---- per-sample decoding ---------------------------------------------------------------------
@@ -125,37 +134,53 @@ def _worker_info(rank: int | None, world_size: int | None) -> tuple[int, int, in
     return (r if rank is None else rank), (w if world_size is None else world_size), worker, num_workers
 
 
-def _shuffle(bufsize: int, initial: int, seed: int, rank: int | None, world: int | None) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """A shuffle buffer seeded inside each worker (seed, rank, worker, epoch): reproducible and distinct."""
-    epoch = [-1]
+class _Shuffle:
+    """A shuffle buffer seeded inside each worker from (seed, rank, worker, epoch).
 
-    def run(src: Iterator[Any]) -> Iterator[Any]:
-        epoch[0] += 1
-        r, _, worker, _ = _worker_info(rank, world)
-        rng = random.Random(_seed(seed, r, worker, epoch[0]))
+    Reproducible, distinct per worker, and picklable (a class, not a closure) for spawned workers.
+    """
+
+    def __init__(self, bufsize: int, seed: int, rank: int | None, world: int | None) -> None:
+        self.bufsize, self.seed, self.rank, self.world = bufsize, seed, rank, world
+        self.epoch = -1
+
+    def __call__(self, src: Iterator[Any]) -> Iterator[Any]:
+        self.epoch += 1
+        r, _, worker, _ = _worker_info(self.rank, self.world)
+        rng = random.Random(_seed(self.seed, r, worker, self.epoch))
         buf: list[Any] = []
         for sample in src:
             buf.append(sample)
-            if len(buf) >= bufsize:
+            if len(buf) >= self.bufsize:
                 i = rng.randrange(len(buf))
                 buf[i], buf[-1] = buf[-1], buf[i]
                 yield buf.pop()
-            elif len(buf) < initial:
-                continue
         rng.shuffle(buf)
         yield from buf
 
-    return run
 
+class _SplitByNode:
+    """Every world_size-th shard, from the rank's offset (explicit rank/world override the env)."""
 
-def _split_by_node(rank: int | None, world: int | None) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    def run(src: Iterator[Any]) -> Iterator[Any]:
-        r, w, _, _ = _worker_info(rank, world)
+    def __init__(self, rank: int | None, world: int | None) -> None:
+        self.rank, self.world = rank, world
+
+    def __call__(self, src: Iterator[Any]) -> Iterator[Any]:
+        r, w, _, _ = _worker_info(self.rank, self.world)
         for i, item in enumerate(src):
             if i % w == r:
                 yield item
 
-    return run
+
+class _WorkerSeed:
+    """Seed of a resampled shard stream: distinct per (rank, worker), new after a resume."""
+
+    def __init__(self, rank: int | None, world: int | None, resume_step: int) -> None:
+        self.rank, self.world, self.resume_step = rank, world, resume_step
+
+    def __call__(self) -> int:
+        r, _, worker, _ = _worker_info(self.rank, self.world)
+        return _seed(r, worker, self.resume_step)
 
 
 class ShardDataModule:
@@ -188,7 +213,11 @@ class ShardDataModule:
         self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
         self.resume_step, self.rank, self.world_size = resume_step, rank, world_size
         self.decode_threads, self.drop_last, self.pin_memory = decode_threads, drop_last, pin_memory
-        self.handler = {"warn": wds.warn_and_continue, "raise": wds.reraise_exception, "skip": wds.ignore_and_continue}[on_error]
+        self.handler = {
+            "warn": wds.warn_and_continue,
+            "raise": wds.reraise_exception,
+            "skip": wds.ignore_and_continue,
+        }[on_error]
         r, w, _, _ = _worker_info(rank, world_size)
         self._rank, self._world = r, w
         if not resampled and len(self.urls) < w:
@@ -198,18 +227,25 @@ class ShardDataModule:
                 "use resampled=True or write smaller shards (max_shard_samples)"
             )
         if not resampled and len(self.urls) < w * max(1, num_workers):
-            log.warning("%d shards for %d ranks x %d workers: some workers idle", len(self.urls), w, num_workers)
+            log.warning(
+                "%d shards for %d ranks x %d workers: some workers idle", len(self.urls), w, num_workers
+            )
         self.epoch_batches = epoch_batches if epoch_batches is not None else self._default_epoch_batches()
 
     def _default_epoch_batches(self) -> int | None:
-        """Finite mode: the same number of batches on every rank (a short rank wraps around)."""
+        """Finite mode: the same number of batches on every rank, so no rank waits for another.
+
+        Without shard shuffling the split is known exactly and the shortest rank sets the count
+        (nothing repeats); with it, the average (a short rank wraps around a few samples).
+        """
         if self.resampled or self.index is None:
             return None
         counts = [0] * self._world
         for i, e in enumerate(self.index.shards):
             counts[i % self._world] += e.samples
-        per_rank = sum(counts) // self._world
-        return max(1, per_rank // self.batch_size) if self.drop_last else max(1, -(-per_rank // self.batch_size))
+        per_rank = min(counts) if not self.shuffle_buffer else sum(counts) // self._world
+        n = per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        return max(1, n)
 
     @property
     def samples(self) -> int | None:
@@ -221,12 +257,11 @@ class ShardDataModule:
 
         stages: list[Any] = []
         if self.resampled:
-            rank, world, step, seed = self.rank, self.world_size, self.resume_step, self.seed
             stages.append(
                 wds.ResampledShards(
                     self.urls,
-                    seed=seed,
-                    worker_seed=lambda: _seed(*_worker_info(rank, world)[::2], step),
+                    seed=self.seed,
+                    worker_seed=_WorkerSeed(self.rank, self.world_size, self.resume_step),
                     deterministic=True,
                 )
             )
@@ -234,21 +269,28 @@ class ShardDataModule:
             stages += [
                 wds.SimpleShardList(self.urls),
                 # Same shard order on every rank (seed + epoch), then disjoint slices per rank/worker.
-                wds.detshuffle(len(self.urls), len(self.urls), seed=self.seed) if self.shuffle_buffer else None,
-                _split_by_node(self.rank, self.world_size),
+                wds.detshuffle(len(self.urls), len(self.urls), seed=self.seed)
+                if self.shuffle_buffer
+                else None,
+                _SplitByNode(self.rank, self.world_size),
                 wds.split_by_worker,
             ]
         stages += [
             wds.tarfile_to_samples(handler=self.handler),
-            _shuffle(self.shuffle_buffer, max(1, self.shuffle_buffer // 4), self.seed + self.resume_step,
-                     self.rank, self.world_size) if self.shuffle_buffer else None,  # fmt: skip
-            wds.map(lambda s: decode_sample(s, self.decode_threads), handler=self.handler),
-            wds.batched(self.batch_size, collation_fn=collate, partial=not self.drop_last),
+            _Shuffle(self.shuffle_buffer, _seed(self.seed, self.resume_step), self.rank, self.world_size)
+            if self.shuffle_buffer
+            else None,
+            wds.map(partial(decode_sample, decode_threads=self.decode_threads), handler=self.handler),
+            # Resampled: batch in the workers (cheapest). Finite: batch in the main process (loader()),
+            # so a rank's batch count does not depend on how its samples fall across workers.
+            wds.batched(self.batch_size, collation_fn=collate, partial=not self.drop_last)
+            if self.resampled
+            else None,
         ]
         return wds.DataPipeline(*[s for s in stages if s is not None])
 
     def loader(self) -> Any:
-        """A WebLoader over `dataset()`; batching happens in the workers."""
+        """A WebLoader over `dataset()`: batches of `batch_size`, `epoch_batches` per epoch if set."""
         import webdataset as wds
 
         loader = wds.WebLoader(
@@ -258,6 +300,8 @@ class ShardDataModule:
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+        if not self.resampled:
+            loader = loader.batched(self.batch_size, collation_fn=collate, partial=not self.drop_last)
         if self.epoch_batches:
             loader = loader.with_epoch(self.epoch_batches)
         return loader

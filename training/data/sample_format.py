@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from typing import Any, Literal
 
@@ -43,13 +44,16 @@ VIDEO_MEMBERS = (JSON, MP4, TXT)
 LATENT_MEMBERS = (JSON, LATENTS, TEXT_EMB, TXT)
 
 SPLITS = ("train", "eval")
-INDEX_NAME = "index.json"
-SAMPLES_NAME = "samples.parquet"  # per stage: every considered clip, its split, shard or skip reason
-RECORDS_DIR = "records"  # per stage: one json per finished shard (resume), outside the split folders
+# Stage layout: <stage>/<split>/NNNNNN.tar hold nothing but tars, so any WebDataset client (and
+# `datasets.load_dataset("<stage>")`, which skips "__" folders) takes a split folder untouched.
+# Everything else lives in <stage>/__index__/: <split>.json (ShardIndex), samples.parquet (every
+# clip considered: split, shard or skip reason) and records/<split>/NNNNNN.json (resume).
+META_DIR = "__index__"
 
 # Why a kept clip is not in a stage's shards; recorded per clip in samples.parquet and counted in
 # the index. Nothing is stretched, padded or duplicated silently to make a clip fit.
 SkipReason = Literal[
+    "unsafe_key",  # clip id not WebDataset-safe (dots, slashes): would split into wrong members
     "no_caption",  # no usable caption (and no allowed fallback)
     "missing_file",  # clip file not found
     "unreadable",  # clip file does not open / has no video stream
@@ -64,11 +68,27 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SHARD_RE = re.compile(r"^(\d{6})\.tar$")
 
 
+def is_safe_key(key: str) -> bool:
+    return bool(_KEY_RE.match(key))
+
+
 def check_key(key: str) -> str:
     """A WebDataset-safe key: no dots (the key ends at the first dot), no slashes, not empty."""
     if not _KEY_RE.match(key):
         raise ValueError(f"sample key {key!r} is not WebDataset-safe (allowed: letters, digits, _ and -)")
     return key
+
+
+def index_path(stage_dir: str | os.PathLike[str], split: str) -> str:
+    return os.path.join(stage_dir, META_DIR, f"{split}.json")
+
+
+def samples_path(stage_dir: str | os.PathLike[str]) -> str:
+    return os.path.join(stage_dir, META_DIR, "samples.parquet")
+
+
+def record_path(stage_dir: str | os.PathLike[str], split: str, name: str) -> str:
+    return os.path.join(stage_dir, META_DIR, "records", split, name.removesuffix(".tar") + ".json")
 
 
 def shard_name(index: int) -> str:
@@ -82,7 +102,9 @@ def shard_number(name: str) -> int | None:
 
 def dumps(obj: Any) -> bytes:
     """Canonical JSON bytes (sorted keys, UTF-8, no spaces): same object, same bytes."""
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    return json.dumps(
+        obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+    ).encode()
 
 
 def config_hash(payload: Any) -> str:
@@ -196,7 +218,7 @@ class ShardEntry(_Model):
 
 
 class ShardIndex(_Model):
-    """<stage>/<split>/index.json (schema shard_index.v1)."""
+    """<stage>/__index__/<split>.json (schema shard_index.v1)."""
 
     schema_version: Literal["shard_index.v1"] = INDEX_SCHEMA
     format: Literal["videojp.sample.v1"] = FORMAT
@@ -215,17 +237,21 @@ class ShardIndex(_Model):
     shards: list[ShardEntry]
     samples: int
     bytes: int
-    skipped: dict[str, int] = Field(default_factory=dict, description="clips of this split left out, by reason")
+    skipped: dict[str, int] = Field(
+        default_factory=dict, description="clips of this split left out, by reason"
+    )
     encode: dict[str, Any] | None = Field(None, description="precompute settings (latents only)")
 
 
 class ShardRecord(_Model):
-    """records/<split>/NNNNNN.json: written after a shard is renamed into place; resume trusts it."""
+    """__index__/records/<split>/NNNNNN.json: written once its shard is renamed into place (resume)."""
 
     split: Literal["train", "eval"]
     entry: ShardEntry
     keys: list[str]
-    skipped: dict[str, str] = Field(default_factory=dict, description="clip_id -> reason, found while writing")
+    skipped: dict[str, str] = Field(
+        default_factory=dict, description="clip_id -> reason, found while writing"
+    )
 
 
 # ---- reading members -------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class SplitConfig(_Strict):
     eval_fraction: float = Field(0.02, ge=0, le=1, description="share of SOURCE VIDEOS held out for eval")
     salt: str = Field(
         "videojp-split-v1",
-        description="hashed with video_id; independent of seed and stage so every stage holds out the same videos",
+        description="hashed with video_id; not seed or stage: every stage holds out the same videos",
     )
 
 
@@ -84,7 +84,9 @@ class EncodeConfig(_Strict):
     """`vjp encode`: the frozen VAE and text encoder of the model being trained."""
 
     vae: str = Field("THUDM/CogVideoX-2b", description="hub id or local folder of the VAE")
-    vae_subfolder: str | None = Field("vae", description="subfolder inside `vae` (None for a bare VAE folder)")
+    vae_subfolder: str | None = Field(
+        "vae", description="subfolder inside `vae` (None for a bare VAE folder)"
+    )
     vae_revision: str | None = None
     text_encoder: str = Field("llm-jp/llm-jp-3-1.8b", description="hub id or local folder (tokenizer too)")
     text_encoder_revision: str | None = None
@@ -97,7 +99,6 @@ class EncodeConfig(_Strict):
     vae_batch_size: int = Field(1, ge=1)
     text_batch_size: int = Field(16, ge=1)
     vae_tiling: bool = Field(False, description="tiled VAE encode: less memory at 848x480 on small GPUs")
-    max_shard_samples: int | None = Field(None, ge=1, description="None = one output shard per input shard")
 
 
 class ShardConfig(_Strict):
@@ -118,7 +119,9 @@ class ShardConfig(_Strict):
 
     def stage(self, name: str) -> StagePreset:
         if name not in self.stages:
-            raise ConfigError(f"unknown stage {name!r}; configured: {', '.join(sorted(self.stages)) or 'none'}")
+            raise ConfigError(
+                f"unknown stage {name!r}; configured: {', '.join(sorted(self.stages)) or 'none'}"
+            )
         return self.stages[name]
 
     def stage_hash(self, name: str) -> str:

@@ -1,0 +1,178 @@
+"""`vjp encode`: tiny random CogVideoX VAE and Llama text encoder, saved and loaded via from_pretrained."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_shards import cli, make_clips, write_config
+from training.data.stages import EncodeConfig
+
+CAPTIONS = [
+    "森の中を流れる小川、木漏れ日。",
+    "子どもたちが公園で遊んでいる様子をズームで映す。",
+    "夜の街。",
+    "海辺の波",
+]
+
+
+def build_tiny_models(root: Path) -> tuple[Path, Path]:
+    """A 65k-parameter CogVideoX VAE and a 2-layer Llama with a byte-level BPE tokenizer."""
+    from diffusers import AutoencoderKLCogVideoX
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4
+    )
+    vae.save_pretrained(root / "vae")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CAPTIONS * 4, vocab_size=400, min_frequency=1, special_tokens=["<s>", "</s>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(bpe.to_str()), bos_token="<s>", eos_token="</s>"
+    )
+    tok.save_pretrained(root / "text")  # no pad token, like many causal LMs: Encoders falls back to eos
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(root / "text")
+    return root / "vae", root / "text"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("encode")
+    vae, text = build_tiny_models(tmp / "models")
+    specs = [
+        {"clip_id": f"v{i % 2}_{i:07d}_{i + 60:07d}", "video_id": f"v{i % 2}", "caption": c}
+        for i, c in enumerate(CAPTIONS)
+    ]
+    manifests = make_clips(tmp / "cur", specs)
+    stages = {
+        "tiny": {"width": 64, "height": 64, "frames": 48, "target_shard_bytes": None, "max_shard_samples": 3}
+    }
+    config = write_config(
+        tmp / "c.yaml", stages, captions={"fallback": "source_caption"}, split={"eval_fraction": 0.0}
+    )
+    shards = tmp / "shards"
+    argv = ["--clips", str(manifests), "--stage", "tiny", "--out", str(shards), "--config", str(config)]
+    assert cli([*argv, "--runner", "local"]) == 0
+    enc_argv = [
+        "--shards", str(shards / "tiny"), "--out", str(tmp / "latents"), "--config", str(config),
+        "--vae", str(vae), "--vae-subfolder", "", "--text-encoder", str(text),
+    ]  # fmt: skip
+    assert cli([*enc_argv, "--runner", "local"], "jobs.encode") == 0
+    return {"tmp": tmp, "vae": vae, "text": text, "argv": enc_argv, "latents": tmp / "latents" / "tiny"}
+
+
+def test_derived_shards_hold_npy_latents_and_text_embeddings(setup: dict[str, Any]) -> None:
+    import webdataset as wds
+    from transformers import AutoModel, AutoTokenizer
+
+    from training.data.sample_format import ShardIndex
+
+    index = ShardIndex.model_validate_json((setup["latents"] / "__index__" / "train.json").read_text())
+    assert index.kind == "latents" and index.samples == 4 and len(index.shards) == 2
+    assert index.encode and index.encode["text_encoder"] == str(setup["text"])
+    tok = AutoTokenizer.from_pretrained(setup["text"])
+    model = AutoModel.from_pretrained(setup["text"]).eval()
+    urls = [str(setup["latents"] / "train" / e.name) for e in index.shards]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    assert len(samples) == 4
+    for s in samples:
+        assert set(s) >= {"json", "txt", "latents.npy", "text_emb.npy"} and "mp4" not in s
+        lat, emb, meta = s["latents.npy"], s["text_emb.npy"], s["json"]
+        assert lat.shape == (4, 12, 8, 8) and lat.dtype == np.float16  # 48 frames -> 12, 64 px -> 8
+        ids = tok(s["txt"], return_tensors="pt").input_ids
+        assert emb.shape == (ids.shape[1], 64) and meta["latents"]["text_len"] == ids.shape[1]
+        with torch.no_grad():
+            ref = model(input_ids=ids).last_hidden_state[0].numpy()
+        # Batched with right padding, sliced to the real tokens: same as encoding the caption alone.
+        np.testing.assert_allclose(emb.astype(np.float32), ref, atol=2e-2, rtol=2e-2)
+        assert meta["latents"]["latents_shape"] == [4, 12, 8, 8] and meta["caption"] == s["txt"]
+    raw = (setup["latents"] / "train" / index.shards[0].name).read_bytes()
+    assert b"pickle" not in raw and b"\x80\x04\x95" not in raw  # npy with allow_pickle=False
+
+
+def test_latent_shards_load_in_datasets_and_the_loader(setup: dict[str, Any]) -> None:
+    import datasets
+
+    from training.data.loader import ShardDataModule
+
+    files = [str(p) for p in sorted((setup["latents"] / "train").glob("*.tar"))]
+    ds = datasets.load_dataset("webdataset", data_files={"train": files}, split="train",
+                               cache_dir=str(setup["tmp"] / "hf"))  # fmt: skip
+    assert ds.num_rows == 4 and np.asarray(ds[0]["latents.npy"]).shape == (4, 12, 8, 8)
+    dm = ShardDataModule(setup["latents"], batch_size=2, num_workers=0, resampled=False, on_error="raise")
+    batch = next(iter(dm.loader()))
+    assert batch["latents"].shape == (2, 4, 12, 8, 8) and batch["text_emb"].shape[::2] == (2, 64)
+    lengths = [m["latents"]["text_len"] for m in batch["meta"]]
+    assert batch["text_mask"].sum(1).tolist() == lengths and batch["text_emb"].shape[1] == max(lengths)
+
+
+def test_rerun_reuses_finished_shards(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert cli([*setup["argv"], "--runner", "local"], "jobs.encode") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["shards_written"] == 0 and summary["shards_reused"] == 2
+
+
+def test_real_models_are_the_defaults_and_gpu_is_optional(setup: dict[str, Any], tmp_path: Path) -> None:
+    cfg = EncodeConfig()
+    assert (cfg.text_encoder, cfg.text_max_length) == ("llm-jp/llm-jp-3-1.8b", 512)
+    assert (cfg.vae, cfg.vae_subfolder) == ("THUDM/CogVideoX-2b", "vae")
+    if not torch.cuda.is_available():
+        argv = [*setup["argv"], "--device", "cuda", "--runner", "local"]
+        argv[argv.index("--out") + 1] = str(tmp_path)
+        assert cli(argv, "jobs.encode") == 2  # a clear error, not a crash
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_encode_matches_cpu(setup: dict[str, Any]) -> None:
+    from training.data.encode import Encoders
+
+    frames = np.random.default_rng(0).integers(0, 255, (48, 64, 64, 3), dtype=np.uint8)
+    base = {"vae": str(setup["vae"]), "vae_subfolder": None, "text_encoder": str(setup["text"])}
+    cpu = Encoders(EncodeConfig(**base, device="cpu"))
+    gpu = Encoders(EncodeConfig(**base, device="cuda", dtype="float32"))
+    np.testing.assert_allclose(
+        cpu.encode_videos([frames])[0].astype(np.float32),
+        gpu.encode_videos([frames])[0].astype(np.float32),
+        atol=1e-2,
+    )
+    assert gpu.encode_texts(CAPTIONS)[1].shape == cpu.encode_texts(CAPTIONS)[1].shape
+
+
+@pytest.mark.slow
+def test_ray_actor_pool(setup: dict[str, Any], tmp_path: Path) -> None:
+    import ray
+
+    argv = [*setup["argv"], "--runner", "ray"]
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        assert cli(argv, "jobs.encode") == 0
+    finally:
+        ray.shutdown()
+    assert len(list((tmp_path / "tiny" / "train").glob("*.tar"))) == 2
+    a = np.load(io.BytesIO(_member(tmp_path / "tiny" / "train" / "000000.tar", ".latents.npy")))
+    b = np.load(io.BytesIO(_member(setup["latents"] / "train" / "000000.tar", ".latents.npy")))
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=1e-3)
+
+
+def _member(path: Path, suffix: str) -> bytes:
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        m = next(m for m in tf.getmembers() if m.name.endswith(suffix))
+        return tf.extractfile(m).read()  # type: ignore[union-attr]

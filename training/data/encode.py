@@ -1,0 +1,264 @@
+"""Optional precompute: frozen VAE latents and text embeddings -> derived shards (`vjp encode`).
+
+    SHARDS/<stage>/<split>/NNNNNN.tar  ->  LATENTS/<stage>/<split>/NNNNNN.tar (+ __index__/<split>.json)
+
+Each derived sample keeps the key, json and txt of its video sample and adds `latents.npy` (the
+VAE posterior mean [C, T', H', W'], unscaled: multiply by json latents.vae_scaling_factor) and
+`text_emb.npy` (last hidden state [L, D] of the real tokens only; the loader pads with zeros and
+returns a mask, so trainer and sampler must mask padding the same way). npy, never pickle.
+
+The models load once per worker (`Encoders`), on the GPU when there is one; `encode_shard` is the
+per-shard function, run in-process (`--runner local`) or by a Ray actor pool (jobs/encode.py).
+A shard is redone only when its source shard's sha256 or the encode settings change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from training.data.sample_format import (
+    JSON,
+    LATENT_MEMBERS,
+    LATENTS,
+    MP4,
+    SPLITS,
+    TEXT_EMB,
+    TXT,
+    LatentInfo,
+    ShardEntry,
+    ShardIndex,
+    ShardRecord,
+    config_hash,
+    decode_mp4,
+    dump_npy,
+    dumps,
+    index_path,
+    parse_meta,
+)
+from training.data.shard_writer import (
+    package_version,
+    read_record,
+    record_path,
+    sha256_file,
+    split_dir,
+    write_atomic,
+    write_tar,
+)
+from training.data.stages import EncodeConfig
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def resolve_device(cfg: EncodeConfig) -> tuple[str, str]:
+    """(device, dtype): GPU when present (or asked for), float32 on CPU (no fast half kernels)."""
+    import torch
+
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"encode.device={cfg.device!r} but CUDA is not available")
+    return device, (cfg.dtype if device.startswith("cuda") else "float32")
+
+
+class Encoders:
+    """The frozen VAE and text encoder, loaded once per worker (setup), used per batch (process)."""
+
+    def __init__(self, cfg: EncodeConfig) -> None:
+        import torch
+        from diffusers import AutoencoderKLCogVideoX
+        from transformers import AutoModel, AutoTokenizer
+
+        self.cfg = cfg
+        self.device, dtype_name = resolve_device(cfg)
+        self.dtype = getattr(torch, _DTYPES[dtype_name])
+        self.vae = AutoencoderKLCogVideoX.from_pretrained(
+            cfg.vae, subfolder=cfg.vae_subfolder, revision=cfg.vae_revision, torch_dtype=self.dtype
+        ).to(self.device)
+        self.vae.eval().requires_grad_(False)
+        if cfg.vae_tiling:
+            self.vae.enable_tiling()
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.text_encoder, revision=cfg.text_encoder_revision)
+        if self.tokenizer.pad_token is None:  # padding is masked out; any id works
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"  # causal LM: right padding leaves real tokens unchanged
+        self.text_encoder = AutoModel.from_pretrained(
+            cfg.text_encoder, revision=cfg.text_encoder_revision, dtype=self.dtype
+        ).to(self.device)
+        self.text_encoder.eval().requires_grad_(False)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+
+    def encode_videos(self, videos: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 [T, H, W, 3] clips -> VAE posterior means [C, T', H', W'] (store dtype)."""
+        import torch
+
+        from training.data.loader import video_tensor
+
+        x = torch.stack([video_tensor(v) for v in videos]).permute(0, 2, 1, 3, 4)  # B, C, T, H, W
+        with torch.inference_mode():
+            mean = self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mean
+        return [m.float().cpu().numpy().astype(self.cfg.store_dtype) for m in mean]
+
+    def encode_texts(self, captions: Sequence[str]) -> list[np.ndarray]:
+        """Captions -> last hidden states [L_i, D] of the real tokens (max_length, truncated)."""
+        import torch
+
+        tok = self.tokenizer(
+            list(captions),
+            max_length=self.cfg.text_max_length,
+            truncation=True,
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            hidden = self.text_encoder(
+                input_ids=tok.input_ids.to(self.device), attention_mask=tok.attention_mask.to(self.device)
+            ).last_hidden_state
+        lengths = tok.attention_mask.sum(dim=1).tolist()
+        return [
+            h[: int(n)].float().cpu().numpy().astype(self.cfg.store_dtype)
+            for h, n in zip(hidden, lengths, strict=True)
+        ]
+
+
+def _raw_samples(path: str) -> Iterator[dict[str, Any]]:
+    """Samples of one tar in stored order, members as bytes (webdataset's own tar reader)."""
+    import webdataset as wds
+
+    yield from wds.DataPipeline(wds.SimpleShardList([path]), wds.tarfile_to_samples())
+
+
+def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def encode_samples(samples: list[dict[str, Any]], enc: Encoders, encode_hash: str) -> list[dict[str, Any]]:
+    """Video samples (raw members) -> derived samples with latents and text embeddings."""
+    cfg = enc.cfg
+    metas = [parse_meta(s[JSON]) for s in samples]
+    captions = [s[TXT].decode("utf-8") for s in samples]
+    latents: list[np.ndarray] = []
+    for chunk in _chunks(samples, cfg.vae_batch_size):
+        latents += enc.encode_videos([decode_mp4(s[MP4]) for s in chunk])
+    embs: list[np.ndarray] = []
+    for chunk in _chunks(captions, cfg.text_batch_size):
+        embs += enc.encode_texts(chunk)
+    out = []
+    for meta, caption, lat, emb in zip(metas, captions, latents, embs, strict=True):
+        info = LatentInfo(
+            vae=cfg.vae if not cfg.vae_subfolder else f"{cfg.vae}/{cfg.vae_subfolder}",
+            vae_scaling_factor=enc.scaling_factor,
+            latents_shape=list(lat.shape),
+            latents_dtype=str(lat.dtype),
+            text_encoder=cfg.text_encoder,
+            text_max_length=cfg.text_max_length,
+            text_len=int(emb.shape[0]),
+            text_emb_dtype=str(emb.dtype),
+            encode_hash=encode_hash,
+        )
+        derived = meta.model_copy(update={"latents": info})
+        out.append(
+            {
+                "__key__": meta.key,
+                JSON: dumps(derived.model_dump(mode="json")),
+                TXT: caption.encode("utf-8"),
+                LATENTS: dump_npy(lat),
+                TEXT_EMB: dump_npy(emb),
+            }
+        )
+    return out
+
+
+def plan_hash(source: ShardEntry, encode_hash: str) -> str:
+    return config_hash({"source_sha256": source.sha256, "encode": encode_hash})
+
+
+def encode_shard(
+    src_path: str, out: str, stage: str, split: str, name: str, phash: str, enc: Encoders, encode_hash: str
+) -> ShardRecord:
+    """One derived shard: batches through the encoders, written atomically, then its record."""
+    samples = list(_raw_samples(src_path))
+    derived = encode_samples(samples, enc, encode_hash) if samples else []
+    path = os.path.join(split_dir(out, stage, split), name)
+    n, keys = write_tar(path, derived)
+    entry = ShardEntry(
+        name=name, samples=n, bytes=os.path.getsize(path), sha256=sha256_file(path), plan_hash=phash
+    )
+    record = ShardRecord(split=split, entry=entry, keys=keys)  # type: ignore[arg-type]
+    write_atomic(record_path(out, stage, split, name), dumps(record.model_dump(mode="json")))
+    return record
+
+
+def plan_encode(
+    shards_dir: str, out: str, encode_hash: str, splits: Sequence[str] = SPLITS
+) -> list[dict[str, Any]]:
+    """One job per source shard that has no identical derived shard yet (resume)."""
+    stage = os.path.basename(os.path.normpath(shards_dir))
+    jobs = []
+    for split in splits:
+        path = index_path(shards_dir, split)
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            index = ShardIndex.model_validate_json(f.read())
+        if index.kind != "video":
+            raise ValueError(f"{path} indexes {index.kind} shards; encode reads video shards")
+        for entry in index.shards:
+            phash = plan_hash(entry, encode_hash)
+            rec = read_record(out, stage, split, entry.name)
+            done_path = os.path.join(split_dir(out, stage, split), entry.name)
+            done = (
+                rec is not None
+                and rec.entry.plan_hash == phash
+                and os.path.exists(done_path)
+                and os.path.getsize(done_path) == rec.entry.bytes
+            )
+            jobs.append(
+                {
+                    "src": os.path.join(shards_dir, split, entry.name),
+                    "stage": stage,
+                    "split": split,
+                    "name": entry.name,
+                    "plan_hash": phash,
+                    "done": done,
+                }
+            )
+    return jobs
+
+
+def write_latent_indexes(
+    shards_dir: str,
+    out: str,
+    cfg: EncodeConfig,
+    encode_hash: str,
+    records: dict[tuple[str, str], ShardRecord],
+) -> dict[str, ShardIndex]:
+    """The index per split of the derived shards, copying stage facts from the source index."""
+    stage = os.path.basename(os.path.normpath(shards_dir))
+    result = {}
+    for split in SPLITS:
+        path = index_path(shards_dir, split)
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            src = ShardIndex.model_validate_json(f.read())
+        entries = [records[(split, e.name)].entry for e in src.shards if (split, e.name) in records]
+        index = src.model_copy(
+            update={
+                "kind": "latents",
+                "members": list(LATENT_MEMBERS),
+                "shards": entries,
+                "samples": sum(e.samples for e in entries),
+                "bytes": sum(e.bytes for e in entries),
+                "package_version": package_version(),
+                "encode": {**cfg.model_dump(mode="json"), "encode_hash": encode_hash, "source": shards_dir},
+            }
+        )
+        write_atomic(index_path(os.path.join(out, stage), split), dumps(index.model_dump(mode="json")))
+        result[split] = index
+    return result
