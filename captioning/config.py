@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from captioning.prompts import DEFAULT_SYSTEM_PROMPT, DEFAULT_TEMPLATES, PromptTemplate
+from curation.configfile import ConfigError, read_yaml_section, validate
+
+__all__ = ["CaptionConfig", "ConfigError", "config_from_dict", "load_config"]
 
 DEFAULT_MODEL = "Qwen/Qwen2-VL-7B-Instruct"
 BackendName = Literal["vllm", "openai", "transformers"]
@@ -279,28 +281,12 @@ class CaptionConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A config file that does not validate; the message names each bad key path."""
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid caption config {source}:"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
-
-
 def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> CaptionConfig:
     """Validate a (YAML-shaped) dict; the file may hold the section under a top-level 'caption' key."""
     data = dict(data or {})
     if set(data) == {"caption"}:
         data = dict(data["caption"] or {})
-    try:
-        return CaptionConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+    return validate(CaptionConfig, data, source, what="caption config")
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CaptionConfig:
@@ -309,13 +295,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"invalid caption config {source}: top level must be a mapping")
-        data = loaded or {}
-        if set(data) == {"caption"}:
-            data = data["caption"] or {}
+        data = read_yaml_section(path, "caption", what="caption config")
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

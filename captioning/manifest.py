@@ -8,7 +8,6 @@ rewritten: a rerun adds parts, and readers keep the latest row per (clip_id, cap
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import uuid
 from collections.abc import Iterable
@@ -38,18 +37,6 @@ CLIP_COLUMNS = [
     "source_caption",
     "source_meta",
 ]
-
-
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("videojp-data")
-    except importlib.metadata.PackageNotFoundError:
-        try:
-            from curation import __version__
-
-            return str(__version__)
-        except Exception:
-            return "0+unknown"
 
 
 class CaptionRow(BaseModel):

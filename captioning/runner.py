@@ -20,9 +20,10 @@ from typing import Any
 from captioning.backends.base import CaptionBackend, GenRequest, Sampling, sampling_for_try
 from captioning.config import CaptionConfig
 from captioning.frames import FrameError, FrameSample, sample_frames
-from captioning.manifest import CaptionRow, now_utc, package_version, write_part
+from captioning.manifest import CaptionRow, now_utc, write_part
 from captioning.prompts import build_messages, hint_lines
 from captioning.qa import QAResult, evaluate, postprocess
+from curation.configfile import package_version
 
 
 @dataclass

@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curation.configfile import ConfigError, read_yaml_section, validate
+
+__all__ = ["ConfigError", "CurateConfig", "load_config", "parse_config"]
 
 
 class _Strict(BaseModel):
@@ -110,33 +113,12 @@ class CurateConfig(_Strict):
         return self.section_hash("split", "analysis", "filters", "extract")
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid config {origin}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any] | None, origin: str = "<dict>") -> CurateConfig:
-    try:
-        return CurateConfig.model_validate(data or {})
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, origin)) from None
+    return validate(CurateConfig, data, origin)
 
 
 def load_config(path: str | Path | None) -> CurateConfig:
     """Load a curate YAML (the whole file, or its `curate:` section); None gives the defaults."""
     if path is None:
         return CurateConfig()
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {path}: top level must be a mapping")
-    if "curate" in data:
-        data = data["curate"]
-    return parse_config(data, str(path))
+    return parse_config(read_yaml_section(path, "curate"), str(path))

@@ -11,8 +11,9 @@ import pytest
 
 from captioning.config import CaptionConfig, FramesConfig
 from captioning.frames import FrameError, sample_frames
-from captioning.manifest import json_schemas, package_version, read_captions
+from captioning.manifest import json_schemas, read_captions
 from captioning.prompts import build_messages, render_chatml
+from curation.configfile import package_version
 from jobs import caption as caption_job
 from tests.caption_fixtures import make_clip, make_dataset, tiny_cli_args, tiny_frames_config, tiny_model_dir
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from curation.configfile import package_version
+from curation.ids import sha256_file
 from training.data.sample_format import (
     JSON,
     LATENT_MEMBERS,
@@ -40,10 +42,8 @@ from training.data.sample_format import (
     parse_meta,
 )
 from training.data.shard_writer import (
-    package_version,
     read_record,
     record_path,
-    sha256_file,
     split_dir,
     write_atomic,
     write_tar,

@@ -10,7 +10,6 @@ of seed and clip id, x264 runs single-threaded with fixed crf/preset, the mp4 mu
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import io
 import itertools
 import math
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from curation.configfile import package_version
+from curation.ids import sha256_file
 from training.data import sample_format
 from training.data.sample_format import (
     JSON,
@@ -65,13 +66,6 @@ SCORE_COLUMNS = (
     "text_fraction_max",
     "border_fraction",
 )
-
-
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("videojp-data")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _unit_hash(*parts: object) -> int:
@@ -421,14 +415,6 @@ def split_dir(out: str, stage: str, split: str) -> str:
 
 def record_path(out: str, stage: str, split: str, name: str) -> str:
     return sample_format.record_path(os.path.join(out, stage), split, name)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_atomic(path: str, data: bytes) -> None:

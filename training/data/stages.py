@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from curation.configfile import ConfigError, read_yaml_section, validate
 from training.data.sample_format import FORMAT, config_hash
+
+__all__ = ["ConfigError", "ShardConfig", "StagePreset", "load_config", "parse_config"]
 
 
 class _Strict(BaseModel):
@@ -144,30 +146,10 @@ class ShardConfig(_Strict):
         return config_hash({"shards": stage_hash, "encode": enc})
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid config {origin}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any] | None, origin: str = "<dict>") -> ShardConfig:
-    try:
-        return ShardConfig.model_validate(data or {})
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, origin)) from None
+    return validate(ShardConfig, data, origin)
 
 
 def load_config(path: str | Path) -> ShardConfig:
     """Load a shard YAML (the whole file, or its `shard:` section)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {path}: top level must be a mapping")
-    if "shard" in data:
-        data = data["shard"]
-    return parse_config(data, str(path))
+    return parse_config(read_yaml_section(path, "shard"), str(path))
