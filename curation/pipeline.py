@@ -140,7 +140,7 @@ def local_copy(item: VideoItem) -> Iterator[str]:
         yield tmp.name
 
 
-def _base_row(item: VideoItem, cfg: CurateConfig) -> dict[str, Any]:
+def base_row(item: VideoItem, cfg: CurateConfig) -> dict[str, Any]:
     return {
         "video_id": item.video_id,
         "source": item.source,
@@ -154,7 +154,7 @@ def _base_row(item: VideoItem, cfg: CurateConfig) -> dict[str, Any]:
     }
 
 
-def _error_row(base: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
+def error_row(base: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
     return {**base, "status": "error", "error": reason, "error_stage": stage}
 
 
@@ -199,9 +199,9 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any
     are missing (killed mid-extraction, or thresholds changed) is only extracted.
     """
     layout = Layout(out)
-    base = _base_row(item, cfg)
+    base = base_row(item, cfg)
     if item.error:
-        row = _error_row(base, "source", item.error)
+        row = error_row(base, "source", item.error)
         write_table_atomic([row], VIDEO_SCHEMA, layout.video_part(item.video_id))
         return row
     video, todo = _resume_state(item, layout, cfg)
@@ -216,7 +216,7 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any
         size = os.path.getsize(path)
         base.update(size_bytes=size)
         if size == 0:
-            row = _error_row(base, "probe", "empty file (0 bytes)")
+            row = error_row(base, "probe", "empty file (0 bytes)")
         else:
             base["content_sha256"] = sha256_file(path)
             try:
@@ -230,7 +230,7 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any
             except IsolatedError as e:
                 res = {"error": str(e), "stage": "analyze"}
             if "error" in res:
-                row = _error_row(base, res["stage"], res["error"])
+                row = error_row(base, res["stage"], res["error"])
             else:
                 row, scores = _rows_from_analysis(base, item, res, cfg)
                 write_table_atomic(scores, SCORES_SCHEMA, layout.scores_part(item.video_id))
@@ -306,7 +306,7 @@ def _extract(
             timeout=cfg.analysis.timeout_s,
         )
     except IsolatedError as e:
-        return _error_row({k: v for k, v in video.items() if k not in ("status", "error")}, "extract", str(e))
+        return error_row({k: v for k, v in video.items() if k not in ("status", "error")}, "extract", str(e))
     return video
 
 

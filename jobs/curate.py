@@ -12,7 +12,7 @@ from typing import Any
 from curation import __version__
 from curation.config import ConfigError, CurateConfig, load_config
 from curation.manifest import VIDEO_SCHEMA, write_table_atomic
-from curation.pipeline import Layout, _base_row, _error_row, finalize, needs_work, process_video
+from curation.pipeline import Layout, base_row, error_row, finalize, needs_work, process_video
 from curation.sources import open_source
 from curation.sources.base import VideoItem
 from jobs.runner import init_ray, map_ray, map_threads
@@ -73,7 +73,7 @@ def curate(
     for item, row, exc in results:
         if exc is not None and isinstance(item, VideoItem):
             # The worker itself died (not a decoder: that is caught in the worker). Record it.
-            row = _error_row(_base_row(item, cfg), "analyze", f"worker failed: {type(exc).__name__}: {exc}")
+            row = error_row(base_row(item, cfg), "analyze", f"worker failed: {type(exc).__name__}: {exc}")
             write_table_atomic([row], VIDEO_SCHEMA, Layout(out).video_part(item.video_id))
         progress(row)
     summary = finalize(out, cfg)
