@@ -10,7 +10,10 @@ import pytest
 
 from curation.synth import write_sample_corpus
 
-SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+# Real public test videos from the steering side; optional (VJP_SHARED_VIDEOS overrides).
+SHARED_VIDEOS = Path(
+    os.environ.get("VJP_SHARED_VIDEOS", Path(__file__).resolve().parents[1].parent / "shared" / "videos")
+)
 
 
 def shared_video(name: str) -> str:
@@ -58,3 +61,15 @@ def parquet_rows(path: str) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist() if os.path.exists(path) else []
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the whole session: tests that run jobs on Ray share it (the jobs join a
+    running Ray instead of starting their own), and it is shut down once at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

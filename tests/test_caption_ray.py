@@ -14,13 +14,6 @@ from tests.caption_fixtures import make_dataset, tiny_cli_args, tiny_model_dir
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_ray_data_pipeline_with_transformers_actor(tmp_path: Path, local_ray) -> None:
     out = make_dataset(tmp_path / "out", n_kept=2, corrupt=True, rejected=True)
     argv = [

@@ -154,16 +154,10 @@ def test_gpu_encode_matches_cpu(setup: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_ray_actor_pool(setup: dict[str, Any], tmp_path: Path) -> None:
-    import ray
-
+def test_ray_actor_pool(setup: dict[str, Any], tmp_path: Path, local_ray: Any) -> None:
     argv = [*setup["argv"], "--runner", "ray"]
     argv[argv.index("--out") + 1] = str(tmp_path)
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        assert cli(argv, "jobs.encode") == 0
-    finally:
-        ray.shutdown()
+    assert cli(argv, "jobs.encode") == 0
     assert len(list((tmp_path / "tiny" / "train").glob("*.tar"))) == 2
     a = np.load(io.BytesIO(_member(tmp_path / "tiny" / "train" / "000000.tar", ".latents.npy")))
     b = np.load(io.BytesIO(_member(setup["latents"] / "train" / "000000.tar", ".latents.npy")))

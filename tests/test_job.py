@@ -11,7 +11,9 @@ from jobs.cli import main
 
 
 @pytest.mark.slow
-def test_vjp_curate_sample_on_local_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_vjp_curate_sample_on_local_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: object
+) -> None:
     out = tmp_path / "out"
     assert main(["curate", "--source", "sample:", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -571,14 +571,8 @@ def test_letterbox_crop_and_source_caption_fallback(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ray_runner_gives_the_same_bytes(stage1: dict[str, Any], tmp_path: Path) -> None:
-    import ray
-
+def test_ray_runner_gives_the_same_bytes(stage1: dict[str, Any], tmp_path: Path, local_ray: Any) -> None:
     argv = [*stage1["argv"][:-1], str(tmp_path), "--config", str(stage1["config"]), "--runner", "ray"]
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        assert cli(argv) == 0
-    finally:
-        ray.shutdown()
+    assert cli(argv) == 0
     for p in sorted((stage1["out"] / "stage1").glob("*/*.tar")):
         assert (tmp_path / "stage1" / p.parent.name / p.name).read_bytes() == p.read_bytes()

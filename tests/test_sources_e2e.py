@@ -42,7 +42,9 @@ def _pixabay_v100(root: Path, corpus: Path) -> None:
     (root / "llava_path_cap_64x512x512.json").write_text(json.dumps(anno))
 
 
-def test_pixabay_split_archive_streamed_end_to_end(tmp_path: Path, corpus_dir: Path) -> None:
+def test_pixabay_split_archive_streamed_end_to_end(
+    tmp_path: Path, corpus_dir: Path, local_ray: object
+) -> None:
     src, out = tmp_path / "pixabay", tmp_path / "out"
     src.mkdir()
     _pixabay_v100(src, corpus_dir)
