@@ -39,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(f"vjp {args.command}: not available ({args._missing} missing)", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args))
+    from curation.configfile import ConfigError
+
+    try:
+        return int(importlib.import_module(args._module).run(args))
+    except ConfigError as e:  # every step's config errors name the bad key path; no traceback
+        print(e, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

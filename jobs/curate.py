@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from curation import __version__
-from curation.config import ConfigError, CurateConfig, load_config
+from curation.config import CurateConfig, load_config
 from curation.manifest import VIDEO_SCHEMA, write_table_atomic
 from curation.pipeline import Layout, base_row, error_row, finalize, needs_work, process_video
 from curation.sources import open_source
@@ -108,11 +108,7 @@ def _progress(enabled: bool) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config or DEFAULT_CONFIG)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config or DEFAULT_CONFIG)
     summary = curate(args.source, args.out, cfg, args.runner, args.address, args.limit)
     if not args.no_report:
         from jobs.report import write_report

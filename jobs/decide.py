@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from curation.config import ConfigError, load_config
+from curation.config import load_config
 from curation.pipeline import finalize
 from jobs.curate import DEFAULT_CONFIG
 
@@ -21,11 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config or DEFAULT_CONFIG)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config or DEFAULT_CONFIG)
     summary = finalize(args.out, cfg)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

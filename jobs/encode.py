@@ -126,13 +126,9 @@ def encode_stage(
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.data.stages import ConfigError, load_config
+    from training.data.stages import load_config
 
-    try:
-        cfg = load_config(args.config or DEFAULT_CONFIG)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config or DEFAULT_CONFIG)
     overrides: dict[str, Any] = {
         k: v
         for k, v in (("vae", args.vae), ("text_encoder", args.text_encoder), ("device", args.device))

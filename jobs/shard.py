@@ -281,14 +281,10 @@ def _progress(enabled: bool, total: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.data.stages import ConfigError, load_config
+    from training.data.stages import load_config
 
-    try:
-        cfg = load_config(args.config or DEFAULT_CONFIG)
-        cfg.stage(args.stage)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config or DEFAULT_CONFIG)
+    cfg.stage(args.stage)  # an unknown stage is a ConfigError: exit 2 with the configured names
     try:
         summary = shard_stage(args.clips, args.stage, args.out, cfg, args.runner, args.address, args.verify)
     except (FileNotFoundError, ValueError) as e:

@@ -10,6 +10,10 @@ import pytest
 from jobs.cli import main
 
 
+def curate_local(source: str, out: Path) -> int:
+    return main(["curate", "--runner", "local", "--no-report", "--source", source, "--out", str(out)])
+
+
 @pytest.mark.slow
 def test_vjp_curate_sample_on_local_ray(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: object
@@ -28,21 +32,7 @@ def test_vjp_decide_changes_verdicts_only(
     tmp_path: Path, corpus_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "curate",
-                "--runner",
-                "local",
-                "--no-report",
-                "--source",
-                f"files:{corpus_dir}/cuts.mp4",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert curate_local(f"files:{corpus_dir}/cuts.mp4", out) == 0
     before = json.loads(capsys.readouterr().out)
     cfg = tmp_path / "strict.yaml"
     cfg.write_text("curate:\n  filters:\n    static_motion_max: 1.0\n")
@@ -54,36 +44,8 @@ def test_vjp_decide_changes_verdicts_only(
 
 def test_exit_code_nonzero_only_when_nothing_readable(tmp_path: Path, bad_dir: Path) -> None:
     out = tmp_path / "bad"
-    assert (
-        main(
-            [
-                "curate",
-                "--runner",
-                "local",
-                "--no-report",
-                "--source",
-                f"files:{bad_dir}/*.mp4",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )  # good.mp4 is readable
-    assert (
-        main(
-            [
-                "curate",
-                "--runner",
-                "local",
-                "--no-report",
-                "--source",
-                f"files:{bad_dir}/zero.mp4",
-                "--out",
-                str(tmp_path / "none"),
-            ]
-        )
-        == 1
-    )
+    assert curate_local(f"files:{bad_dir}/*.mp4", out) == 0  # good.mp4 is readable
+    assert curate_local(f"files:{bad_dir}/zero.mp4", tmp_path / "none") == 1
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
