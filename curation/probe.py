@@ -48,9 +48,20 @@ def _rate(value: Fraction | None) -> float:
     return float(value) if value else 0.0
 
 
+# FFmpeg "opens" some non-videos as video: any text file through its tty demuxer (rendered as
+# ANSI art), single images through image2 and the *_pipe demuxers. None is footage.
+_PSEUDO_DEMUXERS = {"tty", "image2", "lavfi"}
+_PSEUDO_CODECS = {"ansi", "bintext", "xbin", "idf"}
+
+
 def probe_container(container: av.container.InputContainer) -> ProbeInfo:
     """Probe an open container; decodes the first frame, so a file that cannot decode fails here."""
+    demuxer = container.format.name
+    if demuxer in _PSEUDO_DEMUXERS or demuxer.endswith("_pipe"):
+        raise ProbeError(f"not a video: FFmpeg reads it with its {demuxer!r} demuxer (text or still image)")
     stream = _best_video_stream(container)
+    if stream.codec_context is not None and stream.codec_context.name in _PSEUDO_CODECS:
+        raise ProbeError(f"not a video: codec {stream.codec_context.name!r} renders text")
     cc = stream.codec_context
     if cc is None:
         tag = getattr(stream, "codec_tag", None) or "unknown"

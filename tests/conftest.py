@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -54,6 +55,9 @@ def bad_dir(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Path:
     # An unknown codec tag: the container opens, no decoder exists for the stream.
     (folder / "unknown_codec.mp4").write_bytes(data.replace(b"avc1", b"zzzz").replace(b"avcC", b"zzzC"))
     shutil.copy(corpus_dir / "short.mp4", folder / "good.mp4")
+    # FFmpeg opens these as "video": a text file via its tty demuxer, an image via image2/png_pipe.
+    (folder / "notes.txt").write_text("a plain text file that FFmpeg would render as ANSI art\n" * 20)
+    cv2.imwrite(str(folder / "still.png"), np.zeros((64, 64, 3), np.uint8))
     return folder
 
 
