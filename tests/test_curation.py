@@ -182,3 +182,23 @@ def test_error_item_from_source_is_recorded(tmp_path: Path) -> None:
 def test_source_spec_files_glob(corpus_dir: Path) -> None:
     items = list(open_source(f"files:{corpus_dir}/*.mp4").iter_items())
     assert sorted(os.path.basename(i.key) for i in items) == sorted(f"{v.name}.mp4" for v in sample_corpus())
+
+
+def test_analysis_memory_does_not_grow_with_video_length(tmp_path: Path) -> None:
+    """Frames are dropped once scored: 4x the length must not mean more traced memory."""
+    import tracemalloc
+
+    from curation.synth import Segment, SynthVideo, write_video
+
+    peaks = []
+    for secs in (15, 60):
+        video = SynthVideo(f"m{secs}", (Segment("moving", 24 * secs, 3),), width=320, height=180)
+        path = write_video(video, str(tmp_path / f"{secs}.mp4"))
+        info = probe(path)
+        tracemalloc.start()
+        a = analyze_video(path, info, CFG.split, CFG.analysis)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert a.n_frames == 24 * secs
+    # Holding even the 64 px detection frames of the long video would add ~25 MB.
+    assert peaks[1] < 8e6 and peaks[1] < 1.5 * peaks[0] + 1e6, peaks
