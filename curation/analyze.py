@@ -6,6 +6,7 @@ only one float per frame (its time) and one small dict per sampled frame are kep
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class VideoAnalysis:
     times: np.ndarray
     samples: list[Sample] = field(default_factory=list)
     analysis_size: tuple[int, int] = (0, 0)  # (height, width) of scored frames
+    frame_dur: float = 0.0  # median frame interval, seconds
 
 
 def wants_flow(mv: float | None, mode: str, since_last_flow_s: float) -> bool:
@@ -143,6 +145,7 @@ def analyze_video(
         times=tarr,
         samples=samples,
         analysis_size=size,
+        frame_dur=frame_dur,
     )
 
 
@@ -161,15 +164,15 @@ def _agg(values: list[float], fn: str) -> float | None:
     raise ValueError(fn)
 
 
-N_PHASHES = 3
+N_PHASHES = 3  # hashes per clip, at evenly spaced quantiles of its samples
 
 
-def clip_scores(c: Candidate, a: VideoAnalysis) -> dict[str, Any]:
+def clip_scores(c: Candidate, a: VideoAnalysis, sample_index: list[int] | None = None) -> dict[str, Any]:
     """Scores of one candidate clip from the samples inside it; None where it has no sample."""
-    inside = [s for s in a.samples if c.start <= s.index < c.end]
-    frame_dur = a.duration_s / a.n_frames
+    idx = sample_index if sample_index is not None else [s.index for s in a.samples]
+    inside = a.samples[bisect.bisect_left(idx, c.start) : bisect.bisect_left(idx, c.end)]
     start_s = float(a.times[c.start])
-    end_s = float(a.times[c.end - 1] + frame_dur)
+    end_s = float(a.times[c.end - 1] + a.frame_dur)
 
     def vals(key: str) -> list[float]:
         return [s.scores[key] for s in inside if key in s.scores]
@@ -205,7 +208,8 @@ def clip_scores(c: Candidate, a: VideoAnalysis) -> dict[str, Any]:
         # Black frames (fades) report no bars; leave them out of the crop box.
         black = [s.scores.get("dark_fraction", 0.0) >= exposure.BLACK_DARK_FRACTION_MIN for s in inside]
         out.update(letterbox.aggregate_crop([s.borders for s in inside], h, w, skip=black))
-        picks = [inside[min(len(inside) - 1, int(len(inside) * q))] for q in (0.25, 0.5, 0.75)]
+        quantiles = [(i + 1) / (N_PHASHES + 1) for i in range(N_PHASHES)]
+        picks = [inside[min(len(inside) - 1, int(len(inside) * q))] for q in quantiles]
         out["phashes"] = [p.phash for p in picks]
     else:
         out.update({"crop_top": 0.0, "crop_bottom": 0.0, "crop_left": 0.0, "crop_right": 0.0})
@@ -215,4 +219,5 @@ def clip_scores(c: Candidate, a: VideoAnalysis) -> dict[str, Any]:
 
 
 def analyze_clips(a: VideoAnalysis, split: SplitConfig) -> list[dict[str, Any]]:
-    return [clip_scores(c, a) for c in candidates(a.cuts, a.times, split)]
+    index = [s.index for s in a.samples]  # sorted: samples are taken in decode order
+    return [clip_scores(c, a, index) for c in candidates(a.cuts, a.times, split)]
