@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -68,7 +70,7 @@ def parquet_rows(path: str) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def local_ray():
+def local_ray() -> Iterator[Any]:
     """One local Ray for the whole session: tests that run jobs on Ray share it (the jobs join a
     running Ray instead of starting their own), and it is shut down once at the end."""
     import ray

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -202,3 +204,28 @@ def test_analysis_memory_does_not_grow_with_video_length(tmp_path: Path) -> None
         assert a.n_frames == 24 * secs
     # Holding even the 64 px detection frames of the long video would add ~25 MB.
     assert peaks[1] < 8e6 and peaks[1] < 1.5 * peaks[0] + 1e6, peaks
+
+
+def test_decoder_crash_is_an_error_row_and_the_job_goes_on(
+    corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import curation.pipeline as pipeline
+    from curation.isolate import IsolatedError
+
+    real = pipeline.run_isolated
+
+    def crash_on_short(fn: Callable[..., Any], path: str, *args: Any, **kwargs: Any) -> Any:
+        if fn is pipeline._analyze_in_child and "short" in path:
+            raise IsolatedError("decoder crashed (SIGSEGV)")
+        return real(fn, path, *args, **kwargs)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("short", "duplicate"):
+        (src / f"{name}.mp4").write_bytes((corpus_dir / f"{name}.mp4").read_bytes())
+    monkeypatch.setattr(pipeline, "run_isolated", crash_on_short)
+    summary = curate(f"files:{src}/*.mp4", str(tmp_path / "out"), CFG, runner="local")
+    rows = {Path(v["uri"]).stem: v for v in read_rows(Layout(str(tmp_path / "out")).videos)}
+    assert rows["short"]["status"] == "error" and rows["short"]["error"] == "decoder crashed (SIGSEGV)"
+    assert rows["short"]["error_stage"] == "analyze"
+    assert rows["duplicate"]["status"] == "ok" and summary["clips_kept"] == 1
