@@ -63,7 +63,7 @@ def encode_stage(
     workers: int = 0,
 ) -> dict[str, Any]:
     from training.data.encode import Encoders, encode_shard, plan_encode, write_latent_indexes
-    from training.data.sample_format import ShardIndex, index_path
+    from training.data.sample_format import index_path, read_index
     from training.data.shard_writer import read_record
 
     t0 = time.time()
@@ -73,8 +73,7 @@ def encode_stage(
     )
     if first is None:
         raise FileNotFoundError(f"no shard index for {splits} under {shards_dir} (run vjp shard first)")
-    with open(first, "rb") as f:
-        stage_hash = ShardIndex.model_validate_json(f.read()).config_hash
+    stage_hash = read_index(first).config_hash
     encode_hash = cfg.encode_hash(stage_hash)
     enc_cfg = cfg.encode
     jobs = plan_encode(shards_dir, out, encode_hash, splits)

@@ -40,6 +40,7 @@ from training.data.sample_format import (
     dumps,
     index_path,
     parse_meta,
+    read_index,
 )
 from training.data.shard_writer import (
     read_record,
@@ -204,8 +205,7 @@ def plan_encode(
         path = index_path(shards_dir, split)
         if not os.path.exists(path):
             continue
-        with open(path, "rb") as f:
-            index = ShardIndex.model_validate_json(f.read())
+        index = read_index(path)
         if index.kind != "video":
             raise ValueError(f"{path} indexes {index.kind} shards; encode reads video shards")
         for entry in index.shards:
@@ -245,8 +245,7 @@ def write_latent_indexes(
         path = index_path(shards_dir, split)
         if not os.path.exists(path):
             continue
-        with open(path, "rb") as f:
-            src = ShardIndex.model_validate_json(f.read())
+        src = read_index(path)
         entries = [records[(split, e.name)].entry for e in src.shards if (split, e.name) in records]
         index = src.model_copy(
             update={

@@ -41,6 +41,7 @@ from training.data.sample_format import (
     decode_mp4,
     index_path,
     load_npy,
+    read_index,
 )
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,12 @@ def resolve_shards(
         return [str(u) for u in source], None
     p = Path(source)
     if p.is_file() and p.suffix == ".json":
-        index = ShardIndex.model_validate_json(p.read_text())
+        index = read_index(p)
         stage_dir = p.parent.parent
     else:
         stage_dir = p.parent if p.name == split and Path(index_path(p.parent, split)).is_file() else p
         index_file = Path(index_path(stage_dir, split))
-        index = ShardIndex.model_validate_json(index_file.read_text()) if index_file.is_file() else None
+        index = read_index(index_file) if index_file.is_file() else None
     if index is not None:
         if index.split != split:
             raise ValueError(f"{source}: the index is of split {index.split!r}, not {split!r}")

@@ -292,3 +292,9 @@ def json_schemas() -> dict[str, dict]:
         INDEX_SCHEMA: ShardIndex.model_json_schema(),
         "shard_config.v1": ShardConfig.model_json_schema(),
     }
+
+
+def read_index(path: str | os.PathLike[str]) -> ShardIndex:
+    """A split's index (``<stage>/__index__/<split>.json``), validated against its model."""
+    with open(path, "rb") as f:
+        return ShardIndex.model_validate_json(f.read())
