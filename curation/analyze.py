@@ -32,6 +32,11 @@ DETECT_SHORT_SIDE = 64
 # fast presets search +-16 px), which would hide shaky footage.
 FLOW_CONFIRM_BELOW = 0.002
 FLOW_CONFIRM_ABOVE = 0.01
+# Contact-sheet thumbnails: one small JPEG (~2 KB) every THUMB_PERIOD_S keeps memory flat
+# enough for hour-long videos and gives every clip of >= 2 s one picture.
+THUMB_PERIOD_S = 2.0
+THUMB_SHORT_SIDE = 128
+THUMB_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 80]
 # Flow costs ~2 ms a frame pair; where vectors exist, one confirmation a second is enough.
 FLOW_MIN_INTERVAL_S = 0.99
 
@@ -54,6 +59,7 @@ class VideoAnalysis:
     times: np.ndarray
     samples: list[Sample] = field(default_factory=list)
     analysis_size: tuple[int, int] = (0, 0)  # (height, width) of scored frames
+    thumbs: list[tuple[int, bytes]] = field(default_factory=list)  # (frame index, JPEG)
     frame_dur: float = 0.0  # median frame interval, seconds
 
 
@@ -103,6 +109,9 @@ def analyze_video(
     size = (0, 0)
     last_flow_t = -1e9
     last_anchor = 0  # display index of the last I/P frame: P-frame vectors span the anchor distance
+    thumbs: list[tuple[int, bytes]] = []
+    thumb_step = step_for(info.coded_width, info.coded_height, THUMB_SHORT_SIDE)
+    next_thumb_t = THUMB_PERIOD_S / 2
     for index, t, frame in iter_frames(
         path, info.stream_index, cfg.flow != "always", cfg.decode_threads, cfg.skip_loop_filter
     ):
@@ -124,6 +133,11 @@ def analyze_video(
             samples.append(Sample(index, scores, borders, phash.phash64(gray)))
             size = gray.shape[:2]
             next_t = (math.floor(t / period) + 1) * period
+            if t + 1e-6 >= next_thumb_t:
+                ok, jpg = cv2.imencode(".jpg", small_bgr(frame, thumb_step, info.rotation), THUMB_JPEG)
+                if ok:
+                    thumbs.append((index, jpg.tobytes()))
+                next_thumb_t = (math.floor(t / THUMB_PERIOD_S) + 1.5) * THUMB_PERIOD_S
         if ptype in (PictureType.I, PictureType.P):
             last_anchor = index
         prev = frame
@@ -150,6 +164,7 @@ def analyze_video(
         samples=samples,
         analysis_size=size,
         frame_dur=frame_dur,
+        thumbs=thumbs,
     )
 
 
@@ -220,6 +235,17 @@ def clip_scores(c: Candidate, a: VideoAnalysis, sample_index: list[int] | None =
         out["border_fraction"] = 0.0
         out["phashes"] = []
     return out
+
+
+def clip_thumbnail(c: Candidate, a: VideoAnalysis) -> bytes | None:
+    """The thumbnail nearest the clip's middle, if one falls inside the clip."""
+    inside = [(abs(i - (c.start + c.end) / 2), i, jpg) for i, jpg in a.thumbs if c.start <= i < c.end]
+    return min(inside)[2] if inside else None
+
+
+def clip_thumbnails(a: VideoAnalysis, split: SplitConfig) -> list[bytes | None]:
+    """One thumbnail per candidate clip, in the order of `analyze_clips`."""
+    return [clip_thumbnail(c, a) for c in candidates(a.cuts, a.times, split)]
 
 
 def analyze_clips(a: VideoAnalysis, split: SplitConfig) -> list[dict[str, Any]]:

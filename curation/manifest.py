@@ -13,9 +13,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from curation.records import ClipRow, ClipScores, VideoRow
+from curation.records import ClipRow, ClipScores, ThumbRow, VideoRow
 
-_SCALARS: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+_SCALARS: dict[Any, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    bytes: pa.binary(),
+}
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -39,9 +45,15 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
 VIDEO_SCHEMA = arrow_schema(VideoRow)
 SCORES_SCHEMA = arrow_schema(ClipScores)
 CLIP_SCHEMA = arrow_schema(ClipRow)
+THUMB_SCHEMA = arrow_schema(ThumbRow)
 
 
-_MODELS = {id(VIDEO_SCHEMA): VideoRow, id(SCORES_SCHEMA): ClipScores, id(CLIP_SCHEMA): ClipRow}
+_MODELS = {
+    id(VIDEO_SCHEMA): VideoRow,
+    id(SCORES_SCHEMA): ClipScores,
+    id(CLIP_SCHEMA): ClipRow,
+    id(THUMB_SCHEMA): ThumbRow,
+}
 
 
 def write_table_atomic(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: str) -> None:

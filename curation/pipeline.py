@@ -4,6 +4,7 @@ run in a unit test, in a thread pool and inside a Ray task.
 Output layout under OUT:
   manifests/videos/<video_id>.parquet   one row per source video (written last: the commit marker)
   manifests/scores/<video_id>.parquet   one row per candidate clip, scores only
+  manifests/thumbs/<video_id>.parquet   a small JPEG per candidate clip (contact sheets)
   manifests/clips/clips.parquet         every candidate with its verdict (finalize)
   staging/<clip_id>.mp4                 clips extracted but not (or no longer) kept
   clips/<clip_id>.mp4                   kept clips
@@ -23,7 +24,7 @@ from typing import Any
 import fsspec
 
 from curation import __version__
-from curation.analyze import analyze_clips, analyze_video
+from curation.analyze import analyze_clips, analyze_video, clip_thumbnails
 from curation.config import CurateConfig
 from curation.decide import decide_clips, failing_checks
 from curation.extract import ClipSpan, extract_clips
@@ -32,6 +33,7 @@ from curation.isolate import IsolatedError, run_isolated
 from curation.manifest import (
     CLIP_SCHEMA,
     SCORES_SCHEMA,
+    THUMB_SCHEMA,
     VIDEO_SCHEMA,
     read_one,
     read_rows,
@@ -71,6 +73,13 @@ class Layout:
     def scores_part(self, vid: str) -> str:
         return os.path.join(self.scores, f"{vid}.parquet")
 
+    @property
+    def thumbs(self) -> str:
+        return os.path.join(self.out, "manifests", "thumbs")
+
+    def thumbs_part(self, vid: str) -> str:
+        return os.path.join(self.thumbs, f"{vid}.parquet")
+
 
 # ---------------------------------------------------------------- child-process work (decoding)
 
@@ -92,6 +101,7 @@ def _analyze_in_child(path: str, cfg_json: str, hints: list[dict[str, Any]]) -> 
             "fps_variable": a.fps_variable,
             "cuts": a.cuts,
             "clips": analyze_clips(a, cfg.split),
+            "thumbs": clip_thumbnails(a, cfg.split),
         }
     except ProbeError as e:
         return {"error": str(e), "stage": "probe"}
@@ -233,6 +243,12 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any
                 row = error_row(base, res["stage"], res["error"])
             else:
                 row, scores = _rows_from_analysis(base, item, res, cfg)
+                thumbs = [
+                    {"clip_id": s["clip_id"], "video_id": item.video_id, "jpeg": jpg}
+                    for s, jpg in zip(scores, res["thumbs"], strict=True)
+                    if jpg is not None
+                ]
+                write_table_atomic(thumbs, THUMB_SCHEMA, layout.thumbs_part(item.video_id))
                 write_table_atomic(scores, SCORES_SCHEMA, layout.scores_part(item.video_id))
                 todo = _missing_files(_locally_passing(scores, row, cfg), layout)
                 row = _extract(path, row, todo, layout, cfg)

@@ -98,6 +98,16 @@ class ClipScores(_Row):
     schema_version: int = SCHEMA_VERSION
 
 
+class ThumbRow(_Row):
+    """A small colour JPEG from the middle of a candidate clip, kept apart from the clip rows so
+    the clip manifest stays lean; the report's contact sheet shows rejected clips from these
+    without decoding anything again."""
+
+    clip_id: str
+    video_id: str
+    jpeg: bytes = Field(description="JPEG, about 128 px on the short side")
+
+
 class ClipRow(ClipScores):
     """A candidate clip with its verdict: answers 'why was this clip dropped?' in one row."""
 

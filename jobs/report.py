@@ -96,6 +96,10 @@ def _histograms(clips: list[dict[str, Any]], cfg: CurateConfig) -> str:
     return out
 
 
+def _data_url(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
 def _thumb(path: str) -> str | None:
     """The middle frame of a clip file as a small JPEG (data URL)."""
     try:
@@ -107,7 +111,7 @@ def _thumb(path: str) -> str | None:
         img.thumbnail((240, 240))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=80)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        return _data_url(buf.getvalue())
     except (av.error.FFmpegError, OSError):
         return None
 
@@ -133,6 +137,7 @@ def write_report(out: str, max_thumbs: int = 60) -> str:
         else CurateConfig()
     )
     captions = _captions(out)
+    thumbs = {r["clip_id"]: r["jpeg"] for r in read_rows(layout.thumbs)}
     rng = np.random.default_rng(0)
     cards = []
     for status in ("kept", "rejected"):
@@ -140,8 +145,11 @@ def write_report(out: str, max_thumbs: int = 60) -> str:
         pick = sorted(rng.choice(len(pool), min(len(pool), max_thumbs // 2), replace=False)) if pool else []
         for i in pick:
             c = pool[int(i)]
-            folder = layout.clips if status == "kept" else layout.staging
-            src = _thumb(os.path.join(folder, f"{c['clip_id']}.mp4"))
+            if c["clip_id"] in thumbs:
+                src: str | None = _data_url(thumbs[c["clip_id"]])
+            else:  # runs from before thumbnails: decode the clip file when there is one
+                folder = layout.clips if status == "kept" else layout.staging
+                src = _thumb(os.path.join(folder, f"{c['clip_id']}.mp4"))
             img = f'<img src="{src}">' if src else '<div class="noimg">not extracted</div>'
             cap = captions.get(c["clip_id"]) or c.get("source_caption") or ""
             cards.append(

@@ -18,6 +18,7 @@ MODELS = {
     "video_row.v1": "curation.records:VideoRow",
     "clip_scores.v1": "curation.records:ClipScores",
     "clip_row.v1": "curation.records:ClipRow",
+    "thumb_row.v1": "curation.records:ThumbRow",
     "curate_config.v1": "curation.config:CurateConfig",
 }
 # Modules with a json_schemas() -> {name: schema} function of their own.

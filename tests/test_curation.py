@@ -229,3 +229,19 @@ def test_decoder_crash_is_an_error_row_and_the_job_goes_on(
     assert rows["short"]["status"] == "error" and rows["short"]["error"] == "decoder crashed (SIGSEGV)"
     assert rows["short"]["error_stage"] == "analyze"
     assert rows["duplicate"]["status"] == "ok" and summary["clips_kept"] == 1
+
+
+def test_every_clip_has_a_thumbnail_from_its_middle(curated: Path) -> None:
+    import cv2
+    import numpy as np
+
+    thumbs = {r["clip_id"]: r for r in read_rows(Layout(str(curated)).thumbs)}
+    clips = _clips(curated)
+    assert {c["clip_id"] for c in clips if c["duration_s"] >= 2.0} <= set(thumbs)
+    ids = _video_ids(curated)
+    dark = next(c for c in clips if c["video_id"] == ids["cuts"] and c["shot_index"] == 2)
+    washed = next(c for c in clips if c["video_id"] == ids["quality"] and c["shot_index"] == 2)
+    for clip, low, high in ((dark, 0, 40), (washed, 200, 256)):
+        img = cv2.imdecode(np.frombuffer(thumbs[clip["clip_id"]]["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+        assert min(img.shape[:2]) >= 100
+        assert low <= img.mean() < high, (clip["reason"], img.mean())
