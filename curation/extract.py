@@ -37,19 +37,32 @@ class _ClipWriter:
         self.out: av.container.OutputContainer | None = None
         self.count = 0
 
-    def write(self, img: np.ndarray) -> None:
+    def write(self, frame: av.VideoFrame, rotation: int = 0) -> None:
+        """Scale in FFmpeg straight from the decoded planes; only rotated sources go through RGB
+        (after scaling), so a 4K frame is never converted to a 24 MB RGB array."""
+        turned = rotation % 180 != 0
         if self.out is None:
-            h, w = img.shape[:2]
+            w, h = (frame.height, frame.width) if turned else (frame.width, frame.height)
             self.size = _out_size(w, h, self.cfg.max_short_side)
             self.out = av.open(self.tmp, "w", format="mp4", options={"movflags": "+faststart"})
-            self.st = self.out.add_stream(self.cfg.codec, rate=Fraction(self.fps).limit_denominator(1001))
+            self.rate = Fraction(self.fps).limit_denominator(1001)
+            self.st = self.out.add_stream(self.cfg.codec, rate=self.rate)
             self.st.width, self.st.height = self.size
             self.st.pix_fmt = "yuv420p"
             self.st.codec_context.thread_count = self.cfg.threads
             self.st.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
-        vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-        if (vf.width, vf.height) != self.size:
-            vf = vf.reformat(width=self.size[0], height=self.size[1], interpolation="AREA")
+        ow, oh = self.size
+        if rotation % 360 == 0:
+            vf = frame.reformat(width=ow, height=oh, format="yuv420p", interpolation="AREA")
+        else:
+            cw, ch = (oh, ow) if turned else (ow, oh)
+            img = frame.reformat(width=cw, height=ch, format="rgb24", interpolation="AREA").to_ndarray()
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rotate(img, rotation)), format="rgb24")
+            vf = vf.reformat(format="yuv420p")
+        # Frame-count timestamps at the clip's rate: the source's own would carry its offset,
+        # and none at all leaves every frame at pts 0 (readers then see a 1000+ fps file).
+        vf.pts = self.count
+        vf.time_base = 1 / self.rate
         self.out.mux(self.st.encode(vf))
         self.count += 1
 
@@ -116,7 +129,7 @@ def extract_clips(
                         continue
                     if ft >= t0 + span.end_s - half or writer.count >= span.n_frames:
                         break
-                    writer.write(rotate(frame.to_ndarray(format="rgb24"), rotation))
+                    writer.write(frame, rotation)
                 if writer.count == 0:
                     raise ValueError(
                         f"clip {span.clip_id}: no frame decoded in {span.start_s:.3f}-{span.end_s:.3f} s"
