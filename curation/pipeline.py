@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from curation import __version__
 from curation.analyze import analyze_clips, analyze_video, clip_thumbnails
 from curation.config import CurateConfig
-from curation.decide import decide_clips, failing_checks
+from curation.decide import content_size, decide_clips, failing_checks
 from curation.extract import ClipSpan, extract_clips
 from curation.ids import clip_id, sha256_file
 from curation.isolate import IsolatedError, run_isolated
@@ -132,10 +133,7 @@ def local_copy(item: VideoItem) -> Iterator[str]:
     """A local file path for the decoder: bytes are spooled, remote files downloaded, local used as is."""
     if item.data is None and item.path is not None:
         fs, p = fsspec.core.url_to_fs(item.path)
-        if (
-            getattr(fs, "protocol", None) in ("file", ("file", "local"))
-            or fs.__class__.__name__ == "LocalFileSystem"
-        ):
+        if isinstance(fs, LocalFileSystem):
             yield p
             return
     suffix = os.path.splitext(item.key.split("::")[-1].split("#")[0])[1] or ".mp4"
@@ -353,8 +351,7 @@ def finalize(out: str, cfg: CurateConfig) -> dict[str, Any]:
                 r["failed_checks"] = [*r["failed_checks"], "extract_failed"]
         elif os.path.exists(published):
             os.replace(published, staged)
-        cw = r["width"] * (1 - r["crop_left"] - r["crop_right"])
-        ch = r["height"] * (1 - r["crop_top"] - r["crop_bottom"])
+        cw, ch = content_size(r, r["width"], r["height"])
         rows.append(
             {
                 **r,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+H = TypeVar("H")
 
 
 def init_ray(address: str | None) -> None:
@@ -24,6 +25,29 @@ def init_ray(address: str | None) -> None:
     ray.init(address=address or None, log_to_driver=False, include_dashboard=False if not address else None)
 
 
+_END = object()
+
+
+def _bounded(
+    items: Iterable[T], submit: Callable[[T], H], wait_any: Callable[[list[H]], Iterable[H]], limit: int
+) -> Iterator[tuple[T, H]]:
+    """Submit items lazily, at most `limit` in flight; yield (item, handle) as each finishes."""
+    pending: dict[H, T] = {}
+    it = iter(items)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < limit:
+            item = next(it, _END)
+            if item is _END:
+                exhausted = True
+            else:
+                pending[submit(item)] = item  # type: ignore[arg-type]
+        if not pending:
+            return
+        for handle in wait_any(list(pending)):
+            yield pending.pop(handle), handle
+
+
 def map_ray(
     fn: Callable[..., Any], items: Iterable[T], extra: tuple[Any, ...], max_in_flight: int, num_cpus: float
 ) -> Iterator[tuple[T | None, Any, BaseException | None]]:
@@ -34,26 +58,16 @@ def map_ray(
     extra_refs = [ray.put(x) for x in extra]
     if max_in_flight <= 0:
         max_in_flight = max(2, int(2 * ray.cluster_resources().get("CPU", 2)))
-    pending: dict[Any, T] = {}
-    it = iter(items)
-    exhausted = False
-    while pending or not exhausted:
-        while not exhausted and len(pending) < max_in_flight:
-            try:
-                item = next(it)
-            except StopIteration:
-                exhausted = True
-                break
-            pending[remote.remote(item, *extra_refs)] = item
-        if not pending:
-            break
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            item = pending.pop(ref)
-            try:
-                yield item, ray.get(ref), None
-            except Exception as e:  # a worker died: costs this item only
-                yield item, None, e
+    for item, ref in _bounded(
+        items,
+        lambda i: remote.remote(i, *extra_refs),
+        lambda refs: ray.wait(refs, num_returns=1)[0],
+        max_in_flight,
+    ):
+        try:
+            yield item, ray.get(ref), None
+        except Exception as e:  # a worker died: costs this item only
+            yield item, None, e
 
 
 def map_threads(
@@ -62,21 +76,11 @@ def map_threads(
     """Threads suffice locally: the heavy work runs in isolated child processes."""
     workers = max_in_flight or os.cpu_count() or 2
     with ThreadPoolExecutor(workers) as pool:
-        pending: dict[Future[Any], T] = {}
-        it = iter(items)
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < workers * 2:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                pending[pool.submit(fn, item, *extra)] = item
-            if not pending:
-                break
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in done:
-                item = pending.pop(fut)
-                exc = fut.exception()
-                yield item, (None if exc else fut.result()), exc
+        for item, fut in _bounded(
+            items,
+            lambda i: pool.submit(fn, i, *extra),
+            lambda futs: wait(futs, return_when=FIRST_COMPLETED)[0],
+            workers * 2,
+        ):
+            exc = fut.exception()
+            yield item, (None if exc else fut.result()), exc
