@@ -8,7 +8,6 @@ rewritten: a rerun adds parts, and readers keep the latest row per (clip_id, cap
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from captioning.config import CaptionConfig
+from curation.atomic import atomic_output
 
 SCHEMA_VERSION = "caption_row.v1"
 CLIP_COLUMNS = [
@@ -243,13 +243,7 @@ def write_part(rows: list[CaptionRow], captions_dir: Path, run_id: str, batch_ke
     """Write one part file atomically (temp name + rename). Returns its path, or None if no rows."""
     if not rows:
         return None
-    captions_dir.mkdir(parents=True, exist_ok=True)
     final = captions_dir / f"part-{run_id}-{batch_key}.parquet"
-    tmp = captions_dir / f".tmp-{uuid.uuid4().hex}.parquet"
-    try:
+    with atomic_output(final) as tmp:
         pq.write_table(rows_to_table(rows), tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return final

@@ -10,6 +10,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from curation.atomic import temp_path
 from curation.config import ExtractConfig
 from curation.decode import rotate
 
@@ -33,7 +34,7 @@ class _ClipWriter:
 
     def __init__(self, path: str, fps: float, cfg: ExtractConfig) -> None:
         self.path, self.fps, self.cfg = path, fps, cfg
-        self.tmp = f"{path}.tmp-{os.getpid()}"
+        self.tmp = temp_path(path)
         self.out: av.container.OutputContainer | None = None
         self.count = 0
 

@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from curation.atomic import atomic_output
 from curation.records import ClipRow, ClipScores, ThumbRow, VideoRow
 
 _SCALARS: dict[Any, pa.DataType] = {
@@ -67,9 +68,8 @@ def write_table_atomic(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: 
     if model is not None:
         rows = [model.model_validate(r).model_dump() for r in rows]
     table = pa.Table.from_pylist(list(rows), schema=schema)
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def read_rows(folder: str, schema: pa.Schema | None = None) -> list[dict[str, Any]]:

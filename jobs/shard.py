@@ -130,9 +130,10 @@ def _write_samples_table(path: str, rows: list[dict[str, Any]]) -> None:
     schema = pa.schema(
         [(c, pa.string()) for c in ("clip_id", "video_id", "split", "status", "reason", "shard")]
     )
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    os.replace(tmp, path)
+    from curation.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
 
 
 def _row(

@@ -28,7 +28,7 @@ def test_ray_data_pipeline_with_transformers_actor(tmp_path: Path, local_ray) ->
     assert all(r["tries"] == 3 for r in rows if r["status"] == "rejected")
     # One part per actor batch, written by the actors themselves, none left half-written.
     parts = list((out / "manifests" / "captions").glob("*.parquet"))
-    assert 1 <= len(parts) <= 3 and not list((out / "manifests" / "captions").glob(".tmp-*"))
+    assert 1 <= len(parts) <= 3 and not list((out / "manifests" / "captions").glob(".*.tmp-*"))
 
 
 def test_vllm_pool_fails_fast_without_gpus(tmp_path: Path, local_ray) -> None:

@@ -193,7 +193,7 @@ def test_parts_are_atomic_and_reruns_do_only_what_is_missing(tmp_path: Path, mon
     assert len(todo) == 4
     stats = run_local(todo, FakeBackend(script), cfg, ctx(), out, cap_dir, batch_size=2, progress=False)
     assert len(stats.parts) == 2 and stats.status == {"ok": 6, "rejected": 1, "error": 1}
-    assert not list(cap_dir.glob(".tmp-*"))
+    assert not list(cap_dir.glob(".*.tmp-*"))
 
     # Rerun: only c/short (error) is pending; b/dense (rejected) only with retry_rejected.
     latest = read_captions(cap_dir)

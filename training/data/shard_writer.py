@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from curation.atomic import atomic_output
 from curation.configfile import package_version
 from curation.ids import sha256_file
 from training.data import sample_format
@@ -418,11 +419,8 @@ def record_path(out: str, stage: str, split: str, name: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
 
 
 def write_tar(path: str, samples: Iterable[Mapping[str, Any]]) -> tuple[int, list[str]]:
@@ -433,23 +431,15 @@ def write_tar(path: str, samples: Iterable[Mapping[str, Any]]) -> tuple[int, lis
     """
     from webdataset import TarWriter
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
     keys: list[str] = []
-    try:
-        with (
-            open(tmp, "wb") as f,
-            TarWriter(
-                f, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE
-            ) as tw,
-        ):
-            for s in samples:
-                tw.write(dict(s))
-                keys.append(s["__key__"])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with (
+        atomic_output(path) as tmp,
+        open(tmp, "wb") as f,
+        TarWriter(f, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE) as tw,
+    ):
+        for s in samples:
+            tw.write(dict(s))
+            keys.append(s["__key__"])
     return len(keys), keys
 
 
