@@ -148,6 +148,12 @@ def cli(argv: list[str], module: str = "jobs.shard") -> int:
     return mod.run(parser.parse_args(argv))
 
 
+def shard_local(manifests: Path, stage: str, out: Path, config: Path) -> int:
+    """`vjp shard` without Ray, as most tests run it."""
+    argv = ["--clips", str(manifests), "--stage", stage, "--out", str(out), "--config", str(config)]
+    return cli([*argv, "--runner", "local"])
+
+
 def write_config(path: Path, stages: dict[str, Any], **extra: Any) -> Path:
     import yaml
 
@@ -507,23 +513,7 @@ def test_letterbox_crop_and_source_caption_fallback(tmp_path: Path) -> None:
         split={"eval_fraction": 0.0},
     )
     out = tmp_path / "out"
-    assert (
-        cli(
-            [
-                "--clips",
-                str(manifests),
-                "--stage",
-                "s",
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                "--runner",
-                "local",
-            ]
-        )
-        == 0
-    )
+    assert shard_local(manifests, "s", out, config) == 0
     rows = {r["clip_id"]: r for r in pq.read_table(out / "s" / "__index__" / "samples.parquet").to_pylist()}
     assert {k: r["reason"] for k, r in rows.items()} == {
         "pixa_0000000_0000060": None,
@@ -549,23 +539,7 @@ def test_letterbox_crop_and_source_caption_fallback(tmp_path: Path) -> None:
     assert frames[:, :4].mean() > 40 and frames[:, -4:].mean() > 40  # no black bar left
     # Without the fallback nothing is captioned: exit 1, every clip recorded.
     strict = write_config(tmp_path / "strict.yaml", {"s": {"width": 128, "height": 96}})
-    assert (
-        cli(
-            [
-                "--clips",
-                str(manifests),
-                "--stage",
-                "s",
-                "--out",
-                str(tmp_path / "o2"),
-                "--config",
-                str(strict),
-                "--runner",
-                "local",
-            ]
-        )
-        == 1
-    )
+    assert shard_local(manifests, "s", tmp_path / "o2", strict) == 1
     rows = pq.read_table(tmp_path / "o2" / "s" / "__index__" / "samples.parquet").to_pylist()
     assert {r["reason"] for r in rows} == {"no_caption"}
 
