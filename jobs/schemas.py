@@ -22,7 +22,7 @@ MODELS = {
     "curate_config.v1": "curation.config:CurateConfig",
 }
 # Modules with a json_schemas() -> {name: schema} function of their own.
-PROVIDERS = ["captioning.manifest", "training.data.sample_format"]
+PROVIDERS = ["captioning.manifest", "training.data.sample_format", "training.eval.config"]
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
 

@@ -1,0 +1,245 @@
+"""One video per eval caption with a trained checkpoint: EVAL/generated/<key>.mp4 + prompts.jsonl.
+
+Resumable: prompts.jsonl records, per key, the hash of everything that makes the video (the
+checkpoint, the requested settings, the prompt and the seed). A rerun generates only the keys
+whose mp4 is missing or whose hash changed, in batches, and rewrites prompts.jsonl after every
+batch, so a killed run loses at most one batch. Locally the sampler loads in this process; with
+`generate.runner: ray` one sampler actor per GPU takes batches and the frames come back to the
+driver, which writes them (no shared file system needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.atomic import atomic_output
+from training.data.sample_format import config_hash
+from training.eval.config import GenerateConfig
+
+GENERATED = "generated"
+PROMPTS = "prompts.jsonl"
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    prompt: str
+    seed: int
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int | None]:
+    """(resolved folder, step) of RUN, RUN/checkpoints/latest's folder, step_N or step_N/export."""
+    p = Path(path).resolve()
+    latest = p / "checkpoints" / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        p = (p / "checkpoints" / name).resolve() if not os.path.isabs(name) else Path(name).resolve()
+    step = None
+    for part in reversed(p.parts):
+        m = re.fullmatch(r"step_(\d+)", part)
+        if m:
+            step = int(m.group(1))
+            break
+    return str(p), step
+
+
+def generation_kwargs(cfg: GenerateConfig, stage: dict[str, float]) -> dict[str, Any]:
+    """The keyword arguments of Sampler.generate for every batch (None = the sampler's default)."""
+    kw: dict[str, Any] = {
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "negative_prompt": cfg.negative_prompt,
+    }
+    if cfg.size == "stage":
+        kw |= {"frames": int(stage["frames"]), "height": int(stage["height"]), "width": int(stage["width"])}
+    return kw
+
+
+def job_hash(checkpoint: str, kwargs: dict[str, Any], job: Job) -> str:
+    return config_hash({"checkpoint": checkpoint, "kwargs": kwargs, "prompt": job.prompt, "seed": job.seed})
+
+
+def read_prompts(out: str) -> dict[str, dict[str, Any]]:
+    path = os.path.join(out, PROMPTS)
+    rows: dict[str, dict[str, Any]] = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    rows[row["key"]] = row
+    return rows
+
+
+def _write_prompts(out: str, rows: dict[str, dict[str, Any]], order: list[str]) -> None:
+    with atomic_output(os.path.join(out, PROMPTS)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for key in order:
+            if key in rows:
+                f.write(json.dumps(rows[key], ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def video_path(out: str, key: str) -> str:
+    return os.path.join(out, GENERATED, f"{key}.mp4")
+
+
+def write_video(frames: np.ndarray, path: str, fps: float) -> None:
+    """The sampler's H.264 writer, through a temporary name that keeps the .mp4 suffix (PyAV picks
+    the container from it) and is renamed into place when complete."""
+    from training.sample import write_mp4
+
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)[:-4]}.tmp-{os.getpid()}.mp4")
+    try:
+        write_mp4(frames, tmp, fps)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _batches(items: list[Job], size: int) -> Iterator[list[Job]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class _SamplerActor:
+    """Ray actor: the sampler loads once, then one batch per call."""
+
+    def __init__(self, checkpoint: str, device: str | None) -> None:
+        from training.sample import Sampler
+
+        self.sampler = Sampler.from_checkpoint(checkpoint, device=device)
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.sampler.settings)
+
+    def generate(self, jobs: list[Job], kwargs: dict[str, Any]) -> tuple[list[Job], list[np.ndarray]]:
+        videos = self.sampler.generate([j.prompt for j in jobs], [j.seed for j in jobs], **kwargs)
+        return jobs, videos
+
+
+def _device(cfg: GenerateConfig) -> str | None:
+    return None if cfg.device == "auto" else cfg.device
+
+
+def _local_batches(
+    checkpoint: str, cfg: GenerateConfig, todo: list[Job], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], Iterator[tuple[list[Job], list[np.ndarray] | None, str | None]]]:
+    from training.sample import Sampler
+
+    sampler = Sampler.from_checkpoint(checkpoint, device=_device(cfg))
+
+    def run() -> Iterator[tuple[list[Job], list[np.ndarray] | None, str | None]]:
+        for batch in _batches(todo, cfg.batch_size):
+            try:
+                videos = sampler.generate([j.prompt for j in batch], [j.seed for j in batch], **kwargs)
+            except Exception as e:  # a failing batch costs that batch; the rerun retries it
+                yield batch, None, f"{type(e).__name__}: {e}"
+                continue
+            yield batch, videos, None
+
+    return dict(sampler.settings), run()
+
+
+def _ray_batches(
+    checkpoint: str, cfg: GenerateConfig, todo: list[Job], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], Iterator[tuple[list[Job], list[np.ndarray] | None, str | None]]]:
+    import ray
+    from ray.util import ActorPool
+
+    from jobs.runner import init_ray
+
+    init_ray(cfg.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus > 0 and cfg.device != "cpu"
+    n = cfg.workers or (gpus if use_gpu else 1)
+    actor = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1)(_SamplerActor)
+    actors = [actor.remote(checkpoint, _device(cfg)) for _ in range(max(1, n))]
+    settings = ray.get(actors[0].settings.remote())
+    pool = ActorPool(actors)
+    batches = list(_batches(todo, cfg.batch_size))
+
+    def run() -> Iterator[tuple[list[Job], list[np.ndarray] | None, str | None]]:
+        for b in batches:
+            pool.submit(lambda a, batch: a.generate.remote(batch, kwargs), b)
+        done: set[str] = set()
+        while pool.has_next():
+            try:
+                jobs, videos = pool.get_next_unordered()
+            except Exception as e:  # ActorPool does not say which batch failed: the rest is retried
+                remaining = [j for j in todo if j.key not in done]
+                yield remaining, None, f"{type(e).__name__}: {e}"
+                return
+            done.update(j.key for j in jobs)
+            yield jobs, videos, None
+
+    return settings, run()
+
+
+def generate_all(
+    checkpoint: str,
+    jobs: list[Job],
+    out: str,
+    cfg: GenerateConfig,
+    stage: dict[str, float],
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Generate what is missing; returns {"settings", "written", "reused", "failed": {key: reason}}."""
+    os.makedirs(os.path.join(out, GENERATED), exist_ok=True)
+    kwargs = generation_kwargs(cfg, stage)
+    rows = read_prompts(out)
+    order = [j.key for j in jobs]
+    todo: list[Job] = []
+    hashes = {j.key: job_hash(checkpoint, kwargs, j) for j in jobs}
+    for j in jobs:
+        row = rows.get(j.key)
+        if not (row and row.get("hash") == hashes[j.key] and os.path.exists(video_path(out, j.key))):
+            todo.append(j)
+    reused = len(jobs) - len(todo)
+    # One settings file per (checkpoint, kwargs): reused videos are described by the run that made them.
+    run_id = config_hash({"checkpoint": checkpoint, "kwargs": kwargs})
+    settings_path = os.path.join(out, GENERATED, f"settings-{run_id}.json")
+    failed: dict[str, str] = {}
+    written = 0
+    if todo:
+        log(f"generating {len(todo)} videos ({reused} reused)")
+        start = _ray_batches if cfg.runner == "ray" else _local_batches
+        settings, batches = start(checkpoint, cfg, todo, kwargs)
+        effective = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
+        with atomic_output(settings_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": checkpoint, "kwargs": kwargs, "effective": effective}, f, sort_keys=True)
+        fps = float(effective.get("fps") or stage["fps"])
+        for batch, videos, error in batches:
+            if videos is None:
+                failed.update({j.key: error or "failed" for j in batch})
+                continue
+            for j, v in zip(batch, videos, strict=True):
+                try:
+                    write_video(np.asarray(v), video_path(out, j.key), fps)
+                except Exception as e:
+                    failed[j.key] = f"writing the mp4 failed: {type(e).__name__}: {e}"
+                    continue
+                rows[j.key] = {
+                    "key": j.key,
+                    "prompt": j.prompt,
+                    "seed": j.seed,
+                    "file": f"{GENERATED}/{j.key}.mp4",
+                    "hash": hashes[j.key],
+                    "shape": list(np.asarray(v).shape),
+                }
+                written += 1
+            _write_prompts(out, rows, order)
+            log(f"generated {written}/{len(todo)}")
+    if not os.path.exists(settings_path):  # only when nothing was asked for (no jobs)
+        return {"settings": {}, "written": 0, "reused": 0, "failed": failed}
+    with open(settings_path, encoding="utf-8") as f:
+        effective = json.load(f)["effective"]
+    _write_prompts(out, rows, order)
+    return {"settings": effective, "written": written, "reused": reused, "failed": failed}
