@@ -44,7 +44,10 @@ class AnalysisConfig(_Strict):
     short_side: int = Field(144, ge=32, le=720, description="approximate short side of analysis frames")
     score_fps: float = Field(2.0, gt=0, description="scores are computed on frames sampled at this rate")
     flow: Literal["auto", "always", "never"] = Field(
-        "auto", description="optical flow: auto = only where codec motion vectors are missing or ambiguous"
+        "always",
+        description="motion from optical flow on every sampled pair (always: a pure function of the decoded "
+        "pixels, frame-threaded decode), or from codec motion vectors with flow only where they are missing "
+        "or ambiguous (auto) or never: vectors need a slice-threaded decode to be exact (one core on most files)",
     )
     flow_size: int = Field(128, ge=32)
     decode_threads: int = Field(0, ge=0, description="0 = FFmpeg's choice")
