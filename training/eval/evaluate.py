@@ -157,9 +157,9 @@ def evaluate(
     if len(chosen) < cfg.num:
         log(f"{len(chosen)} {cfg.split} samples, fewer than the {cfg.num} asked for: using all")
     stage = stage_size(index, chosen)
-    checkpoint, step = resolve_checkpoint(ckpt)
+    checkpoint, step, identity = resolve_checkpoint(ckpt)
     jobs = [Job(s.key, s.caption, sample_seed(cfg.seed, s.key)) for s in chosen]
-    gen = generate_all(checkpoint, jobs, out, cfg.generate, stage, log)
+    gen = generate_all(checkpoint, identity, jobs, out, cfg.generate, stage, log)
     errors += [f"{video_path(out, k)}: generation failed: {r}" for k, r in sorted(gen["failed"].items())]
 
     gen_frames = int(gen["settings"].get("frames") or stage["frames"])

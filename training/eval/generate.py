@@ -10,6 +10,7 @@ driver, which writes them (no shared file system needed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,20 +36,34 @@ class Job:
     seed: int
 
 
-def resolve_checkpoint(path: str) -> tuple[str, int | None]:
-    """(resolved folder, step) of RUN, RUN/checkpoints/latest's folder, step_N or step_N/export."""
-    p = Path(path).resolve()
-    latest = p / "checkpoints" / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        p = (p / "checkpoints" / name).resolve() if not os.path.isabs(name) else Path(name).resolve()
-    step = None
-    for part in reversed(p.parts):
-        m = re.fullmatch(r"step_(\d+)", part)
-        if m:
-            step = int(m.group(1))
-            break
-    return str(p), step
+def resolve_checkpoint(path: str) -> tuple[str, int | None, str]:
+    """(folder, step, identity) of RUN (its latest), RUN/checkpoints/step_N or step_N/export.
+
+    The identity hashes the export's videojp.json (step and training config), so videos made from
+    an older checkpoint at the same path are not reused.
+    """
+    from training.checkpoint import EXPORT, EXPORT_META
+    from training.checkpoint import resolve_checkpoint as resolve_step
+
+    if os.path.isfile(os.path.join(path, EXPORT_META)):
+        folder = export = os.path.abspath(path)
+    else:
+        folder = os.path.abspath(resolve_step(path))
+        export = os.path.join(folder, EXPORT)
+    meta_path = os.path.join(export, EXPORT_META)
+    step, identity = None, ""
+    if os.path.isfile(meta_path):
+        with open(meta_path, "rb") as f:
+            data = f.read()
+        identity = hashlib.sha256(data).hexdigest()[:16]
+        step = json.loads(data).get("step")
+    if step is None:
+        for part in reversed(Path(folder).parts):
+            m = re.fullmatch(r"step_(\d+)", part)
+            if m:
+                step = int(m.group(1))
+                break
+    return folder, step, identity
 
 
 def generation_kwargs(cfg: GenerateConfig, stage: dict[str, float]) -> dict[str, Any]:
@@ -91,17 +106,9 @@ def video_path(out: str, key: str) -> str:
 
 
 def write_video(frames: np.ndarray, path: str, fps: float) -> None:
-    """The sampler's H.264 writer, through a temporary name that keeps the .mp4 suffix (PyAV picks
-    the container from it) and is renamed into place when complete."""
-    from training.sample import write_mp4
+    from training.sample import write_mp4  # atomic: temporary name, renamed when complete
 
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)[:-4]}.tmp-{os.getpid()}.mp4")
-    try:
-        write_mp4(frames, tmp, fps)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_mp4(frames, path, fps)
 
 
 def _batches(items: list[Job], size: int) -> Iterator[list[Job]]:
@@ -185,6 +192,7 @@ def _ray_batches(
 
 def generate_all(
     checkpoint: str,
+    identity: str,
     jobs: list[Job],
     out: str,
     cfg: GenerateConfig,
@@ -197,14 +205,15 @@ def generate_all(
     rows = read_prompts(out)
     order = [j.key for j in jobs]
     todo: list[Job] = []
-    hashes = {j.key: job_hash(checkpoint, kwargs, j) for j in jobs}
+    ident = f"{checkpoint}#{identity}"
+    hashes = {j.key: job_hash(ident, kwargs, j) for j in jobs}
     for j in jobs:
         row = rows.get(j.key)
         if not (row and row.get("hash") == hashes[j.key] and os.path.exists(video_path(out, j.key))):
             todo.append(j)
     reused = len(jobs) - len(todo)
     # One settings file per (checkpoint, kwargs): reused videos are described by the run that made them.
-    run_id = config_hash({"checkpoint": checkpoint, "kwargs": kwargs})
+    run_id = config_hash({"checkpoint": ident, "kwargs": kwargs})
     settings_path = os.path.join(out, GENERATED, f"settings-{run_id}.json")
     failed: dict[str, str] = {}
     written = 0
