@@ -13,164 +13,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+# `python tests/caption_fixtures.py model DIR` (the vLLM venv has no install of this package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# The tiny models live in the package (the demo pipeline builds them too); re-exported here.
+from captioning.tiny import (
+    QWEN2_VL_CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    build_tiny_model,
+    build_tokenizer,
 )
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-
-_CORPUS = [
-    "海辺の道を赤い車がゆっくり走り、カメラは横から追いかけている。",
-    "都市部の空撮写真です。高層ビルの間を川が流れ、夕日が水面に反射している。",
-    "女性が台所で野菜を切り、鍋に入れてかき混ぜる。固定カメラで撮影された実写映像。",
-    "A red square moves across a blue background while the camera stays still.",
-    "子どもたちが公園で遊んでいる。ズームインして笑顔を映す。アニメ風の色調。",
-    "森の中を流れる小川、木漏れ日、スローモーション、ドローンによる空撮。",
-    "The quick brown fox jumps over the lazy dog. 0123456789",
-]
-
-
-def build_tokenizer() -> Any:
-    """A byte-level BPE Qwen2Tokenizer with Qwen2-VL's special tokens and chat template."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import Qwen2Tokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_CORPUS * 4, vocab_size=600, min_frequency=1, show_progress=False)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    # Ids 0.. are the BPE vocab; the special tokens follow, as in Qwen2-VL (151643 onwards).
-    tok = Qwen2Tokenizer(
-        vocab=model["vocab"],
-        merges=merges,
-        unk_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-    tok.add_tokens(SPECIAL_TOKENS, special_tokens=True)
-    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
-    return tok
-
-
-def _token_ids(tok: Any) -> dict[str, int]:
-    return {t: int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}
-
-
-def build_tiny_model(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
-    """Save a tiny random model + processor to out_dir (about 2-3 MB) and return the path.
-
-    Text tower head_dim 64 (hidden 256, 4 heads): vLLM's CPU attention kernels reject head_dim 16.
-    """
-    import torch
-    from transformers import GenerationConfig
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    tok = build_tokenizer()
-    ids = _token_ids(tok)
-    vocab = ((len(tok) + 63) // 64) * 64
-    text = {
-        "vocab_size": vocab,
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-    }
-    tokens = {
-        "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "vision_start_token_id": ids["<|vision_start|>"],
-        "vision_end_token_id": ids["<|vision_end|>"],
-    }
-    if family == "qwen2_vl":
-        from transformers import (
-            Qwen2VLConfig,
-            Qwen2VLForConditionalGeneration,
-            Qwen2VLImageProcessor,
-            Qwen2VLProcessor,
-            Qwen2VLVideoProcessor,
-        )
-
-        vision = {"depth": 2, "embed_dim": 128, "hidden_size": 256, "num_heads": 2, "mlp_ratio": 2}
-        config = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
-        model = Qwen2VLForConditionalGeneration(config)
-        processor = Qwen2VLProcessor(
-            image_processor=Qwen2VLImageProcessor(),
-            video_processor=Qwen2VLVideoProcessor(),
-            tokenizer=tok,
-            chat_template=QWEN2_VL_CHAT_TEMPLATE,
-        )
-    elif family == "qwen2_5_vl":
-        from transformers import (
-            Qwen2_5_VLConfig,
-            Qwen2_5_VLForConditionalGeneration,
-            Qwen2_5_VLProcessor,
-            Qwen2VLImageProcessor,
-            Qwen2VLVideoProcessor,
-        )
-
-        vision = {
-            "depth": 2,
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_heads": 2,
-            "out_hidden_size": 256,
-            "fullatt_block_indexes": [1],
-            "window_size": 112,
-        }
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-        processor = Qwen2_5_VLProcessor(
-            image_processor=Qwen2VLImageProcessor(),
-            video_processor=Qwen2VLVideoProcessor(),
-            tokenizer=tok,
-            chat_template=QWEN2_VL_CHAT_TEMPLATE,
-        )
-    else:
-        raise ValueError(family)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"]
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+__all__ = ["QWEN2_VL_CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_model", "build_tokenizer"]
 
 
 def make_clip(path: str | Path, *, size: int = 112, frames: int = 16, fps: int = 8, color: int = 0) -> Path:
