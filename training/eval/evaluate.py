@@ -158,18 +158,21 @@ def evaluate(
         log(f"{len(chosen)} {cfg.split} samples, fewer than the {cfg.num} asked for: using all")
     stage = stage_size(index, chosen)
     checkpoint, step, identity = resolve_checkpoint(ckpt)
-    jobs = [Job(s.key, s.caption, sample_seed(cfg.seed, s.key)) for s in chosen]
-    gen = generate_all(checkpoint, identity, jobs, out, cfg.generate, stage, log)
-    errors += [f"{video_path(out, k)}: generation failed: {r}" for k, r in sorted(gen["failed"].items())]
-
-    gen_frames = int(gen["settings"].get("frames") or stage["frames"])
-    frames = cfg.fvd.frames or min(int(stage["frames"]), gen_frames)
+    files = baseline_files(baseline_dir) if baseline_dir else []
+    # The measuring models load before generation, so a bad weights path fails in seconds, not
+    # after hours of sampling.
     net = load_feature_network(cfg.fvd)
     aligner = None
     if cfg.align.enabled:
         from training.eval.align import Aligner
 
         aligner = Aligner.from_config(cfg.align)
+    jobs = [Job(s.key, s.caption, sample_seed(cfg.seed, s.key)) for s in chosen]
+    gen = generate_all(checkpoint, identity, jobs, out, cfg.generate, stage, log)
+    errors += [f"{video_path(out, k)}: generation failed: {r}" for k, r in sorted(gen["failed"].items())]
+
+    gen_frames = int(gen["settings"].get("frames") or stage["frames"])
+    frames = cfg.fvd.frames or min(int(stage["frames"]), gen_frames)
     strip_keys = {j.key for j in jobs[: cfg.report.videos]}
     prompts = {j.key: j.prompt for j in jobs}
 
@@ -181,7 +184,6 @@ def evaluate(
     generated = _feature_pass("generated", gen_stream, net, aligner, frames, strip_keys, cfg, out)
     baseline, baseline_info = None, None
     if baseline_dir:
-        files = baseline_files(baseline_dir)
         matched = [f for f in files if os.path.splitext(os.path.basename(f))[0] in prompts]
         use = matched or files  # named by eval key: only those; otherwise the whole folder
         log(f"features: {len(use)} baseline videos")

@@ -1,0 +1,161 @@
+"""`vjp eval` end to end: a tiny trained checkpoint, a tiny eval split, random-weight I3D at 32 px.
+
+Skips (with the reason) only while the sampler of issue 7 (training.sample, tests/train_fixtures)
+is not in the tree; everything else fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+try:
+    import training.sample  # noqa: F401
+    from tests.train_fixtures import make_tiny_checkpoint, make_tiny_shards
+except ModuleNotFoundError as e:  # only the sampler's absence may skip: any other import error fails
+    if e.name not in ("training.sample", "tests.train_fixtures"):
+        raise
+    pytest.skip(f"{e.name} (the sampler, issue 7) is not in the tree yet", allow_module_level=True)
+
+from jobs.cli import main
+from tests.test_shards import cli
+from training.data.sample_format import decode_mp4, read_index
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = [
+    "--set",
+    "fvd.allow_random_weights=true",
+    "--set",
+    "fvd.resolution=32",
+    "--set",
+    "report.videos=3",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    ckpt = make_tiny_checkpoint(root / "ck")
+    data = make_tiny_shards(root / "ev", n=8, eval_fraction=1.0)  # every video held out
+    return {"root": root, "ckpt": ckpt, "shards": data["shards"]}
+
+
+def _eval(tiny: dict[str, Path], out: Path, *extra: str, num: int = 6) -> int:
+    argv = ["--ckpt", str(tiny["ckpt"]), "--shards", str(tiny["shards"]), "--out", str(out)]
+    return cli([*argv, "--num", str(num), *SMOKE, *extra], "jobs.eval")
+
+
+def _metrics(out: Path) -> dict[str, Any]:
+    import jsonschema
+
+    m = json.loads((out / "metrics.json").read_text())
+    schema = json.loads((REPO / "schemas" / "eval_metrics.v1.schema.json").read_text())
+    jsonschema.validate(m, schema)
+    return m
+
+
+def _prompts(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny: dict[str, Path]) -> dict[str, Any]:
+    out = tiny["root"] / "EVAL"
+    assert _eval(tiny, out) == 0
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "generated").glob("*.mp4")}
+    return {"out": out, "metrics": _metrics(out), "mtimes": mtimes}
+
+
+def test_writes_n_videos_prompts_metrics_and_report(tiny: dict[str, Path], first_run: dict[str, Any]) -> None:
+    out, m = first_run["out"], first_run["metrics"]
+    index = read_index(tiny["shards"] / "__index__" / "eval.json")
+    rows = _prompts(out)
+    assert len(rows) == 6 == m["n"] and len(first_run["mtimes"]) == 6
+    keys = [r["key"] for r in rows]
+    assert len(set(keys)) == 6
+    captions = {}
+    for shard in index.shards:  # every prompt is the held-out sample's own Japanese caption
+        import tarfile
+
+        with tarfile.open(tiny["shards"] / "eval" / shard.name) as tf:
+            for member in tf.getmembers():
+                if member.name.endswith(".txt"):
+                    captions[member.name.split(".")[0]] = tf.extractfile(member).read().decode()
+    assert all(r["prompt"] == captions[r["key"]] for r in rows)
+    assert len({r["seed"] for r in rows}) == 6
+    for r in rows:  # generated at the stage's size and frames
+        video = decode_mp4((out / r["file"]).read_bytes())
+        assert video.shape == (index.frames, index.height, index.width, 3)
+    fvd = m["fvd"]
+    assert fvd["n_generated"] == fvd["n_real"] == 6 and fvd["n_real_half"] == 3 and fvd["frames"] == 16
+    assert fvd["generated_vs_real"] > 0 and fvd["real_vs_real"] >= 0 and fvd["baseline_vs_real"] is None
+    assert m["checkpoint_step"] == 2 and m["stage"] == "tiny" and m["split"] == "eval"
+    assert m["feature_network"]["random_weights"] is True and m["feature_network"]["resolution"] == 32
+    assert m["sampler"]["frames"] == 16 and m["sampler"]["steps"] >= 1
+    assert m["generated"] == {"written": 6, "reused": 0, "failed": {}}
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64") == 6  # 3 rows x (generated, real)
+    assert rows[0]["prompt"] in page and "random weights" in page
+    assert {p.name for p in (out / "features").glob("*.npz")} == {"real.npz", "generated.npz"}
+
+
+def test_rerun_reuses_videos_and_regenerates_only_what_is_missing(
+    tiny: dict[str, Path], first_run: dict[str, Any]
+) -> None:
+    out = first_run["out"]
+    assert _eval(tiny, out) == 0
+    m = _metrics(out)
+    assert m["generated"]["written"] == 0 and m["generated"]["reused"] == 6
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "generated").glob("*.mp4")} == first_run["mtimes"]
+    assert m["fvd"] == first_run["metrics"]["fvd"]  # same videos, same features, same numbers
+
+    victim = out / _prompts(out)[1]["file"]
+    before = decode_mp4(victim.read_bytes())
+    victim.unlink()
+    assert _eval(tiny, out, num=7) == 0  # one missing, one more asked for: two generated
+    m = _metrics(out)
+    assert m["generated"]["written"] == 2 and m["generated"]["reused"] == 5 and m["n"] == 7
+    assert np.array_equal(decode_mp4(victim.read_bytes()), before)  # same seed, same video
+    assert [r["key"] for r in _prompts(out)][:6] == [r["key"] for r in _prompts(first_run["out"])][:6]
+
+
+def test_baseline_folder_and_alignment_proxy(tiny: dict[str, Path], first_run: dict[str, Any]) -> None:
+    from tests.test_eval_align import build_tiny_clip
+
+    out, baseline = tiny["root"] / "EVAL_B", tiny["root"] / "baseline"
+    shutil.copytree(first_run["out"] / "generated", out / "generated")
+    shutil.copy(first_run["out"] / "prompts.jsonl", out / "prompts.jsonl")
+    baseline.mkdir()
+    for row in _prompts(first_run["out"])[:6]:  # the 6 eval keys, named <key>.mp4
+        shutil.copy(first_run["out"] / row["file"], baseline)
+    (baseline / "broken.mp4").write_bytes(b"not a video")
+    clip = build_tiny_clip(tiny["root"] / "tiny-clip")
+    extra = ["--baseline-dir", str(baseline), "--set", "align.enabled=true", "--set", f"align.model={clip}"]
+    assert _eval(tiny, out, *extra) == 0
+    m = _metrics(out)
+    assert m["generated"]["reused"] == 6  # copied videos and prompts are reused, not regenerated
+    fvd = m["fvd"]
+    # The baseline's videos are the generated ones: same features, same FVD against the real set.
+    assert fvd["n_baseline"] == 6 and fvd["baseline_vs_real"] == pytest.approx(fvd["generated_vs_real"])
+    assert m["baseline"]["matched_by_key"] is True and m["baseline"]["files"] == 7
+    assert any("broken.mp4" in e and "does not decode" in e for e in m["errors"])
+    a = m["alignment"]
+    assert a["n"] == 6 and -1 <= a["generated"] <= 1 and -1 <= a["real"] <= 1
+    assert a["baseline"] == pytest.approx(a["generated"]) and a["win_rate_vs_baseline"] == 0.0  # ties
+    assert (out / "report.html").read_text().count("data:image/jpeg;base64") == 9  # + baseline column
+
+
+def test_bad_config_and_missing_inputs_exit_2(tiny: dict[str, Path], tmp_path: Path) -> None:
+    base = ["eval", "--ckpt", str(tiny["ckpt"]), "--shards", str(tiny["shards"]), "--out", str(tmp_path)]
+    assert main([*base, "--set", "fvd.bogus=1"]) == 2
+    assert main([*base, "--set", "fvd.weights=" + str(tmp_path / "none.pt")]) == 2
+    missing = ["eval", "--ckpt", str(tmp_path / "no-run"), "--shards", str(tiny["shards"])]
+    assert main([*missing, "--out", str(tmp_path), *SMOKE]) == 2
