@@ -16,9 +16,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
+from curation.configfile import add_set_argument, load_section
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "caption.yaml"
 
@@ -50,25 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: Ray Data for vllm or when a cluster address is given, local threads otherwise",
     )
     parser.add_argument("--limit", type=int, default=None, help="caption at most this many pending clips")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, dotted key, YAML value (repeatable), e.g. --set retry.max_tries=2",
-    )
+    add_set_argument(parser, "retry.max_tries=2")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def choose_executor(executor: str, backend: str, address: str | None) -> str:
@@ -78,19 +60,20 @@ def choose_executor(executor: str, backend: str, address: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioning.config import ConfigError, load_config
+    from captioning.config import ConfigError, config_from_dict
     from captioning.manifest import new_run_id, pending_work, read_captions, read_kept_clips, resolve_layout
 
-    overrides = {}
     try:
-        overrides = parse_overrides(args.overrides)
-        if args.model:
-            overrides["model.id"] = args.model
-        if args.revision:
-            overrides["model.revision"] = args.revision
-        if args.endpoint:
-            overrides["openai.endpoint"] = args.endpoint
-        cfg = load_config(args.config, overrides)
+        data, origin = load_section(args.config, "caption", args.overrides, what="caption config")
+        # Flags are plain strings (a model path must not be read as YAML).
+        for flag, section, key in (
+            (args.model, "model", "id"),
+            (args.revision, "model", "revision"),
+            (args.endpoint, "openai", "endpoint"),
+        ):
+            if flag:
+                data.setdefault(section, {})[key] = flag
+        cfg = config_from_dict(data, origin)
         out_dir, clips_dir, captions_dir = resolve_layout(args.clips)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"vjp caption: {e}", file=sys.stderr)

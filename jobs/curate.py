@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 from curation import __version__
-from curation.config import CurateConfig, load_config
+from curation.config import CurateConfig, parse_config
+from curation.configfile import add_set_argument, load_section
 from curation.manifest import VIDEO_SCHEMA, write_table_atomic
 from curation.pipeline import Layout, base_row, error_row, finalize, needs_work, process_video
 from curation.sources import open_source
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", choices=["ray", "local"], default="ray", help="local = threads, no Ray")
     p.add_argument("--limit", type=int, default=0, help="process at most this many videos (0 = all)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    add_set_argument(p, "filters.blur_min=30")
 
 
 def _source_spec(spec: str, out: str) -> str:
@@ -108,7 +110,7 @@ def _progress(enabled: bool) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config or DEFAULT_CONFIG)
+    cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "curate", args.overrides))
     summary = curate(args.source, args.out, cfg, args.runner, args.address, args.limit)
     if not args.no_report:
         from jobs.report import write_report

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from curation.configfile import add_set_argument, load_section
 from jobs.runner import init_ray
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml")
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-subfolder", default=None, help="override encode.vae_subfolder ('' = none)")
     p.add_argument("--text-encoder", default=None, help="override encode.text_encoder")
     p.add_argument("--device", default=None, help="override encode.device (auto | cpu | cuda | cuda:N)")
+    add_set_argument(p, "encode.text_max_length=256")
 
 
 class _EncodeActor:
@@ -125,9 +127,9 @@ def encode_stage(
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.data.stages import load_config
+    from training.data.stages import parse_config
 
-    cfg = load_config(args.config or DEFAULT_CONFIG)
+    cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "shard", args.overrides))
     overrides: dict[str, Any] = {
         k: v
         for k, v in (("vae", args.vae), ("text_encoder", args.text_encoder), ("device", args.device))

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from curation.configfile import add_set_argument, load_section
 from jobs.runner import init_ray, map_ray, map_threads
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml")
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--runner", choices=["ray", "local"], default="ray", help="local = threads, no Ray")
     p.add_argument("--verify", action="store_true", help="re-hash existing shards before trusting them")
+    add_set_argument(p, "stages.stage1.crf=20")
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -282,9 +284,9 @@ def _progress(enabled: bool, total: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.data.stages import load_config
+    from training.data.stages import parse_config
 
-    cfg = load_config(args.config or DEFAULT_CONFIG)
+    cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "shard", args.overrides))
     cfg.stage(args.stage)  # an unknown stage is a ConfigError: exit 2 with the configured names
     try:
         summary = shard_stage(args.clips, args.stage, args.out, cfg, args.runner, args.address, args.verify)
