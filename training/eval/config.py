@@ -94,7 +94,7 @@ class ReportConfig(_Strict):
 class EvalConfig(_Strict):
     version: Literal[1] = 1
     seed: int = Field(0, description="which eval samples are chosen, and each sample's generation seed")
-    num: int = Field(1000, ge=2, description="eval samples (the seed report uses 1,000)")
+    num: int = Field(1000, ge=4, description="eval samples (the seed report uses 1,000; 4 at least)")
     split: Literal["eval", "train"] = Field("eval", description="split of the stage shards to evaluate on")
     generate: GenerateConfig = GenerateConfig()
     fvd: FVDConfig = FVDConfig()

@@ -1,9 +1,10 @@
 """One video per eval caption with a trained checkpoint: EVAL/generated/<key>.mp4 + prompts.jsonl.
 
-Resumable: prompts.jsonl records, per key, the hash of everything that makes the video (the
-checkpoint, the requested settings, the prompt and the seed). A rerun generates only the keys
-whose mp4 is missing or whose hash changed, in batches, and rewrites prompts.jsonl after every
-batch, so a killed run loses at most one batch. Locally the sampler loads in this process; with
+Resumable: beside every video, generated/<key>.json records the hash of everything that makes it
+(the checkpoint, the requested settings, the prompt and the seed). A rerun generates only the
+keys whose mp4 is missing or whose hash changed, in batches; prompts.jsonl (the current
+selection's prompts, seeds and files) is rewritten after every batch, so a killed run loses at
+most one batch. Locally the sampler loads in this process; with
 `generate.runner: ray` one sampler actor per GPU takes batches and the frames come back to the
 driver, which writes them (no shared file system needed).
 """
@@ -83,6 +84,7 @@ def job_hash(checkpoint: str, kwargs: dict[str, Any], job: Job) -> str:
 
 
 def read_prompts(out: str) -> dict[str, dict[str, Any]]:
+    """EVAL/prompts.jsonl by key: the prompts of the last evaluation and their videos."""
     path = os.path.join(out, PROMPTS)
     rows: dict[str, dict[str, Any]] = {}
     if os.path.exists(path):
@@ -99,6 +101,20 @@ def _write_prompts(out: str, rows: dict[str, dict[str, Any]], order: list[str]) 
         for key in order:
             if key in rows:
                 f.write(json.dumps(rows[key], ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def _record_path(out: str, key: str) -> str:
+    return os.path.join(out, GENERATED, f"{key}.json")
+
+
+def _read_record(out: str, key: str) -> dict[str, Any] | None:
+    """The sidecar written after a video: what made it. prompts.jsonl lists only the current
+    selection, so a video of an earlier, larger selection is still found (and reused) here."""
+    try:
+        with open(_record_path(out, key), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def video_path(out: str, key: str) -> str:
@@ -202,14 +218,16 @@ def generate_all(
     """Generate what is missing; returns {"settings", "written", "reused", "failed": {key: reason}}."""
     os.makedirs(os.path.join(out, GENERATED), exist_ok=True)
     kwargs = generation_kwargs(cfg, stage)
-    rows = read_prompts(out)
     order = [j.key for j in jobs]
-    todo: list[Job] = []
     ident = f"{checkpoint}#{identity}"
     hashes = {j.key: job_hash(ident, kwargs, j) for j in jobs}
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[Job] = []
     for j in jobs:
-        row = rows.get(j.key)
-        if not (row and row.get("hash") == hashes[j.key] and os.path.exists(video_path(out, j.key))):
+        rec = _read_record(out, j.key)
+        if rec and rec.get("hash") == hashes[j.key] and os.path.exists(video_path(out, j.key)):
+            rows[j.key] = rec
+        else:
             todo.append(j)
     reused = len(jobs) - len(todo)
     # One settings file per (checkpoint, kwargs): reused videos are described by the run that made them.
@@ -243,6 +261,8 @@ def generate_all(
                     "hash": hashes[j.key],
                     "shape": list(np.asarray(v).shape),
                 }
+                with atomic_output(_record_path(out, j.key)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(rows[j.key], f, ensure_ascii=False, sort_keys=True)
                 written += 1
             _write_prompts(out, rows, order)
             log(f"generated {written}/{len(todo)}")
