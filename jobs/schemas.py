@@ -20,6 +20,7 @@ MODELS = {
     "clip_row.v1": "curation.records:ClipRow",
     "thumb_row.v1": "curation.records:ThumbRow",
     "curate_config.v1": "curation.config:CurateConfig",
+    "train_config.v1": "training.config:TrainConfig",
 }
 # Modules with a json_schemas() -> {name: schema} function of their own.
 PROVIDERS = ["captioning.manifest", "training.data.sample_format", "training.eval.config"]

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from typing import Any
 
 import torch
@@ -196,7 +197,9 @@ def load_checkpoint(
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         state = {"model": get_model_state_dict(model), "ema": ema.state_dict()}
-    dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
     if optimizer is not None:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     else:

@@ -90,6 +90,10 @@ class VAEConfig(_Strict):
         "encode().latent_dist and decode().sample): a deeper-compression VAE plugs in here",
     )
     scaling_factor: float | None = Field(None, description="null = the VAE config's scaling_factor")
+    posterior: Literal["sample", "mean"] = Field(
+        "sample", description="pixel shards: sample the VAE posterior (CogVideoX's training) or take its mean "
+        "(what vjp encode stores)"
+    )
     tiling: bool = False
 
 

@@ -110,13 +110,13 @@ def build_transformer(cfg: TrainConfig, text_dim: int, latent_shape: Sequence[in
     return model
 
 
-def load_transformer(folder: str, subfolder: str | None = None) -> torch.nn.Module:
+def load_transformer(
+    folder: str, subfolder: str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
     """An exported (or any diffusers) CogVideoX transformer folder, with masked attention."""
     from diffusers import CogVideoXTransformer3DModel
 
-    model = CogVideoXTransformer3DModel.from_pretrained(
-        folder, subfolder=subfolder, torch_dtype=torch.float32
-    )
+    model = CogVideoXTransformer3DModel.from_pretrained(folder, subfolder=subfolder, torch_dtype=dtype)
     use_masked_attention(model)
     return model
 
@@ -206,11 +206,13 @@ class VAE:
         if cfg.tiling and hasattr(self.model, "enable_tiling"):
             self.model.enable_tiling()
         self.scaling_factor = float(cfg.scaling_factor or self.model.config.scaling_factor)
+        self.posterior = cfg.posterior
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = video.to(self.device, self.dtype).permute(0, 2, 1, 3, 4)  # B, C, T, H, W
-        lat = self.model.encode(x).latent_dist.sample(generator)
+        dist = self.model.encode(x).latent_dist
+        lat = dist.mean if self.posterior == "mean" else dist.sample(generator)
         return (lat.float() * self.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
 
     @torch.no_grad()

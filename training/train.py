@@ -19,6 +19,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -268,7 +269,9 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
             in_a_row += 1
         optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
         step += 1
         dt = time.perf_counter() - t0
         samples_s = per_step * d.world_size / dt

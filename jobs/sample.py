@@ -1,0 +1,67 @@
+"""`vjp sample`: videos from Japanese prompts with a trained checkpoint (Euler, CFG), as H.264 mp4.
+
+    vjp sample --ckpt RUN/checkpoints/step_000500 --prompt "夕暮れの海辺を柴犬が走っている" --out video.mp4
+    vjp sample --ckpt RUN --prompts prompts.txt --out videos/          # one prompt per line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="a checkpoint step folder, its export/, or a run folder (latest)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", default=None, help="a UTF-8 text file, one prompt per line")
+    p.add_argument("--out", required=True, help="an .mp4 path for one prompt, else a folder (000000.mp4, ...)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default from the checkpoint: 25)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 2.5; 1 = no guidance)")
+    p.add_argument("--negative-prompt", default=None, help="replaces the empty caption in guidance")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first video; video i uses seed + i")
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--fps", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.sample import Sampler, write_mp4
+
+    prompts = list(args.prompt)
+    if args.prompts:
+        with open(args.prompts, encoding="utf-8") as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if not prompts:
+        print("vjp sample: give --prompt or --prompts", file=sys.stderr)
+        return 2
+    single = args.out.endswith(".mp4")
+    if single and len(prompts) > 1:
+        print(f"vjp sample: {len(prompts)} prompts need a folder for --out, not {args.out}", file=sys.stderr)
+        return 2
+    try:
+        sampler = Sampler.from_checkpoint(args.ckpt, args.device)
+    except FileNotFoundError as e:
+        print(f"vjp sample: {e}", file=sys.stderr)
+        return 2
+    seeds = [args.seed + i for i in range(len(prompts))]
+    videos = sampler.generate(
+        prompts, seeds, steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
+        frames=args.frames, height=args.height, width=args.width, batch_size=args.batch_size,
+    )  # fmt: skip
+    fps = args.fps or sampler.settings["fps"]
+    paths = [args.out] if single else [os.path.join(args.out, f"{i:06d}.mp4") for i in range(len(prompts))]
+    for video, path in zip(videos, paths, strict=True):
+        write_mp4(video, path, fps)
+    if not single:
+        with open(os.path.join(args.out, "prompts.jsonl"), "w", encoding="utf-8") as f:
+            for path, prompt, seed in zip(paths, prompts, seeds, strict=True):
+                f.write(json.dumps({"video": os.path.basename(path), "prompt": prompt, "seed": seed},
+                                   ensure_ascii=False) + "\n")  # fmt: skip
+    print(json.dumps({"videos": paths, **{k: sampler.settings[k] for k in ("frames", "height", "width")},
+                      "fps": fps}, ensure_ascii=False))  # fmt: skip
+    return 0

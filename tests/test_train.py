@@ -1,0 +1,256 @@
+"""The trainer end to end on tiny models over shards made by `vjp shard` (and `vjp encode`):
+torchrun with 2 gloo processes (overfit, exact resume after SIGKILL), Ray Train, stage 2 from
+stage 1, non-finite steps, latent shards, and the sampler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tests.train_fixtures import losses, make_tiny_checkpoint, make_tiny_shards, tiny_config, torchrun
+from training.config import load_train_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return make_tiny_shards(tmp_path_factory.mktemp("train"), n=4, encode=True)
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "export" / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+OVERFIT = {"steps": 40, "vae__posterior": "mean", "flow__caption_dropout": 0.0, "optim__lr": 3e-3,
+           "checkpoint__every": 10, "checkpoint__keep_last": 5}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("run_a")
+    config = tiny_config(tmp / "train.yaml", data["models"], **OVERFIT)
+    run = tmp / "run"
+    r = torchrun(2, ["--config", str(config), "--shards", str(data["shards"]), "--out", str(run)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return {"run": run, "config": config, "stdout": r.stdout}
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_overfit_a_tiny_set(uninterrupted: dict[str, Any]) -> None:
+    run = uninterrupted["run"]
+    loss = list(losses(run).values())
+    assert len(loss) == 40
+    first, last = np.mean(loss[:5]), np.mean(loss[-8:])
+    assert last < 0.6 * first, (first, last)  # it learns the 4 clips
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 40 and summary["data"] == "pixels"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait", "peak_mem_gb"} <= set(rows[0])
+    assert all(0.0 <= r["data_wait"] <= 1.0 and r["samples_per_s"] > 0 for r in rows)
+    ckpt = Path(summary["checkpoint"])
+    assert ckpt.name == "step_000040" and (ckpt / "ranks" / "rank_00001.json").exists()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000040"
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_repeat_the_uninterrupted_run(data: dict[str, Any], uninterrupted: dict[str, Any],
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    run = tmp_path / "run"
+    args = ["--config", str(uninterrupted["config"]), "--shards", str(data["shards"]), "--out", str(run)]
+    proc = torchrun(2, args, wait=False)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step_000010" / "meta.json").exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+    proc.wait()
+    killed_at = max(losses(run))
+    assert killed_at < 40, "the run finished before it was killed"
+    r = torchrun(2, [*args, "--resume"])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    a, b = losses(uninterrupted["run"]), losses(run)
+    assert sorted(b) == list(range(1, 41))
+    for step in range(1, 41):
+        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-6), f"step {step}: {a[step]} vs {b[step]}"
+    # Weights and EMA: the exported EMA of both runs' last checkpoint are the same.
+    ema_a = _safetensors(uninterrupted["run"] / "checkpoints" / "step_000040")
+    ema_b = _safetensors(run / "checkpoints" / "step_000040")
+    assert ema_a.keys() == ema_b.keys()
+    for k in ema_a:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_resume_on_another_world_size_is_refused(data: dict[str, Any], uninterrupted: dict[str, Any],
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted["run"], run)
+    (run / "checkpoints" / "latest").write_text("step_000010\n")
+    for name in ("step_000020", "step_000030", "step_000040"):
+        shutil.rmtree(run / "checkpoints" / name)
+    from training.train import main
+
+    code = main(["--config", str(uninterrupted["config"]), "--shards", str(data["shards"]), "--out", str(run),
+                 "--resume"])  # fmt: skip
+    assert code == 2  # one process cannot continue a 2-rank stream exactly
+
+
+def test_a_run_folder_with_checkpoints_needs_resume(data: dict[str, Any], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from jobs.train import add_arguments, run
+
+    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=2, checkpoint__every=2)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    argv = ["--config", str(config), "--shards", str(data["shards"]), "--out", str(tmp_path / "run")]
+    assert run(p.parse_args(argv)) == 0
+    assert run(p.parse_args(argv)) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run(p.parse_args([*argv, "--resume"])) == 0  # finished: returns at once
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(data: dict[str, Any], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from training import train as train_mod
+
+    real = train_mod.flow.flow_loss
+    calls = {"n": 0}
+
+    def nan_at_step_2(*args: Any) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(train_mod.flow, "flow_loss", nan_at_step_2)
+    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=4, checkpoint__every=4)
+    summary = train_mod.train(load_train_config(config), str(data["latents"]), str(tmp_path / "run"))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [False, True, False, False]
+    assert summary["skipped_steps"] == 1 and summary["steps"] == 4
+    assert all(np.isfinite(r["loss"]) for i, r in enumerate(rows) if i != 1)
+
+    monkeypatch.setattr(train_mod.flow, "flow_loss", lambda *a: real(*a) * float("inf"))
+    config = tiny_config(tmp_path / "t2.yaml", data["models"], steps=10, max_nonfinite_in_a_row=3)
+    with pytest.raises(train_mod.NonFiniteError, match="3 non-finite steps in a row"):
+        train_mod.train(load_train_config(config), str(data["latents"]), str(tmp_path / "run2"))
+
+
+def test_latent_shards_train_through_the_same_loop(data: dict[str, Any], tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=3, checkpoint__every=3)
+    from training.train import train
+
+    summary = train(load_train_config(config), str(data["latents"]), str(tmp_path / "run"))
+    assert summary["data"] == "latents" and summary["latent_shape"] == [4, 4, 4, 4]
+    assert all(np.isfinite(v) for v in losses(tmp_path / "run").values())
+
+
+def test_stage2_starts_from_stage1_weights(data: dict[str, Any], tmp_path: Path) -> None:
+    from training.train import train
+
+    s1 = tiny_config(tmp_path / "s1.yaml", data["models"], steps=3, checkpoint__every=3, optim__lr=1e-2)
+    train(load_train_config(s1), str(data["latents"]), str(tmp_path / "stage1"))
+    # Stage 2 at another resolution (48x32 pixel clips), from stage 1, with a fresh optimizer.
+    root = tmp_path / "s2data"
+    root.mkdir()
+    from tests.test_shards import make_clips, shard_local, write_config
+
+    specs = [{"clip_id": f"w{i}_0000000_0000030", "video_id": f"w{i}", "caption": "夜の街を走る電車。",
+              "width": 64, "height": 40, "frames": 24, "fps": 8} for i in range(2)]  # fmt: skip
+    stage2 = {"width": 48, "height": 32, "frames": 16, "fps": 8.0, "target_shard_bytes": None}
+    shard_cfg = write_config(root / "c.yaml", {"s2": stage2}, captions={"fallback": "source_caption"},
+                             split={"eval_fraction": 0.0})  # fmt: skip
+    assert shard_local(make_clips(root / "cur", specs), "s2", root / "shards", shard_cfg) == 0
+    s2 = tiny_config(tmp_path / "s2.yaml", data["models"], steps=1, checkpoint__every=1, optim__lr=1e-9,
+                     optim__ema_decay=0.999999, model__init_from=str(tmp_path / "stage1"))  # fmt: skip
+    summary = train(load_train_config(s2), str(root / "shards" / "s2"), str(tmp_path / "stage2"))
+    assert summary["latent_shape"] == [4, 4, 4, 6] and summary["steps"] == 1
+    a = _safetensors(tmp_path / "stage1" / "checkpoints" / "step_000003")
+    b = _safetensors(Path(summary["checkpoint"]))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)  # the stage-1 weights, carried over
+    scratch = tiny_config(tmp_path / "s3.yaml", data["models"], steps=1, checkpoint__every=1, optim__lr=1e-9)
+    c = _safetensors(Path(train(load_train_config(scratch), str(root / "shards" / "s2"), str(tmp_path / "s3"))
+                          ["checkpoint"]))  # fmt: skip
+    assert any(not torch.allclose(a[k], c[k], atol=1e-4) for k in a)  # (a fresh init would differ)
+
+
+@pytest.mark.slow
+def test_ray_train_two_workers(data: dict[str, Any], tmp_path: Path, local_ray: Any) -> None:
+    from jobs.train import train_from_config
+
+    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=3, checkpoint__every=3)
+    summary = train_from_config(str(config), str(data["latents"]), str(tmp_path / "run"), launcher="ray",
+                                num_workers=2, gpus_per_worker=0.0)  # fmt: skip
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    assert (Path(summary["checkpoint"]) / "ranks" / "rank_00001.json").exists()
+    assert len(losses(tmp_path / "run")) == 3
+
+
+# ---- sampler ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def _read_mp4(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_vjp_sample_writes_the_requested_video(checkpoint: Path, tmp_path: Path) -> None:
+    from jobs.sample import add_arguments, run
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "v.mp4"
+    argv = ["--ckpt", str(checkpoint), "--prompt", "夕暮れの海辺を柴犬が走っている", "--out", str(out),
+            "--steps", "3", "--seed", "7"]  # fmt: skip
+    assert run(p.parse_args(argv)) == 0
+    frames = _read_mp4(out)
+    assert frames.shape == (16, 32, 32, 3)  # the training clips' frames and size
+    assert run(p.parse_args([*argv[:-6], "--out", str(tmp_path / "w.mp4"), "--steps", "3", "--seed", "7",
+                             "--frames", "8", "--height", "48", "--width", "64"])) == 0  # fmt: skip
+    assert _read_mp4(tmp_path / "w.mp4").shape == (8, 48, 64, 3)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("夜の街を走る電車。\n\n海辺の波\n", encoding="utf-8")
+    assert run(p.parse_args(["--ckpt", str(checkpoint.parent.parent), "--prompts", str(prompts),
+                             "--out", str(tmp_path / "many"), "--steps", "2"])) == 0  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "many" / "prompts.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["夜の街を走る電車。", "海辺の波"]
+    assert (tmp_path / "many" / "000001.mp4").exists()
+
+
+def test_a_fixed_seed_gives_the_same_video(checkpoint: Path) -> None:
+    from training.sample import Sampler
+
+    s = Sampler.from_checkpoint(str(checkpoint))
+    assert s.settings["steps"] == 4 and s.settings["guidance"] == 2.5  # from the config's sample section
+    a, b = s.generate(["海辺の波", "夜の街"], [3, 4], steps=3)
+    [a2] = s.generate(["海辺の波"], [3], steps=3)  # alone, not in a batch: still the same video
+    assert a.dtype == np.uint8 and a.shape == (16, 32, 32, 3)
+    np.testing.assert_array_equal(a, a2)
+    assert not np.array_equal(a, b)
+    [c] = s.generate(["海辺の波"], [3], steps=3, guidance=7.0)
+    assert not np.array_equal(a, c)  # guidance acts
+
+
+def test_sampler_needs_an_export(tmp_path: Path) -> None:
+    from training.sample import Sampler
+
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        Sampler.from_checkpoint(str(tmp_path))

@@ -1,0 +1,171 @@
+"""Trainer parts in one process: config, flow objective, masked attention, the seekable stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from curation.configfile import ConfigError
+from tests.train_fixtures import make_tiny_shards
+from training import flow
+from training.config import FlowConfig, TrainConfig, load_train_config, parse_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- config ----------------------------------------------------------------------------------
+def test_shipped_config_is_the_seed_model() -> None:
+    cfg = load_train_config(REPO / "jobs" / "configs" / "train.yaml")
+    assert cfg.text.model == "llm-jp/llm-jp-3-1.8b"
+    assert cfg.vae.model == "THUDM/CogVideoX-2b" and cfg.vae.subfolder == "vae"
+    assert cfg.model.transformer is None and cfg.model.transformer_config == {}
+    assert cfg.sample.steps == 25 and cfg.sample.guidance == 2.5
+
+
+def test_bad_keys_and_values_name_their_path() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_train_config({"optim": {"lrr": 1}, "data": {"batch_size": 0}}, "x.yaml")
+    msg = str(e.value)
+    assert "x.yaml" in msg and "optim.lrr: unknown key" in msg and "data.batch_size" in msg
+    with pytest.raises(ConfigError, match="text_embed_dim"):
+        parse_train_config({"model": {"transformer_config": {"text_embed_dim": 4096}}})
+
+
+def test_overrides_are_validated_like_the_file() -> None:
+    cfg = parse_train_config({}, overrides=["optim.lr=2e-4", "train.steps=7", "flow.shift=auto"])
+    assert cfg.optim.lr == 2e-4 and cfg.steps == 7 and cfg.flow.shift == "auto"
+    with pytest.raises(ConfigError, match="flow.timestep_sampling"):
+        parse_train_config({}, overrides=["flow.timestep_sampling=cosine"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_train_config({}, overrides=["steps"])
+
+
+# ---- flow ------------------------------------------------------------------------------------
+def test_time_direction_and_model_timestep() -> None:
+    t = torch.tensor([0.0, 0.5, 1.0])
+    # t=0 is noise: the DiT sees its noise end (999); data is 0.
+    assert flow.model_timestep(t).tolist() == [999.0, 499.5, 0.0]
+    x0, x1 = torch.zeros(3, 2), torch.ones(3, 2)
+    assert torch.equal(flow.interpolate(x0, x1, t)[:, 0], t)
+
+
+def test_shift_moves_samples_towards_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    plain = flow.sample_t(20000, FlowConfig(), 1.0, g)
+    g = torch.Generator().manual_seed(0)
+    shifted = flow.sample_t(20000, FlowConfig(shift=3.0), 3.0, g)
+    assert abs(plain.mean().item() - 0.5) < 0.01
+    assert shifted.mean().item() < plain.mean().item() - 0.1  # more time spent near t=0 (noise)
+    assert 3.0 < flow.auto_shift(32 * 32, 12) < 4.0  # stage 1: ~3.5 as Open-Sora 2.0's rule gives
+    assert flow.auto_shift(60 * 106, 12) > flow.auto_shift(32 * 32, 12)
+    ts = flow.euler_times(10, 3.0)
+    assert ts[0] == 0 and ts[-1] == 1 and bool((ts[1:] > ts[:-1]).all())
+
+
+def test_euler_follows_a_straight_flow_exactly() -> None:
+    x0, x1 = torch.randn(2, 5), torch.randn(2, 5)
+    x = x0.clone()
+    ts = flow.euler_times(7, 2.0)
+    for a, b in zip(ts[:-1], ts[1:], strict=True):
+        x = x + (b - a) * (x1 - x0)  # the ideal velocity field of rectified flow
+    assert torch.allclose(x, x1, atol=1e-5)
+    assert flow.flow_loss(x1 - x0, x0, x1).item() == 0.0
+
+
+def test_logit_normal_is_centred() -> None:
+    g = torch.Generator().manual_seed(1)
+    t = flow.sample_t(20000, FlowConfig(timestep_sampling="logit_normal"), 1.0, g)
+    assert 0.0 < t.min() and t.max() < 1.0 and abs(t.median().item() - 0.5) < 0.02
+
+
+# ---- the DiT with masked joint attention ---------------------------------------------------------
+def _tiny_dit(max_len: int = 8) -> torch.nn.Module:
+    from training.modeling import build_transformer
+    from training.tiny import TINY_TRANSFORMER
+
+    cfg = parse_train_config({"text": {"max_length": max_len}, "model": {"transformer_config": TINY_TRANSFORMER}})
+    torch.manual_seed(0)
+    return build_transformer(cfg, 16, (2, 4, 4, 4)).eval()
+
+
+def test_padding_does_not_leak_into_attention() -> None:
+    from training.modeling import joint_mask
+
+    model = _tiny_dit()
+    x = torch.randn(1, 2, 4, 4, 4)
+    real = torch.randn(1, 3, 16)  # a 3-token caption
+    pad_a = torch.cat([real, torch.randn(1, 5, 16)], dim=1)  # padded to 8 with two different paddings
+    pad_b = torch.cat([real, torch.zeros(1, 5, 16)], dim=1)
+    mask = torch.tensor([[True] * 3 + [False] * 5])
+    video_tokens = 2 * 2 * 2
+    t = torch.tensor([500.0])
+
+    def out(emb: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        kw = None if m is None else {"attention_mask": joint_mask(m, video_tokens)}
+        return model(hidden_states=x, encoder_hidden_states=emb, timestep=t, attention_kwargs=kw, return_dict=False)[0]
+
+    with torch.no_grad():
+        a, b = out(pad_a, mask), out(pad_b, mask)
+        assert torch.allclose(a, b, atol=1e-6)  # masked: what sits in the padding does not matter
+        assert not torch.allclose(out(pad_a, None), out(pad_b, None), atol=1e-4)  # unmasked it would
+
+
+def test_transformer_config_is_cogvideox_2b_sized_to_the_text_encoder() -> None:
+    from training.modeling import transformer_config
+
+    cfg = TrainConfig()
+    c = transformer_config(cfg, 2048, (12, 16, 32, 32))
+    assert (c["num_layers"], c["num_attention_heads"], c["attention_head_dim"]) == (30, 30, 64)
+    assert c["text_embed_dim"] == 2048 and c["max_text_seq_length"] == 226
+    assert not c["use_rotary_positional_embeddings"] and c["patch_size"] == 2
+    assert (c["sample_frames"], c["sample_height"], c["sample_width"]) == (45, 32, 32)
+
+
+# ---- the seekable data stream ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return make_tiny_shards(tmp_path_factory.mktemp("stream"), n=7)
+
+
+def _keys(stream: Any, start: int, n: int) -> list[str]:
+    return [stream.raw(c)["__key__"] for c in range(start, start + n)]
+
+
+def test_stream_is_a_function_of_the_position(tiny_data: dict[str, Any], tmp_path: Path) -> None:
+    from training.stream import RankStream, SampleTable
+
+    table = SampleTable.build(str(tiny_data["shards"]), "train", str(tmp_path))
+    assert len(table) == 7 and len(list(tmp_path.glob("*.json"))) == 1  # header table cached
+    assert SampleTable.build(str(tiny_data["shards"]), "train", str(tmp_path)).shards == table.shards
+    r0, r1 = RankStream(table, 0, 0, 2), RankStream(table, 0, 1, 2)
+    assert r0.per_rank == 3  # 7 samples on 2 ranks: 3 each, the 7th left out of that epoch
+    e0 = _keys(r0, 0, 3) + _keys(r1, 0, 3)
+    assert len(set(e0)) == 6  # an epoch never gives one sample to two ranks
+    assert _keys(r0, 3, 3) != _keys(r0, 0, 3)  # a new epoch, a new order
+    # Seeking: a fresh stream started at position 4 continues exactly where the first one was.
+    assert _keys(RankStream(table, 0, 0, 2), 4, 5) == _keys(r0, 4, 5)
+    assert _keys(RankStream(table, 1, 0, 2), 0, 3) != _keys(r0, 0, 3)  # the seed matters
+
+
+def test_stream_refuses_a_changed_world_size(tiny_data: dict[str, Any]) -> None:
+    from training.stream import RankStream, SampleTable, resume_consumed
+
+    table = SampleTable.build(str(tiny_data["shards"]), "train")
+    saved = RankStream(table, 0, 0, 2).position(10).to_json()
+    assert resume_consumed(saved, RankStream(table, 0, 0, 2), False) == 10
+    with pytest.raises(ValueError, match="allow_reshard"):
+        resume_consumed(saved, RankStream(table, 0, 0, 3), False)
+    assert resume_consumed(saved, RankStream(table, 0, 0, 4), True) == 5
+
+
+def test_loader_batches_follow_the_stream(tiny_data: dict[str, Any]) -> None:
+    from training.stream import RankStream, SampleTable, make_loader
+
+    stream = RankStream(SampleTable.build(str(tiny_data["shards"]), "train"), 0, 0, 1)
+    batch = next(iter(make_loader(stream, 2, 2, 0, 2, False)))
+    assert batch["key"] == _keys(stream, 2, 2)
+    assert tuple(batch["video"].shape) == (2, 16, 3, 32, 32)
+    assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0

@@ -1,0 +1,153 @@
+"""The sampler: Euler ODE from noise (t=0) to data (t=1) with classifier-free guidance.
+
+    s = Sampler.from_checkpoint("RUN/checkpoints/step_000500")
+    [video] = s.generate(["夕暮れの海辺を柴犬が走っている"], seeds=[0])   # uint8 [T, H, W, 3]
+    write_mp4(video, "video.mp4", fps=s.settings["fps"])
+
+It loads a checkpoint's export/ (EMA weights as a diffusers transformer folder plus videojp.json,
+which names the text encoder and VAE and holds the training shape, shift and sampler defaults).
+Defaults are the released VideoJP model's: 25 steps, guidance 2.5, the training size (256x256,
+48 frames at 24 fps in stage 1). The unconditional branch is the empty caption, as in training's
+caption dropout; a negative prompt replaces it. A fixed seed gives the same video.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import flow
+from training.checkpoint import EXPORT, EXPORT_META, resolve_checkpoint
+from training.config import TextConfig, VAEConfig
+from training.modeling import VAE, TextEncoder, joint_mask, latent_shape_of, load_transformer
+
+
+def resolve_export(path: str) -> str:
+    """export/ of a step folder, a run folder's latest, or an export folder itself."""
+    if os.path.isfile(os.path.join(path, EXPORT_META)):
+        return path
+    step = resolve_checkpoint(path)
+    folder = os.path.join(step, EXPORT)
+    if not os.path.isfile(os.path.join(folder, EXPORT_META)):
+        raise FileNotFoundError(f"{step}: no export/ (the run had checkpoint.export=false)")
+    return folder
+
+
+class Sampler:
+    def __init__(self, export_dir: str, device: str | None = None, dtype: torch.dtype | None = None) -> None:
+        with open(os.path.join(export_dir, EXPORT_META), encoding="utf-8") as f:
+            self.meta: dict[str, Any] = json.load(f)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.transformer = load_transformer(os.path.join(export_dir, "transformer"), dtype=self.dtype)
+        self.transformer.to(self.device)
+        self.transformer.eval().requires_grad_(False)
+        self.text_cfg = TextConfig.model_validate(self.meta["text"])
+        self.text = TextEncoder(self.text_cfg, self.device, self.dtype)
+        self.vae = VAE(VAEConfig.model_validate(self.meta["vae"]), self.device, self.dtype)
+        frames, height, width = self.meta["pixel_shape"]
+        s = self.meta["sample"]
+        self.settings: dict[str, Any] = {
+            "frames": s.get("frames") or frames,
+            "height": s.get("height") or height,
+            "width": s.get("width") or width,
+            "fps": s.get("fps") or self.meta["fps"],
+            "steps": s["steps"],
+            "guidance": s["guidance"],
+            "negative_prompt": s["negative_prompt"],
+            "shift": self.meta["shift"],
+            "step": self.meta["step"],
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_dir: str, device: str | None = None) -> Sampler:
+        return cls(resolve_export(ckpt_dir), device)
+
+    def _latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return latent_shape_of(dict(self.vae.model.config), frames, height, width)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        negative_prompt: str | None = None,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        batch_size: int = 4,
+    ) -> list[np.ndarray]:
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        st = self.settings
+        steps = steps or st["steps"]
+        guidance = st["guidance"] if guidance is None else guidance
+        negative = st["negative_prompt"] if negative_prompt is None else negative_prompt
+        shape = self._latent_shape(frames or st["frames"], height or st["height"], width or st["width"])
+        times = flow.euler_times(steps, float(st["shift"]))
+        out: list[np.ndarray] = []
+        for i in range(0, len(prompts), batch_size):
+            out += self._generate_batch(list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size]),
+                                        shape, times, guidance, negative)  # fmt: skip
+        return out
+
+    def _generate_batch(self, prompts: list[str], seeds: list[int], shape: tuple[int, ...], times: torch.Tensor,
+                        guidance: float, negative: str) -> list[np.ndarray]:  # fmt: skip
+        b = len(prompts)
+        # Each video's noise comes from its own seed, so a video does not depend on its batch.
+        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        x = x.to(self.device)
+        emb, mask = self.text.encode(prompts)
+        use_cfg = guidance != 1.0
+        if use_cfg:
+            u_emb, u_mask = self.text.encode([negative] * b)
+            emb, mask = torch.cat([emb, u_emb]), torch.cat([mask, u_mask])
+        f, _, h, w = shape
+        p = self.transformer.config.patch_size
+        kwargs = None
+        if self.text_cfg.mask_padding:
+            kwargs = {"attention_mask": joint_mask(mask, f * (h // p) * (w // p))}
+        emb = emb.to(self.dtype)
+        for t0, t1 in zip(times[:-1], times[1:], strict=True):
+            xin = torch.cat([x, x]) if use_cfg else x
+            t = torch.full((xin.shape[0],), float(t0), device=self.device)
+            v = self.transformer(
+                hidden_states=xin.to(self.dtype), encoder_hidden_states=emb,
+                timestep=flow.model_timestep(t), attention_kwargs=kwargs, return_dict=False,
+            )[0].float()  # fmt: skip
+            if use_cfg:
+                v_c, v_u = v.chunk(2)
+                v = v_u + guidance * (v_c - v_u)
+            x = x + float(t1 - t0) * v
+        video = self.vae.decode(x)  # [B, T, C, H, W] in ~[-1, 1]
+        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
+        return [v.cpu().numpy() for v in frames]
+
+
+def write_mp4(frames: np.ndarray, path: str, fps: float, crf: int = 18) -> None:
+    """uint8 [T, H, W, 3] -> H.264 mp4 (yuv420p, so H and W must be even), written atomically."""
+    from fractions import Fraction
+
+    import av
+
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{path}: H.264 yuv420p needs even sizes, got {w}x{h}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}.mp4")
+    with av.open(tmp, "w") as out:
+        st = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        st.options = {"crf": str(crf), "preset": "medium"}
+        for i in range(t):
+            out.mux(st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")))
+        out.mux(st.encode(None))
+    os.replace(tmp, path)
