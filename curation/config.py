@@ -19,13 +19,41 @@ class _Strict(BaseModel):
 
 
 class SplitConfig(_Strict):
-    """Shot detection with PySceneDetect, then windows of bounded length."""
+    """Shot detection (see curation/shots.py for the detectors), then windows of bounded length."""
 
-    detector: Literal["adaptive", "content"] = "adaptive"
-    adaptive_threshold: float = Field(3.0, gt=0, description="AdaptiveDetector ratio threshold")
-    min_content_val: float = Field(15.0, ge=0, description="AdaptiveDetector minimum content score")
+    detector: Literal["hardcut", "adaptive", "content", "transnetv2", "fused"] = Field(
+        "hardcut",
+        description="hardcut: three cheap cues (default); adaptive/content: PySceneDetect; transnetv2: the "
+        "learned detector (~1 CPU s per video s, GPU when present); fused: hardcut or transnetv2",
+    )
+    adaptive_threshold: float = Field(
+        3.0, gt=0, description="content change over its neighbours' mean (AdaptiveDetector, hardcut)"
+    )
+    min_content_val: float = Field(
+        15.0, ge=0, description="minimum content change of a cut (AdaptiveDetector, hardcut)"
+    )
     content_threshold: float = Field(27.0, gt=0, description="ContentDetector threshold")
-    min_scene_len_s: float = Field(0.5, ge=0, description="no two cuts closer than this")
+    window_frames: int = Field(2, ge=1, description="hardcut: neighbours on each side a cue is compared with")
+    hist_distance_min: float = Field(
+        0.05, ge=0, le=1, description="hardcut: colour-histogram change (1 - cosine) of a cut in fast action"
+    )
+    hist_ratio: float = Field(8.0, gt=0, description="hardcut: ... and its ratio to the neighbours' mean")
+    dark_value_max: float = Field(
+        48.0, ge=0, le=255, description="hardcut: pairs of frames no brighter than this use the dark rule"
+    )
+    dark_changed_min: float = Field(
+        0.001, ge=0, le=1, description="hardcut dark rule: share of pixels changing strongly (title on black)"
+    )
+    dark_ratio: float = Field(
+        5.0, gt=0, description="hardcut dark rule: ... and its ratio to the neighbours' mean"
+    )
+    transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 cut probability")
+    transnet_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where TransNetV2 runs; auto = the GPU when there is one"
+    )
+    min_scene_len_s: float = Field(
+        0.15, ge=0, description="no two cuts closer than this (real edits have shots of 5-8 frames)"
+    )
     min_clip_s: float = Field(2.0, gt=0)
     max_clip_s: float = Field(10.0, gt=0)
     trim_frames: int = Field(2, ge=0, description="frames dropped after and before each cut (transitions)")
