@@ -1,7 +1,7 @@
 """`vjp sample`: videos from Japanese prompts with a trained checkpoint (Euler, CFG), as H.264 mp4.
 
-    vjp sample --ckpt RUN/checkpoints/step_000500 --prompt "夕暮れの海辺を柴犬が走っている" --out video.mp4
-    vjp sample --ckpt RUN --prompts prompts.txt --out videos/          # one prompt per line
+vjp sample --ckpt RUN/checkpoints/step_000500 --prompt "夕暮れの海辺を柴犬が走っている" --out video.mp4
+vjp sample --ckpt RUN --prompts prompts.txt --out videos/          # one prompt per line
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="a checkpoint step folder, its export/, or a run folder (latest)")
+    p.add_argument(
+        "--ckpt", required=True, help="a checkpoint step folder, its export/, or a run folder (latest)"
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", default=None, help="a UTF-8 text file, one prompt per line")
-    p.add_argument("--out", required=True, help="an .mp4 path for one prompt, else a folder (000000.mp4, ...)")
+    p.add_argument(
+        "--out", required=True, help="an .mp4 path for one prompt, else a folder (000000.mp4, ...)"
+    )
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default from the checkpoint: 25)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 2.5; 1 = no guidance)")
     p.add_argument("--negative-prompt", default=None, help="replaces the empty caption in guidance")
@@ -50,9 +54,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seeds = [args.seed + i for i in range(len(prompts))]
     videos = sampler.generate(
-        prompts, seeds, steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
-        frames=args.frames, height=args.height, width=args.width, batch_size=args.batch_size,
-    )  # fmt: skip
+        prompts,
+        seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+    )
     fps = args.fps or sampler.settings["fps"]
     paths = [args.out] if single else [os.path.join(args.out, f"{i:06d}.mp4") for i in range(len(prompts))]
     for video, path in zip(videos, paths, strict=True):
@@ -60,8 +71,16 @@ def run(args: argparse.Namespace) -> int:
     if not single:
         with open(os.path.join(args.out, "prompts.jsonl"), "w", encoding="utf-8") as f:
             for path, prompt, seed in zip(paths, prompts, seeds, strict=True):
-                f.write(json.dumps({"video": os.path.basename(path), "prompt": prompt, "seed": seed},
-                                   ensure_ascii=False) + "\n")  # fmt: skip
-    print(json.dumps({"videos": paths, **{k: sampler.settings[k] for k in ("frames", "height", "width")},
-                      "fps": fps}, ensure_ascii=False))  # fmt: skip
+                f.write(
+                    json.dumps(
+                        {"video": os.path.basename(path), "prompt": prompt, "seed": seed}, ensure_ascii=False
+                    )
+                    + "\n"
+                )
+    print(
+        json.dumps(
+            {"videos": paths, **{k: sampler.settings[k] for k in ("frames", "height", "width")}, "fps": fps},
+            ensure_ascii=False,
+        )
+    )
     return 0

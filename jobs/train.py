@@ -1,8 +1,8 @@
 """`vjp train`: the rectified-flow DiT on stage shards, in process, under torchrun, or on Ray Train.
 
-    vjp train --config jobs/configs/train.yaml --shards SHARDS/stage1 --out RUN [--resume] [--set k=v]
-    vjp train ... --nproc 8                                   # torchrun on this machine
-    vjp train ... --ray --address RAY_ADDRESS --num-workers 16 --gpus-per-worker 1
+vjp train --config jobs/configs/train.yaml --shards SHARDS/stage1 --out RUN [--resume] [--set k=v]
+vjp train ... --nproc 8                                   # torchrun on this machine
+vjp train ... --ray --address RAY_ADDRESS --num-workers 16 --gpus-per-worker 1
 """
 
 from __future__ import annotations
@@ -17,13 +17,25 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "train.yaml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML with a `train:` section (default {DEFAULT_CONFIG})")
-    p.add_argument("--shards", required=True, help="stage folder from vjp shard (pixels) or vjp encode (latents)")
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"YAML with a `train:` section (default {DEFAULT_CONFIG})"
+    )
+    p.add_argument(
+        "--shards", required=True, help="stage folder from vjp shard (pixels) or vjp encode (latents)"
+    )
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, summary.json")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (dotted path, YAML value), e.g. --set optim.lr=2e-4")  # fmt: skip
-    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun); 1 = in process")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted path, YAML value), e.g. --set optim.lr=2e-4",
+    )
+    p.add_argument(
+        "--nproc", type=int, default=1, help="processes on this machine (torchrun); 1 = in process"
+    )
     p.add_argument("--ray", action="store_true", help="run as a Ray Train TorchTrainer job")
     p.add_argument("--address", default=None, help="Ray address (default RAY_ADDRESS or a local Ray)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (one per GPU)")
@@ -69,7 +81,9 @@ def train_from_config(
 
             init_ray(address)
             gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-        return launch.run_ray(cfg, shards, out, resume, num_workers, gpus_per_worker, cpus_per_worker, address)
+        return launch.run_ray(
+            cfg, shards, out, resume, num_workers, gpus_per_worker, cpus_per_worker, address
+        )
     if nproc > 1:
         return launch.run_torchrun(cfg, shards, out, resume, nproc)
     return launch.run_local(cfg, shards, out, resume)
@@ -86,10 +100,18 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         summary = train_from_config(
-            args.config, args.shards, args.out, resume=True, overrides=args.overrides,
-            launcher="ray" if args.ray else "local", address=args.address, num_workers=args.num_workers,
-            nproc=args.nproc, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-        )  # fmt: skip
+            args.config,
+            args.shards,
+            args.out,
+            resume=True,
+            overrides=args.overrides,
+            launcher="ray" if args.ray else "local",
+            address=args.address,
+            num_workers=args.num_workers,
+            nproc=args.nproc,
+            gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+        )
     except (FileNotFoundError, FileExistsError, ValueError, NonFiniteError, RuntimeError) as e:
         print(f"vjp train: {e}", file=sys.stderr)
         return 1 if isinstance(e, (NonFiniteError, RuntimeError)) else 2

@@ -32,8 +32,14 @@ def _safetensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "export" / "transformer" / "diffusion_pytorch_model.safetensors"))
 
 
-OVERFIT = {"steps": 40, "vae__posterior": "mean", "flow__caption_dropout": 0.0, "optim__lr": 3e-3,
-           "checkpoint__every": 10, "checkpoint__keep_last": 5}  # fmt: skip
+OVERFIT = {
+    "steps": 40,
+    "vae__posterior": "mean",
+    "flow__caption_dropout": 0.0,
+    "optim__lr": 3e-3,
+    "checkpoint__every": 10,
+    "checkpoint__keep_last": 5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +70,9 @@ def test_torchrun_two_processes_overfit_a_tiny_set(uninterrupted: dict[str, Any]
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_repeat_the_uninterrupted_run(data: dict[str, Any], uninterrupted: dict[str, Any],
-                                                         tmp_path: Path) -> None:  # fmt: skip
+def test_sigkill_and_resume_repeat_the_uninterrupted_run(
+    data: dict[str, Any], uninterrupted: dict[str, Any], tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     args = ["--config", str(uninterrupted["config"]), "--shards", str(data["shards"]), "--out", str(run)]
     proc = torchrun(2, args, wait=False)
@@ -94,8 +101,9 @@ def test_sigkill_and_resume_repeat_the_uninterrupted_run(data: dict[str, Any], u
 
 
 @pytest.mark.slow
-def test_resume_on_another_world_size_is_refused(data: dict[str, Any], uninterrupted: dict[str, Any],
-                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_resume_on_another_world_size_is_refused(
+    data: dict[str, Any], uninterrupted: dict[str, Any], tmp_path: Path
+) -> None:
     import shutil
 
     run = tmp_path / "run"
@@ -105,13 +113,23 @@ def test_resume_on_another_world_size_is_refused(data: dict[str, Any], uninterru
         shutil.rmtree(run / "checkpoints" / name)
     from training.train import main
 
-    code = main(["--config", str(uninterrupted["config"]), "--shards", str(data["shards"]), "--out", str(run),
-                 "--resume"])  # fmt: skip
+    code = main(
+        [
+            "--config",
+            str(uninterrupted["config"]),
+            "--shards",
+            str(data["shards"]),
+            "--out",
+            str(run),
+            "--resume",
+        ]
+    )
     assert code == 2  # one process cannot continue a 2-rank stream exactly
 
 
-def test_a_run_folder_with_checkpoints_needs_resume(data: dict[str, Any], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_run_folder_with_checkpoints_needs_resume(
+    data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from jobs.train import add_arguments, run
 
     config = tiny_config(tmp_path / "t.yaml", data["models"], steps=2, checkpoint__every=2)
@@ -124,8 +142,9 @@ def test_a_run_folder_with_checkpoints_needs_resume(data: dict[str, Any], tmp_pa
     assert run(p.parse_args([*argv, "--resume"])) == 0  # finished: returns at once
 
 
-def test_non_finite_steps_are_skipped_then_stop_the_run(data: dict[str, Any], tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_non_finite_steps_are_skipped_then_stop_the_run(
+    data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from training import train as train_mod
 
     real = train_mod.flow.flow_loss
@@ -169,14 +188,32 @@ def test_stage2_starts_from_stage1_weights(data: dict[str, Any], tmp_path: Path)
     root.mkdir()
     from tests.test_shards import make_clips, shard_local, write_config
 
-    specs = [{"clip_id": f"w{i}_0000000_0000030", "video_id": f"w{i}", "caption": "夜の街を走る電車。",
-              "width": 64, "height": 40, "frames": 24, "fps": 8} for i in range(2)]  # fmt: skip
+    specs = [
+        {
+            "clip_id": f"w{i}_0000000_0000030",
+            "video_id": f"w{i}",
+            "caption": "夜の街を走る電車。",
+            "width": 64,
+            "height": 40,
+            "frames": 24,
+            "fps": 8,
+        }
+        for i in range(2)
+    ]
     stage2 = {"width": 48, "height": 32, "frames": 16, "fps": 8.0, "target_shard_bytes": None}
-    shard_cfg = write_config(root / "c.yaml", {"s2": stage2}, captions={"fallback": "source_caption"},
-                             split={"eval_fraction": 0.0})  # fmt: skip
+    shard_cfg = write_config(
+        root / "c.yaml", {"s2": stage2}, captions={"fallback": "source_caption"}, split={"eval_fraction": 0.0}
+    )
     assert shard_local(make_clips(root / "cur", specs), "s2", root / "shards", shard_cfg) == 0
-    s2 = tiny_config(tmp_path / "s2.yaml", data["models"], steps=1, checkpoint__every=1, optim__lr=1e-9,
-                     optim__ema_decay=0.999999, model__init_from=str(tmp_path / "stage1"))  # fmt: skip
+    s2 = tiny_config(
+        tmp_path / "s2.yaml",
+        data["models"],
+        steps=1,
+        checkpoint__every=1,
+        optim__lr=1e-9,
+        optim__ema_decay=0.999999,
+        model__init_from=str(tmp_path / "stage1"),
+    )
     summary = train(load_train_config(s2), str(root / "shards" / "s2"), str(tmp_path / "stage2"))
     assert summary["latent_shape"] == [4, 4, 4, 6] and summary["steps"] == 1
     a = _safetensors(tmp_path / "stage1" / "checkpoints" / "step_000003")
@@ -184,8 +221,11 @@ def test_stage2_starts_from_stage1_weights(data: dict[str, Any], tmp_path: Path)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)  # the stage-1 weights, carried over
     scratch = tiny_config(tmp_path / "s3.yaml", data["models"], steps=1, checkpoint__every=1, optim__lr=1e-9)
-    c = _safetensors(Path(train(load_train_config(scratch), str(root / "shards" / "s2"), str(tmp_path / "s3"))
-                          ["checkpoint"]))  # fmt: skip
+    c = _safetensors(
+        Path(
+            train(load_train_config(scratch), str(root / "shards" / "s2"), str(tmp_path / "s3"))["checkpoint"]
+        )
+    )
     assert any(not torch.allclose(a[k], c[k], atol=1e-4) for k in a)  # (a fresh init would differ)
 
 
@@ -194,8 +234,14 @@ def test_ray_train_two_workers(data: dict[str, Any], tmp_path: Path, local_ray: 
     from jobs.train import train_from_config
 
     config = tiny_config(tmp_path / "t.yaml", data["models"], steps=3, checkpoint__every=3)
-    summary = train_from_config(str(config), str(data["latents"]), str(tmp_path / "run"), launcher="ray",
-                                num_workers=2, gpus_per_worker=0.0)  # fmt: skip
+    summary = train_from_config(
+        str(config),
+        str(data["latents"]),
+        str(tmp_path / "run"),
+        launcher="ray",
+        num_workers=2,
+        gpus_per_worker=0.0,
+    )
     assert summary["world_size"] == 2 and summary["steps"] == 3
     assert (Path(summary["checkpoint"]) / "ranks" / "rank_00001.json").exists()
     assert len(losses(tmp_path / "run")) == 3
@@ -218,18 +264,63 @@ def test_vjp_sample_writes_the_requested_video(checkpoint: Path, tmp_path: Path)
     p = argparse.ArgumentParser()
     add_arguments(p)
     out = tmp_path / "v.mp4"
-    argv = ["--ckpt", str(checkpoint), "--prompt", "夕暮れの海辺を柴犬が走っている", "--out", str(out),
-            "--steps", "3", "--seed", "7"]  # fmt: skip
+    argv = [
+        "--ckpt",
+        str(checkpoint),
+        "--prompt",
+        "夕暮れの海辺を柴犬が走っている",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--seed",
+        "7",
+    ]
     assert run(p.parse_args(argv)) == 0
     frames = _read_mp4(out)
     assert frames.shape == (16, 32, 32, 3)  # the training clips' frames and size
-    assert run(p.parse_args([*argv[:-6], "--out", str(tmp_path / "w.mp4"), "--steps", "3", "--seed", "7",
-                             "--frames", "8", "--height", "48", "--width", "64"])) == 0  # fmt: skip
+    assert (
+        run(
+            p.parse_args(
+                [
+                    *argv[:-6],
+                    "--out",
+                    str(tmp_path / "w.mp4"),
+                    "--steps",
+                    "3",
+                    "--seed",
+                    "7",
+                    "--frames",
+                    "8",
+                    "--height",
+                    "48",
+                    "--width",
+                    "64",
+                ]
+            )
+        )
+        == 0
+    )
     assert _read_mp4(tmp_path / "w.mp4").shape == (8, 48, 64, 3)
     prompts = tmp_path / "p.txt"
     prompts.write_text("夜の街を走る電車。\n\n海辺の波\n", encoding="utf-8")
-    assert run(p.parse_args(["--ckpt", str(checkpoint.parent.parent), "--prompts", str(prompts),
-                             "--out", str(tmp_path / "many"), "--steps", "2"])) == 0  # fmt: skip
+    assert (
+        run(
+            p.parse_args(
+                [
+                    "--ckpt",
+                    str(checkpoint.parent.parent),
+                    "--prompts",
+                    str(prompts),
+                    "--out",
+                    str(tmp_path / "many"),
+                    "--steps",
+                    "2",
+                ]
+            )
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (tmp_path / "many" / "prompts.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["夜の街を走る電車。", "海辺の波"]
     assert (tmp_path / "many" / "000001.mp4").exists()

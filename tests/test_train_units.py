@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ def test_bad_keys_and_values_name_their_path() -> None:
 def test_overrides_are_validated_like_the_file() -> None:
     cfg = parse_train_config({}, overrides=["optim.lr=2e-4", "train.steps=7", "flow.shift=auto"])
     assert cfg.optim.lr == 2e-4 and cfg.steps == 7 and cfg.flow.shift == "auto"
-    with pytest.raises(ConfigError, match="flow.timestep_sampling"):
+    with pytest.raises(ConfigError, match=r"flow\.timestep_sampling"):
         parse_train_config({}, overrides=["flow.timestep_sampling=cosine"])
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         parse_train_config({}, overrides=["steps"])
 
 
@@ -69,7 +70,7 @@ def test_euler_follows_a_straight_flow_exactly() -> None:
     x0, x1 = torch.randn(2, 5), torch.randn(2, 5)
     x = x0.clone()
     ts = flow.euler_times(7, 2.0)
-    for a, b in zip(ts[:-1], ts[1:], strict=True):
+    for a, b in itertools.pairwise(ts):
         x = x + (b - a) * (x1 - x0)  # the ideal velocity field of rectified flow
     assert torch.allclose(x, x1, atol=1e-5)
     assert flow.flow_loss(x1 - x0, x0, x1).item() == 0.0
@@ -78,7 +79,7 @@ def test_euler_follows_a_straight_flow_exactly() -> None:
 def test_logit_normal_is_centred() -> None:
     g = torch.Generator().manual_seed(1)
     t = flow.sample_t(20000, FlowConfig(timestep_sampling="logit_normal"), 1.0, g)
-    assert 0.0 < t.min() and t.max() < 1.0 and abs(t.median().item() - 0.5) < 0.02
+    assert t.min() > 0.0 and t.max() < 1.0 and abs(t.median().item() - 0.5) < 0.02
 
 
 # ---- the DiT with masked joint attention ---------------------------------------------------------
@@ -86,7 +87,9 @@ def _tiny_dit(max_len: int = 8) -> torch.nn.Module:
     from training.modeling import build_transformer
     from training.tiny import TINY_TRANSFORMER
 
-    cfg = parse_train_config({"text": {"max_length": max_len}, "model": {"transformer_config": TINY_TRANSFORMER}})
+    cfg = parse_train_config(
+        {"text": {"max_length": max_len}, "model": {"transformer_config": TINY_TRANSFORMER}}
+    )
     torch.manual_seed(0)
     return build_transformer(cfg, 16, (2, 4, 4, 4)).eval()
 
@@ -105,7 +108,9 @@ def test_padding_does_not_leak_into_attention() -> None:
 
     def out(emb: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
         kw = None if m is None else {"attention_mask": joint_mask(m, video_tokens)}
-        return model(hidden_states=x, encoder_hidden_states=emb, timestep=t, attention_kwargs=kw, return_dict=False)[0]
+        return model(
+            hidden_states=x, encoder_hidden_states=emb, timestep=t, attention_kwargs=kw, return_dict=False
+        )[0]
 
     with torch.no_grad():
         a, b = out(pad_a, mask), out(pad_b, mask)
@@ -168,4 +173,4 @@ def test_loader_batches_follow_the_stream(tiny_data: dict[str, Any]) -> None:
     batch = next(iter(make_loader(stream, 2, 2, 0, 2, False)))
     assert batch["key"] == _keys(stream, 2, 2)
     assert tuple(batch["video"].shape) == (2, 16, 3, 32, 32)
-    assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
+    assert batch["video"].min() >= -1.0 and batch["video"].max() <= 1.0

@@ -27,8 +27,14 @@ CAPTIONS = [
     "台所で野菜を切る手元。",
 ]
 # 32x32 pixels, 16 frames -> tiny VAE latents [4 frames, 4 ch, 4, 4] -> 16 video tokens.
-TINY_STAGE = {"width": 32, "height": 32, "frames": 16, "fps": 8.0, "target_shard_bytes": None,
-              "max_shard_samples": 3}  # fmt: skip
+TINY_STAGE = {
+    "width": 32,
+    "height": 32,
+    "frames": 16,
+    "fps": 8.0,
+    "target_shard_bytes": None,
+    "max_shard_samples": 3,
+}
 
 
 def make_tiny_shards(
@@ -38,22 +44,49 @@ def make_tiny_shards(
     root.mkdir(parents=True, exist_ok=True)
     models = build_tiny_models(root / "models")
     specs = [
-        {"clip_id": f"v{i}_{i:07d}_{i + 30:07d}", "video_id": f"v{i}", "caption": CAPTIONS[i % len(CAPTIONS)],
-         "width": 48, "height": 40, "frames": 24, "fps": 8}
+        {
+            "clip_id": f"v{i}_{i:07d}_{i + 30:07d}",
+            "video_id": f"v{i}",
+            "caption": CAPTIONS[i % len(CAPTIONS)],
+            "width": 48,
+            "height": 40,
+            "frames": 24,
+            "fps": 8,
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
     manifests = make_clips(root / "cur", specs)
     config = write_config(
-        root / "shard.yaml", {"tiny": TINY_STAGE},
-        captions={"fallback": "source_caption"}, split={"eval_fraction": eval_fraction},
-    )  # fmt: skip
+        root / "shard.yaml",
+        {"tiny": TINY_STAGE},
+        captions={"fallback": "source_caption"},
+        split={"eval_fraction": eval_fraction},
+    )
     assert shard_local(manifests, "tiny", root / "shards", config) == 0
-    out = {"shards": root / "shards" / "tiny", "models": root / "models", "shard_config": config,
-           "vae": Path(models["vae"]), "text_encoder": Path(models["text_encoder"])}  # fmt: skip
+    out = {
+        "shards": root / "shards" / "tiny",
+        "models": root / "models",
+        "shard_config": config,
+        "vae": Path(models["vae"]),
+        "text_encoder": Path(models["text_encoder"]),
+    }
     if encode:
-        argv = ["--shards", str(out["shards"]), "--out", str(root / "latents"), "--config", str(config),
-                "--vae", models["vae"], "--vae-subfolder", "", "--text-encoder", models["text_encoder"],
-                "--runner", "local"]  # fmt: skip
+        argv = [
+            "--shards",
+            str(out["shards"]),
+            "--out",
+            str(root / "latents"),
+            "--config",
+            str(config),
+            "--vae",
+            models["vae"],
+            "--vae-subfolder",
+            "",
+            "--text-encoder",
+            models["text_encoder"],
+            "--runner",
+            "local",
+        ]
         assert cli(argv, "jobs.encode") == 0
         out["latents"] = root / "latents" / "tiny"
     return out
@@ -63,14 +96,15 @@ def tiny_config(path: Path, models_root: Path, **train: Any) -> Path:
     """A train YAML on the tiny models: fp32, no warmup, quick checkpoints; `train` overrides keys."""
     models = build_tiny_models(models_root)
     base: dict[str, Any] = {
-        "steps": 4, "seed": 0,
+        "steps": 4,
+        "seed": 0,
         "optim": {"lr": 1e-3, "warmup_steps": 0, "ema_decay": 0.9},
         "data": {"batch_size": 2, "num_workers": 0},
         "checkpoint": {"every": 2, "keep_last": 2},
         "log": {"tensorboard": False, "progress": False},
         "sample": {"steps": 4},
-    }  # fmt: skip
-    from training.config import apply_overrides
+    }
+    from curation.configfile import apply_overrides
 
     data = apply_overrides(base, tiny_train_overrides(models))
     for key, value in train.items():
@@ -83,15 +117,31 @@ def tiny_config(path: Path, models_root: Path, **train: Any) -> Path:
     return path
 
 
-def torchrun(nproc: int, args: list[str], timeout: int = 600, env: dict[str, str] | None = None,
-             wait: bool = True) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:  # fmt: skip
+def torchrun(
+    nproc: int, args: list[str], timeout: int = 600, env: dict[str, str] | None = None, wait: bool = True
+) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
     """`torchrun --nproc_per_node N -m training.train ARGS` (standalone rendezvous, gloo on CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "training.train", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "training.train",
+        *args,
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     if not wait:
-        return subprocess.Popen(cmd, cwd=REPO, env=full_env, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=full_env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return subprocess.run(cmd, cwd=REPO, env=full_env, text=True, capture_output=True, timeout=timeout)
 
 

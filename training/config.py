@@ -12,14 +12,12 @@ the same way. The JSON Schema is schemas/train_config.v1.schema.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation.configfile import ConfigError, read_yaml_section, validate
+from curation.configfile import apply_overrides, read_yaml_section, validate
 
 SECTION = "train"
 
@@ -91,8 +89,9 @@ class VAEConfig(_Strict):
     )
     scaling_factor: float | None = Field(None, description="null = the VAE config's scaling_factor")
     posterior: Literal["sample", "mean"] = Field(
-        "sample", description="pixel shards: sample the VAE posterior (CogVideoX's training) or take its mean "
-        "(what vjp encode stores)"
+        "sample",
+        description="pixel shards: sample the VAE posterior (CogVideoX's training) or take its mean "
+        "(what vjp encode stores)",
     )
     tiling: bool = False
 
@@ -205,35 +204,10 @@ class TrainConfig(_Strict):
         return self
 
 
-def parse_value(text: str) -> Any:
-    """An override value as YAML reads it: numbers, booleans, null, lists, or a plain string."""
-    return yaml.safe_load(text) if text.strip() else ""
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides to a raw mapping (copied), creating missing mappings."""
-    out = json.loads(json.dumps(data))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
-        parts = key.split(".")
-        if parts[0] == SECTION:  # `train.steps=5` and `steps=5` mean the same here
-            parts = parts[1:]
-        node = out
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p} is not a mapping")
-            node = nxt
-        node[parts[-1]] = parse_value(value)
-    return out
-
-
 def parse_train_config(
     data: dict[str, Any] | None, origin: str = "<dict>", overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
-    return validate(TrainConfig, apply_overrides(data or {}, overrides), origin, what="train config")
+    return validate(TrainConfig, apply_overrides(data or {}, overrides, SECTION), origin, what="train config")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

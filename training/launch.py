@@ -33,8 +33,21 @@ def run_torchrun(cfg: TrainConfig, shards: str, out: str, resume: bool, nproc: i
     config = os.path.join(out, "launch_config.yaml")
     with open(config, "w", encoding="utf-8") as f:
         json.dump({"train": cfg.model_dump(mode="json")}, f, ensure_ascii=False)  # JSON is YAML
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "training.train", "--config", config, "--shards", shards, "--out", out]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "training.train",
+        "--config",
+        config,
+        "--shards",
+        shards,
+        "--out",
+        out,
+    ]
     if resume:
         cmd.append("--resume")
     env = {**os.environ}
@@ -56,8 +69,16 @@ def _ray_worker_loop(config: dict[str, Any]) -> None:
     train(cfg, config["shards"], config["out"], config["resume"])
 
 
-def run_ray(cfg: TrainConfig, shards: str, out: str, resume: bool, num_workers: int, gpus_per_worker: float,
-            cpus_per_worker: float, address: str | None) -> dict[str, Any]:  # fmt: skip
+def run_ray(
+    cfg: TrainConfig,
+    shards: str,
+    out: str,
+    resume: bool,
+    num_workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    address: str | None,
+) -> dict[str, Any]:
     """A Ray Train TorchTrainer job; RUN must be on storage every worker node sees (NFS, Lustre)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -70,8 +91,15 @@ def run_ray(cfg: TrainConfig, shards: str, out: str, resume: bool, num_workers: 
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _ray_worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "shards": shards, "out": out, "resume": resume},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "shards": shards,
+            "out": out,
+            "resume": resume,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name="vjp-train", storage_path=os.path.join(out, "ray")),
     )

@@ -44,8 +44,16 @@ def train_flops_per_sample(
 class StepLog:
     """Rank 0's log: one JSON line per step, a console line every `every` steps, optional TB and bar."""
 
-    def __init__(self, run_dir: str, every: int, tensorboard: bool | str, progress: bool | str, total: int,
-                 start: int, enabled: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str,
+        every: int,
+        tensorboard: bool | str,
+        progress: bool | str,
+        total: int,
+        start: int,
+        enabled: bool,
+    ) -> None:
         self.enabled, self.every = enabled, every
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.tb = self.bar = None

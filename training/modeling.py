@@ -42,8 +42,10 @@ class MaskedJointAttnProcessor:
         text_len = encoder_hidden_states.size(1)
         x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         b = x.shape[0]
-        q, k, v = (proj(x).view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-                   for proj in (attn.to_q, attn.to_k, attn.to_v))  # fmt: skip
+        q, k, v = (
+            proj(x).view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+            for proj in (attn.to_q, attn.to_k, attn.to_v)
+        )
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
@@ -148,9 +150,12 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer(
-            list(captions), max_length=self.cfg.max_length, truncation=True,
-            padding="max_length", return_tensors="pt",
-        )  # fmt: skip
+            list(captions),
+            max_length=self.cfg.max_length,
+            truncation=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=self.cfg.hidden_layer != -1)
         hidden = (

@@ -13,6 +13,7 @@ caption dropout; a negative prompt replaces it. A fixed seed gives the same vide
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -95,12 +96,25 @@ class Sampler:
         times = flow.euler_times(steps, float(st["shift"]))
         out: list[np.ndarray] = []
         for i in range(0, len(prompts), batch_size):
-            out += self._generate_batch(list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size]),
-                                        shape, times, guidance, negative)  # fmt: skip
+            out += self._generate_batch(
+                list(prompts[i : i + batch_size]),
+                list(seeds[i : i + batch_size]),
+                shape,
+                times,
+                guidance,
+                negative,
+            )
         return out
 
-    def _generate_batch(self, prompts: list[str], seeds: list[int], shape: tuple[int, ...], times: torch.Tensor,
-                        guidance: float, negative: str) -> list[np.ndarray]:  # fmt: skip
+    def _generate_batch(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        shape: tuple[int, ...],
+        times: torch.Tensor,
+        guidance: float,
+        negative: str,
+    ) -> list[np.ndarray]:
         b = len(prompts)
         # Each video's noise comes from its own seed, so a video does not depend on its batch.
         x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
@@ -116,13 +130,16 @@ class Sampler:
         if self.text_cfg.mask_padding:
             kwargs = {"attention_mask": joint_mask(mask, f * (h // p) * (w // p))}
         emb = emb.to(self.dtype)
-        for t0, t1 in zip(times[:-1], times[1:], strict=True):
+        for t0, t1 in itertools.pairwise(times):
             xin = torch.cat([x, x]) if use_cfg else x
             t = torch.full((xin.shape[0],), float(t0), device=self.device)
             v = self.transformer(
-                hidden_states=xin.to(self.dtype), encoder_hidden_states=emb,
-                timestep=flow.model_timestep(t), attention_kwargs=kwargs, return_dict=False,
-            )[0].float()  # fmt: skip
+                hidden_states=xin.to(self.dtype),
+                encoder_hidden_states=emb,
+                timestep=flow.model_timestep(t),
+                attention_kwargs=kwargs,
+                return_dict=False,
+            )[0].float()
             if use_cfg:
                 v_c, v_u = v.chunk(2)
                 v = v_u + guidance * (v_c - v_u)
@@ -142,7 +159,9 @@ def write_mp4(frames: np.ndarray, path: str, fps: float, crf: int = 18) -> None:
     if h % 2 or w % 2:
         raise ValueError(f"{path}: H.264 yuv420p needs even sizes, got {w}x{h}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}.mp4")
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}.mp4"
+    )
     with av.open(tmp, "w") as out:
         st = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"

@@ -208,8 +208,9 @@ class CounterSampler(torch.utils.data.Sampler[int]):
             c += 1
 
 
-def make_loader(stream: RankStream, start: int, batch_size: int, num_workers: int, prefetch_factor: int,
-                pin_memory: bool) -> torch.utils.data.DataLoader:  # fmt: skip
+def make_loader(
+    stream: RankStream, start: int, batch_size: int, num_workers: int, prefetch_factor: int, pin_memory: bool
+) -> torch.utils.data.DataLoader:
     kwargs: dict[str, Any] = {}
     if num_workers:
         # forkserver: workers never inherit CUDA or a process group from the trainer.
@@ -217,9 +218,14 @@ def make_loader(stream: RankStream, start: int, batch_size: int, num_workers: in
             prefetch_factor=prefetch_factor, persistent_workers=False, multiprocessing_context="forkserver"
         )
     return torch.utils.data.DataLoader(
-        stream, batch_size=batch_size, sampler=CounterSampler(start), num_workers=num_workers,
-        collate_fn=collate, pin_memory=pin_memory and torch.cuda.is_available(), **kwargs,
-    )  # fmt: skip
+        stream,
+        batch_size=batch_size,
+        sampler=CounterSampler(start),
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        **kwargs,
+    )
 
 
 def resume_consumed(saved: dict[str, Any], stream: RankStream, allow_reshard: bool) -> int:

@@ -25,9 +25,13 @@ CORPUS = [
 TINY_TEXT_DIM = 64
 TINY_TEXT_LEN = 16
 TINY_TRANSFORMER = {
-    "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16, "time_embed_dim": 32,
-    "in_channels": 4, "out_channels": 4,
-}  # fmt: skip
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "time_embed_dim": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+}
 
 
 def build_tiny_vae(folder: Path, seed: int = 0) -> Path:
@@ -53,10 +57,16 @@ def build_tiny_text_encoder(folder: Path, seed: int = 0) -> Path:
     )
     tok.save_pretrained(folder)  # no pad token, like LLM-jp: the encoders fall back to eos
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=TINY_TEXT_DIM, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
 

@@ -108,8 +108,9 @@ def build_conditioning(
     )
 
 
-def prepare(cond: Conditioning, batch: dict[str, Any], cfg: TrainConfig, gen: torch.Generator,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def prepare(
+    cond: Conditioning, batch: dict[str, Any], cfg: TrainConfig, gen: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch -> (x1 [B, F, C, H, W] scaled latents, text [B, L, D], mask [B, L]), dropout applied."""
     if cond.kind == "pixels":
         assert cond.vae is not None and cond.text is not None
@@ -127,9 +128,17 @@ def prepare(cond: Conditioning, batch: dict[str, Any], cfg: TrainConfig, gen: to
     return x1.float(), emb.float(), mask
 
 
-def flow_step_loss(model: torch.nn.Module, x1: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor,
-                   cfg: TrainConfig, alpha: float, gen: torch.Generator, dtype: torch.dtype,
-                   autocast: bool) -> torch.Tensor:  # fmt: skip
+def flow_step_loss(
+    model: torch.nn.Module,
+    x1: torch.Tensor,
+    emb: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: TrainConfig,
+    alpha: float,
+    gen: torch.Generator,
+    dtype: torch.dtype,
+    autocast: bool,
+) -> torch.Tensor:
     device = x1.device
     x0 = torch.randn(x1.shape, generator=gen).to(device)
     t = flow.sample_t(x1.shape[0], cfg.flow, alpha, gen).to(device)
@@ -140,9 +149,12 @@ def flow_step_loss(model: torch.nn.Module, x1: torch.Tensor, emb: torch.Tensor, 
     ctx = torch.autocast(device.type, dtype=dtype) if autocast else nullcontext()
     with ctx:
         v = model(
-            hidden_states=xt.to(dtype), encoder_hidden_states=emb.to(dtype),
-            timestep=flow.model_timestep(t), attention_kwargs=kwargs, return_dict=False,
-        )[0]  # fmt: skip
+            hidden_states=xt.to(dtype),
+            encoder_hidden_states=emb.to(dtype),
+            timestep=flow.model_timestep(t),
+            attention_kwargs=kwargs,
+            return_dict=False,
+        )[0]
     return flow.flow_loss(v, x0, x1)
 
 
@@ -200,9 +212,13 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
     ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_start_step)
     o = cfg.optim
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas, eps=o.eps,
-        weight_decay=o.weight_decay, foreach=True,
-    )  # fmt: skip
+        [p for p in model.parameters() if p.requires_grad],
+        lr=o.lr,
+        betas=o.betas,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        foreach=True,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
 
     step, consumed, skipped_total = 0, 0, 0
@@ -234,11 +250,16 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
     flops = train_flops_per_sample(model_config, n_linear, video_tokens, cfg.text.max_length)
     peak = peak_tflops(cfg.log.peak_tflops)
     export_meta = {
-        "text": cfg.text.model_dump(mode="json"), "vae": cfg.vae.model_dump(mode="json"),
-        "flow": cfg.flow.model_dump(mode="json"), "sample": cfg.sample.model_dump(mode="json"),
-        "latent_shape": list(cond.latent_shape), "latent_scale": cond.latent_scale,
-        "pixel_shape": list(cond.pixel_shape), "fps": cond.fps, "shift": alpha,
-    }  # fmt: skip
+        "text": cfg.text.model_dump(mode="json"),
+        "vae": cfg.vae.model_dump(mode="json"),
+        "flow": cfg.flow.model_dump(mode="json"),
+        "sample": cfg.sample.model_dump(mode="json"),
+        "latent_shape": list(cond.latent_shape),
+        "latent_scale": cond.latent_scale,
+        "pixel_shape": list(cond.pixel_shape),
+        "fps": cond.fps,
+        "shift": alpha,
+    }
     in_a_row, last_loss, last_ckpt = 0, float("nan"), ckpt
     while step < cfg.steps:
         t0, wait = time.perf_counter(), 0.0
@@ -276,13 +297,22 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
         dt = time.perf_counter() - t0
         samples_s = per_step * d.world_size / dt
         last_loss = float(loss_mean.item())
-        log.log({
-            "step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm.item()),
-            "samples_per_s": samples_s, "tokens_per_s": samples_s * (video_tokens + cfg.text.max_length),
-            "data_wait": wait / dt, "peak_mem_gb": _peak_mem_gb(d.device),
-            "mfu": flops * samples_s / (peak * 1e12 * d.world_size) if peak else None,
-            "skipped": not finite, "skipped_total": skipped_total, "step_time": dt,
-        })  # fmt: skip
+        log.log(
+            {
+                "step": step,
+                "loss": last_loss,
+                "lr": lr,
+                "grad_norm": float(grad_norm.item()),
+                "samples_per_s": samples_s,
+                "tokens_per_s": samples_s * (video_tokens + cfg.text.max_length),
+                "data_wait": wait / dt,
+                "peak_mem_gb": _peak_mem_gb(d.device),
+                "mfu": flops * samples_s / (peak * 1e12 * d.world_size) if peak else None,
+                "skipped": not finite,
+                "skipped_total": skipped_total,
+                "step_time": dt,
+            }
+        )
         if in_a_row >= cfg.max_nonfinite_in_a_row:
             raise NonFiniteError(
                 f"{in_a_row} non-finite steps in a row up to step {step} (loss {last_loss}, grad norm "
@@ -290,16 +320,29 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
             )
         if step % cfg.checkpoint.every == 0 or step == cfg.steps:
             last_ckpt = save_checkpoint(
-                d, out, step, model, optimizer, ema, stream.position(consumed).to_json(),
+                d,
+                out,
+                step,
+                model,
+                optimizer,
+                ema,
+                stream.position(consumed).to_json(),
                 {"skipped_steps": skipped_total, "scheduler": scheduler.state_dict(), "seed": cfg.seed},
-                export_meta if cfg.checkpoint.export else None, cfg.checkpoint.keep_last,
-            )  # fmt: skip
+                export_meta if cfg.checkpoint.export else None,
+                cfg.checkpoint.keep_last,
+            )
     log.close()
     summary = {
-        "steps": step, "final_loss": last_loss, "checkpoint": last_ckpt, "skipped_steps": skipped_total,
-        "world_size": d.world_size, "elapsed_s": round(time.time() - t_start, 2), "data": cond.kind,
-        "latent_shape": list(cond.latent_shape), "run_dir": out,
-    }  # fmt: skip
+        "steps": step,
+        "final_loss": last_loss,
+        "checkpoint": last_ckpt,
+        "skipped_steps": skipped_total,
+        "world_size": d.world_size,
+        "elapsed_s": round(time.time() - t_start, 2),
+        "data": cond.kind,
+        "latent_shape": list(cond.latent_shape),
+        "run_dir": out,
+    }
     if d.is_main:
         with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1)
@@ -311,8 +354,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", required=True, help="a stage folder (SHARDS/stage1) or latent stage folder")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, summary.json")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=2e-4 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=2e-4 (repeatable)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
