@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from curation.configfile import add_set_argument, load_section
 
@@ -59,9 +60,77 @@ def choose_executor(executor: str, backend: str, address: str | None) -> str:
     return "ray" if backend == "vllm" or address or os.environ.get("RAY_ADDRESS") else "local"
 
 
+def caption_clips(
+    clips_arg: str | Path,
+    cfg: Any,
+    backend: str = "vllm",
+    executor: str = "auto",
+    address: str | None = None,
+    *,
+    retry_rejected: bool = False,
+    redo_stale: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Caption every pending kept clip of OUT/manifests; returns the run's counts. Raises
+    FileNotFoundError (no clip manifest) and captioning.ray_runner.ResourceError."""
+    from captioning.manifest import new_run_id, pending_work, read_captions, read_kept_clips, resolve_layout
+    from captioning.runner import RunContext, RunStats
+
+    out_dir, clips_dir, captions_dir = resolve_layout(clips_arg)
+    clips = read_kept_clips(clips_dir)
+    work = pending_work(
+        clips,
+        read_captions(captions_dir),
+        cfg.enabled_types(),
+        retry_rejected,
+        current_hash=cfg.content_hash() if redo_stale else None,
+    )
+    if limit is not None:
+        work = work[:limit]
+    executor = choose_executor(executor, backend, address)
+    print(
+        f"vjp caption: {len(clips)} kept clips, {len(work)} to caption "
+        f"({backend}, {executor}, model {cfg.model.id}, config {cfg.content_hash()})",
+        file=sys.stderr,
+    )
+    ctx = RunContext(
+        backend_name=backend,
+        model_id=cfg.model.id,
+        model_revision=cfg.model.revision,
+        run_id=new_run_id(),
+        config_hash=cfg.content_hash(),
+    )
+    stats = RunStats()
+    if work and executor == "ray":
+        from captioning.ray_runner import run_ray
+
+        stats = run_ray(work, backend, cfg, ctx, out_dir, captions_dir, address)
+    elif work:
+        from captioning.backends.base import make_backend
+        from captioning.runner import run_local
+
+        gen = make_backend(backend, cfg)
+        batch = cfg.vllm.batch_size if backend in ("vllm", "openai") else cfg.transformers.batch_size
+        try:
+            stats = run_local(work, gen, cfg, ctx, out_dir, captions_dir, batch, progress=progress)
+        finally:
+            gen.close()
+    return {
+        "run_id": ctx.run_id,
+        "kept_clips": len(clips),
+        "clips": len(work),
+        "rows": stats.rows,
+        "status": dict(stats.status),
+        "tokens_out": stats.tokens_out,
+        "wall_s": round(stats.wall_s, 2),
+        "captions": str(captions_dir),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from captioning.config import ConfigError, config_from_dict
-    from captioning.manifest import new_run_id, pending_work, read_captions, read_kept_clips, resolve_layout
+    from captioning.ray_runner import ResourceError
 
     try:
         data, origin = load_section(args.config, "caption", args.overrides, what="caption config")
@@ -74,71 +143,23 @@ def run(args: argparse.Namespace) -> int:
             if flag:
                 data.setdefault(section, {})[key] = flag
         cfg = config_from_dict(data, origin)
-        out_dir, clips_dir, captions_dir = resolve_layout(args.clips)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+        result = caption_clips(
+            args.clips,
+            cfg,
+            args.backend,
+            args.executor,
+            args.address,
+            retry_rejected=args.retry_rejected,
+            redo_stale=args.redo_stale,
+            limit=args.limit,
+            progress=not args.no_progress,
+        )
+    except (ConfigError, ValueError, FileNotFoundError, ResourceError) as e:
         print(f"vjp caption: {e}", file=sys.stderr)
         return 2
-
-    clips = read_kept_clips(clips_dir)
-    work = pending_work(
-        clips,
-        read_captions(captions_dir),
-        cfg.enabled_types(),
-        args.retry_rejected,
-        current_hash=cfg.content_hash() if args.redo_stale else None,
-    )
-    if args.limit is not None:
-        work = work[: args.limit]
-    executor = choose_executor(args.executor, args.backend, args.address)
-    print(
-        f"vjp caption: {len(clips)} kept clips, {len(work)} to caption "
-        f"({args.backend}, {executor}, model {cfg.model.id}, config {cfg.content_hash()})",
-        file=sys.stderr,
-    )
-    from captioning.runner import RunContext
-
-    ctx = RunContext(
-        backend_name=args.backend,
-        model_id=cfg.model.id,
-        model_revision=cfg.model.revision,
-        run_id=new_run_id(),
-        config_hash=cfg.content_hash(),
-    )
-    if work and executor == "ray":
-        from captioning.ray_runner import ResourceError, run_ray
-
-        try:
-            stats = run_ray(work, args.backend, cfg, ctx, out_dir, captions_dir, args.address)
-        except ResourceError as e:
-            print(f"vjp caption: {e}", file=sys.stderr)
-            return 2
-    elif work:
-        from captioning.backends.base import make_backend
-        from captioning.runner import run_local
-
-        backend = make_backend(args.backend, cfg)
-        batch = cfg.vllm.batch_size if args.backend in ("vllm", "openai") else cfg.transformers.batch_size
-        try:
-            stats = run_local(
-                work, backend, cfg, ctx, out_dir, captions_dir, batch, progress=not args.no_progress
-            )
-        finally:
-            backend.close()
-    else:
-        from captioning.runner import RunStats
-
-        stats = RunStats()
-    result = {
-        "run_id": ctx.run_id,
-        "clips": len(work),
-        "rows": stats.rows,
-        "status": dict(stats.status),
-        "tokens_out": stats.tokens_out,
-        "wall_s": round(stats.wall_s, 2),
-        "captions": str(captions_dir),
-    }
+    result.pop("kept_clips")
     print(json.dumps(result, ensure_ascii=False))
-    return 1 if stats.status.get("error") else 0
+    return 1 if result["status"].get("error") else 0
 
 
 def main(argv: list[str] | None = None) -> int:

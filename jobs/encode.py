@@ -63,6 +63,7 @@ def encode_stage(
     runner: str = "ray",
     address: str | None = None,
     workers: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     from training.data.encode import Encoders, encode_shard, plan_encode, write_latent_indexes
     from training.data.sample_format import index_path, read_index
@@ -85,6 +86,7 @@ def encode_stage(
         if j["done"]:
             records[(j["split"], j["name"])] = read_record(out, j["stage"], j["split"], j["name"])
     failed: list[str] = []
+    tick = _progress(progress, len(todo))
     if todo and runner == "local":
         enc = Encoders(enc_cfg)
         for j in todo:
@@ -95,6 +97,7 @@ def encode_stage(
                 records[(j["split"], j["name"])] = rec
             except Exception as e:  # one bad shard costs that shard; the rerun retries it
                 failed.append(f"{j['split']}/{j['name']}: {type(e).__name__}: {e}")
+            tick()
     elif todo:
         import ray
         from ray.util import ActorPool
@@ -113,6 +116,7 @@ def encode_stage(
                 records[(rec.split, rec.entry.name)] = rec
             except Exception as e:  # the actor's error names the shard
                 failed.append(f"{type(e).__name__}: {e}")
+            tick()
     indexes = write_latent_indexes(shards_dir, out, enc_cfg, encode_hash, records)
     return {
         "stage": stage,
@@ -124,6 +128,15 @@ def encode_stage(
         "elapsed_s": round(time.time() - t0, 2),
         "out": os.path.join(out, stage),
     }
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled or not total:
+        return lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="shard", desc="encode", file=sys.stderr, dynamic_ncols=True)
+    return lambda: bar.update(1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={"encode": cfg.encode.model_copy(update=overrides)})
     splits = [s for s in args.split.split(",") if s]
     try:
-        summary = encode_stage(args.shards, args.out, cfg, splits, args.runner, args.address, args.workers)
+        summary = encode_stage(
+            args.shards, args.out, cfg, splits, args.runner, args.address, args.workers, progress=True
+        )
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"vjp encode: {e}", file=sys.stderr)
         return 2

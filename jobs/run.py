@@ -1,0 +1,376 @@
+"""`vjp run CONFIG`: the whole pipeline from one config file, each step resumable.
+
+    vjp run jobs/configs/demo.yaml [--steps curate,caption,shard,encode,train] [--address RAY]
+            [--set caption.qa.max_latin_ratio=0.2] [--set run.out=/shared/out] [--check]
+
+Steps run in pipeline order, each one on what the previous one wrote:
+
+    OUT/                    curate: manifests/, clips/ (+ OUT/sample_videos for `sample:`)
+    OUT/manifests/captions  caption
+    OUT/shards/<stage>/     shard (one folder per stage in run.stages)
+    OUT/latents/<stage>/    encode (optional)
+    OUT/train/              train: checkpoints/, metrics.jsonl, summary.json
+    OUT/models/             tiny models built here when run.tiny_models asks (nothing downloaded)
+    OUT/run/steps.json      one summary per step (counts, wall and CPU seconds)
+    OUT/report.html         the whole run on one page
+
+Rerun the same command after a crash or a kill: every step skips what is finished (curated
+videos, captions, shards whose plan is unchanged, encoded shards, training checkpoints), so the
+final manifests and shards equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.configfile import ConfigError, add_set_argument, apply_overrides
+from jobs.run_config import STEPS, RunFile, load_run_config, parse_run_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config: a `run:` section and one section per step")
+    p.add_argument(
+        "--steps", default=None, help=f"comma-separated subset of {','.join(STEPS)} (default: run.steps)"
+    )
+    p.add_argument("--address", default=None, help="Ray address (overrides run.address)")
+    p.add_argument("--out", default=None, help="output root (overrides run.out)")
+    add_set_argument(p, "curate.filters.blur_min=30")
+    p.add_argument("--check", action="store_true", help="validate the config and print the plan; run nothing")
+    p.add_argument("--no-report", action="store_true", help="skip OUT/report.html")
+
+
+# ---- measuring a step -----------------------------------------------------------------------
+def process_cpu_s() -> float:
+    """CPU seconds of this process and every live descendant (Ray workers, forked decoders),
+    including the children they have waited for."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue  # gone between the listing and the read
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+@dataclass
+class StepResult:
+    name: str
+    ok: bool
+    line: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
+
+
+def caption_reason(reason: str | None) -> str:
+    """First QA failure of a rejected caption, without its threshold (`japanese_ratio<0.7`)."""
+    first = (reason or "unknown").split(";")[0]
+    m = re.match(r"[A-Za-z_]+", first)
+    return m.group(0) if m else first
+
+
+# ---- the pipeline ---------------------------------------------------------------------------
+class Pipeline:
+    def __init__(self, config_path: str, cfg: RunFile, raw: dict[str, Any], overrides: list[str]) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.raw = raw
+        self.overrides = overrides
+        self.out = os.path.abspath(cfg.run.out)
+        self.shards_root = os.path.join(self.out, "shards")
+        self.latents_root = os.path.join(self.out, "latents")
+        self.train_dir = os.path.join(self.out, "train")
+        self.models_dir = os.path.join(self.out, "models")
+        self.run_dir = os.path.join(self.out, "run")
+        self.steps: list[str] = list(cfg.run.steps)
+
+    # The tiny models replace hub ids in the sections, then everything is validated again.
+    def _reconfigure(self, overrides: list[str]) -> None:
+        self.raw = apply_overrides(self.raw, overrides)
+        self.cfg = parse_run_config(self.raw, f"{self.config_path} (with tiny model paths)")
+
+    def _uses_ray(self) -> bool:
+        r = self.cfg.run
+        caption_ray = "caption" in self.steps and (
+            r.caption.executor == "ray" or (r.caption.executor == "auto" and r.caption.backend == "vllm")
+        )
+        data_ray = r.runner == "ray" and any(s in self.steps for s in ("curate", "shard"))
+        data_ray = data_ray or ("encode" in self.steps and (r.encode.runner or r.runner) == "ray")
+        return data_ray or caption_ray or ("train" in self.steps and r.train.launcher == "ray")
+
+    def run(self, log: Callable[[str], None]) -> list[StepResult]:
+        os.makedirs(self.run_dir, exist_ok=True)
+        if self._uses_ray():
+            from jobs.runner import init_ray
+
+            init_ray(self.cfg.run.address)
+        results: list[StepResult] = []
+        for name in STEPS:
+            if name not in self.steps:
+                continue
+            t0, c0 = time.perf_counter(), process_cpu_s()
+            try:
+                res = getattr(self, f"step_{name}")()
+            except (FileNotFoundError, ValueError, RuntimeError, ConfigError) as e:
+                res = StepResult(name, False, f"{name}: failed: {type(e).__name__}: {e}")
+            res.wall_s, res.cpu_s = time.perf_counter() - t0, process_cpu_s() - c0
+            res.summary.update(wall_s=round(res.wall_s, 2), cpu_s=round(res.cpu_s, 2))
+            log(f"{res.line}; {res.wall_s:.1f} s wall, {res.cpu_s:.1f} s CPU")
+            results.append(res)
+            self._save(results)
+            if not res.ok:
+                log(f"stopped after {name}: fix the cause and rerun the same command to resume")
+                break
+        return results
+
+    def _save(self, results: list[StepResult]) -> None:
+        from curation.atomic import atomic_output
+
+        path = os.path.join(self.run_dir, "steps.json")
+        prev = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+        prev.update({r.name: {"ok": r.ok, "line": r.line, **r.summary} for r in results})
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(prev, indent=2, sort_keys=True, ensure_ascii=False))
+
+    # ---- steps ----------------------------------------------------------------------------
+    def step_curate(self) -> StepResult:
+        from jobs.curate import curate
+
+        r = self.cfg.run
+        s = curate(r.source, self.out, self.cfg.curate, r.runner, r.address, r.limit)
+        rejected = sum(s["rejected_by_reason"].values())
+        line = (
+            f"curate: {s['videos']} videos in ({s['videos_error']} unreadable), {s['clips']} clips: "
+            f"{s['clips_kept']} kept ({s['kept_seconds'] / 3600:.3f} h), {rejected} rejected "
+            f"({_reasons(s['rejected_by_reason'])}), errors: {_reasons(s['errors_by_stage'])}"
+        )
+        return StepResult("curate", not (s["videos"] and s["videos_ok"] == 0), line, s)
+
+    def _tiny_captioner(self) -> None:
+        """Build OUT/models/captioner once (atomic), sized to the frames the caption step samples."""
+        from captioning.frames import sample_frames
+        from captioning.manifest import read_kept_clips, resolve_layout
+
+        path = os.path.join(self.models_dir, "captioner")
+        if not os.path.exists(os.path.join(path, "config.json")):
+            from captioning.tiny import build_demo_captioner
+
+            _, clips_dir, _ = resolve_layout(os.path.join(self.out, "manifests"))
+            clips = read_kept_clips(clips_dir)
+            if not clips:
+                raise FileNotFoundError("no kept clips to size the tiny captioner's frames on")
+            frames = sample_frames(os.path.join(self.out, clips[0]["clip_path"]), self.cfg.caption.frames)
+            t, h, w, _ = frames.shape
+            build_demo_captioner(
+                path, (h, w), t, steps=self.cfg.run.tiny_models.captioner_steps, cfg=self.cfg.caption
+            )
+        if self.cfg.caption.model.id != path:
+            self._reconfigure([f"caption.model.id={json.dumps(path)}"])
+
+    def step_caption(self) -> StepResult:
+        from captioning.manifest import read_captions
+        from jobs.caption import caption_clips
+
+        if self.cfg.run.tiny_models.captioner:
+            self._tiny_captioner()
+        r = self.cfg.run
+        s = caption_clips(
+            os.path.join(self.out, "manifests"),
+            self.cfg.caption,
+            r.caption.backend,
+            r.caption.executor,
+            r.address,
+            retry_rejected=r.caption.retry_rejected,
+            redo_stale=r.caption.redo_stale,
+        )
+        rows = read_captions(Path(self.out) / "manifests" / "captions", latest=True).to_pylist()
+        status = Counter(row["status"] for row in rows)
+        reasons = Counter(caption_reason(row["reason"]) for row in rows if row["status"] == "rejected")
+        s.update(
+            total_status=dict(status),
+            rejected_by_reason=dict(reasons),
+            captions_ok_clips=len({row["clip_id"] for row in rows if row["status"] == "ok"}),
+        )
+        line = (
+            f"caption: {s['kept_clips']} kept clips in, {s['clips']} captioned now; all captions: "
+            f"{status.get('ok', 0)} ok, {status.get('rejected', 0)} rejected ({_reasons(dict(reasons))}), "
+            f"{status.get('error', 0)} errors"
+        )
+        return StepResult("caption", not status.get("error"), line, s)
+
+    def step_shard(self) -> StepResult:
+        from jobs.shard import shard_stage
+
+        r = self.cfg.run
+        per_stage, lines, ok = {}, [], True
+        for stage in r.stages:
+            s = shard_stage(
+                os.path.join(self.out, "manifests"),
+                stage,
+                self.shards_root,
+                self.cfg.shard,
+                r.runner,
+                r.address,
+            )
+            per_stage[stage] = s
+            shards = s["train"]["shards"] + s["eval"]["shards"]
+            lines.append(
+                f"{stage}: {s['clips_kept']} kept clips in, {s['samples_written']} samples "
+                f"(train {s['train']['samples']}, eval {s['eval']['samples']}) in {shards} shards "
+                f"({s['shards_written']} written, {s['shards_reused']} reused), left out: "
+                f"{_reasons(s['skipped_by_reason'])}, {len(s['failed_shards'])} failed"
+            )
+            ok = ok and not s["failed_shards"] and not (s["clips_kept"] and not s["samples_written"])
+        return StepResult("shard", ok, "shard " + "; ".join(lines), {"stages": per_stage})
+
+    def _tiny_trainer_models(self) -> dict[str, str]:
+        """training.tiny's VAE + text encoder in OUT/models/train, built in a temporary folder and
+        renamed, so a kill during the build never leaves half a model that looks finished."""
+        import shutil
+
+        from training.tiny import build_tiny_models
+
+        root = Path(self.models_dir) / "train"
+        if (
+            not (root / "vae" / "config.json").exists()
+            or not (root / "text_encoder" / "config.json").exists()
+        ):
+            tmp = root.parent / f".train.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            build_tiny_models(tmp)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+        return {"vae": str(root / "vae"), "text_encoder": str(root / "text_encoder")}
+
+    def step_encode(self) -> StepResult:
+        from jobs.encode import encode_stage
+
+        r = self.cfg.run
+        if r.tiny_models.trainer:
+            from training.tiny import TINY_TEXT_LEN
+
+            m = self._tiny_trainer_models()
+            self._reconfigure(
+                [
+                    f"shard.encode.vae={json.dumps(m['vae'])}",
+                    "shard.encode.vae_subfolder=null",
+                    f"shard.encode.text_encoder={json.dumps(m['text_encoder'])}",
+                    f"shard.encode.text_max_length={TINY_TEXT_LEN}",
+                ]
+            )
+        per_stage, lines, ok = {}, [], True
+        for stage in r.stages:
+            s = encode_stage(
+                os.path.join(self.shards_root, stage),
+                self.latents_root,
+                self.cfg.shard,
+                list(r.encode.splits),
+                r.encode.runner or r.runner,
+                r.address,
+                r.encode.workers,
+                progress=True,
+            )
+            per_stage[stage] = s
+            n = sum(s.get(sp, {}).get("samples", 0) for sp in r.encode.splits)
+            lines.append(
+                f"{stage}: {s['shards_written'] + s['shards_reused']} shards in "
+                f"({s['shards_written']} encoded, {s['shards_reused']} reused), {n} samples, "
+                f"{len(s['failed_shards'])} failed"
+            )
+            ok = ok and not s["failed_shards"]
+        return StepResult("encode", ok, "encode " + "; ".join(lines), {"stages": per_stage})
+
+    def train_data(self) -> str:
+        t = self.cfg.run.train
+        kind = t.data if t.data != "auto" else ("latents" if "encode" in self.steps else "shards")
+        if t.data == "auto" and kind == "shards" and os.path.isdir(os.path.join(self.latents_root, t.stage)):
+            kind = "latents"  # encoded by an earlier run of this config
+        return os.path.join(self.latents_root if kind == "latents" else self.shards_root, t.stage)
+
+    def step_train(self) -> StepResult:
+        try:
+            from jobs.train import train_from_config
+        except ModuleNotFoundError as e:
+            return StepResult("train", False, f"train: not available in this checkout ({e.name} missing)")
+        if self.cfg.train is None:
+            return StepResult("train", False, "train: the config has no train: section")
+        t = self.cfg.run.train
+        overrides = [o for o in self.overrides if o.startswith("train.")]
+        if self.cfg.run.tiny_models.trainer:
+            from training.tiny import tiny_train_overrides
+
+            overrides = [*tiny_train_overrides(self._tiny_trainer_models()), *overrides]
+        s = train_from_config(
+            self.config_path,
+            self.train_data(),
+            self.train_dir,
+            resume=True,
+            overrides=overrides,
+            launcher=t.launcher,
+            address=self.cfg.run.address,
+            num_workers=t.num_workers,
+            nproc=t.nproc,
+            gpus_per_worker=t.gpus_per_worker,
+            cpus_per_worker=t.cpus_per_worker,
+        )
+        loss = s.get("final_loss")
+        line = (
+            f"train: {s.get('steps')} steps on {os.path.relpath(self.train_data(), self.out)}, final loss "
+            f"{loss:.4f}"
+            if isinstance(loss, float)
+            else f"train: {s.get('steps')} steps, no loss"
+        )
+        return StepResult("train", True, f"{line}, checkpoint {s.get('checkpoint')}", dict(s))
+
+
+def select_steps(cfg: RunFile, steps_arg: str | None) -> list[str]:
+    if not steps_arg:
+        return list(cfg.run.steps)
+    asked = [s.strip() for s in steps_arg.split(",") if s.strip()]
+    unknown = [s for s in asked if s not in STEPS]
+    if unknown:
+        raise ConfigError(f"--steps: unknown step(s) {unknown}; steps are {', '.join(STEPS)}")
+    return [s for s in STEPS if s in asked]
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.out={json.dumps(args.out)}")
+    if args.address:
+        overrides.append(f"run.address={json.dumps(args.address)}")
+    cfg, raw = load_run_config(args.config, overrides)
+    pipe = Pipeline(args.config, cfg, raw, overrides)
+    pipe.steps = select_steps(cfg, args.steps)
+
+    def log(msg: str) -> None:
+        print(f"vjp run: {msg}", file=sys.stderr, flush=True)
+
+    if args.check:
+        log(f"config ok; steps {', '.join(pipe.steps)} -> {pipe.out}")
+        return 0
+    log(f"steps {', '.join(pipe.steps)} -> {pipe.out}")
+    results = pipe.run(log)
+    if cfg.run.report and not args.no_report:
+        from jobs.report import write_report
+
+        log(f"report: {write_report(pipe.out)}")
+    return 0 if results and all(r.ok for r in results) else 1

@@ -1,0 +1,170 @@
+"""The one config file of `vjp run`: a `run:` section (what to run, where) beside every step's own
+section (`curate:`, `caption:`, `shard:` with its `encode:` part, `train:`), each validated by the
+step's own model, so a bad key anywhere is an error naming its full path (`caption.qa.max_latin`).
+
+The same sections work for the step commands: `vjp shard --config FILE` reads `shard:`, etc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from captioning.config import CaptionConfig
+from curation.config import CurateConfig
+from curation.configfile import ConfigError, apply_overrides, validate
+from training.data.stages import ShardConfig
+
+STEPS = ("curate", "caption", "shard", "encode", "train")
+Step = Literal["curate", "caption", "shard", "encode", "train"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class CaptionStep(_Strict):
+    """How the caption step runs (what it writes is the `caption:` section)."""
+
+    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto", description="auto: Ray Data for vllm or with a cluster address, local threads otherwise"
+    )
+    retry_rejected: bool = Field(False, description="also redo captions that QA rejected")
+    redo_stale: bool = Field(False, description="also redo captions written under another caption config")
+
+
+class EncodeStep(_Strict):
+    """How the optional encode step runs (its models are `shard.encode`)."""
+
+    splits: list[Literal["train", "eval"]] = ["train", "eval"]
+    runner: Literal["ray", "local"] | None = Field(
+        None, description="null = run.runner; local = models in this process (no actor start-up: small runs)"
+    )
+    workers: int = Field(0, ge=0, description="Ray actors (0 = one per GPU, else 1)")
+
+
+class TrainStep(_Strict):
+    """How the train step runs (the trainer's settings are the `train:` section)."""
+
+    stage: str = Field("stage1", description="the stage whose shards (or latents) are trained on")
+    data: Literal["auto", "shards", "latents"] = Field(
+        "auto", description="auto = the encode step's latents when `encode` is among the steps, else pixels"
+    )
+    launcher: Literal["local", "ray"] = Field("local", description="in process (or torchrun) | Ray Train")
+    nproc: int = Field(1, ge=1, description="torchrun processes on this machine (local launcher)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU)")
+    gpus_per_worker: float | None = Field(None, ge=0, description="null = 1 when the cluster has GPUs")
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class TinyModels(_Strict):
+    """Models built locally into OUT/models when missing, for a run with nothing to download."""
+
+    captioner: bool = Field(
+        False, description="train the tiny demo Qwen2-VL (captioning.tiny) and caption with it"
+    )
+    captioner_steps: int = Field(40, ge=1)
+    trainer: bool = Field(
+        False, description="tiny VAE + text encoder + 2-layer DiT (training.tiny) for encode and train"
+    )
+
+
+class RunSection(_Strict):
+    version: Literal[1] = 1
+    out: str = Field(description="output root: curation at OUT/, shards at OUT/shards, ... (shared FS)")
+    source: str = Field(description="curate's source: pixabay:..., finevideo:..., files:'GLOB', sample:")
+    steps: list[Step] = Field(list(STEPS), description="the steps to run, in pipeline order")
+    stages: list[str] = Field(["stage1"], min_length=1, description="shard presets to write")
+    runner: Literal["ray", "local"] = Field("ray", description="curate/shard/encode: Ray tasks or threads")
+    address: str | None = Field(None, description="Ray address; null = RAY_ADDRESS, a job's cluster or local")
+    limit: int = Field(0, ge=0, description="curate at most this many videos (0 = all)")
+    report: bool = Field(True, description="write OUT/report.html at the end")
+    caption: CaptionStep = CaptionStep()
+    encode: EncodeStep = EncodeStep()
+    train: TrainStep = TrainStep()
+    tiny_models: TinyModels = TinyModels()
+
+    @model_validator(mode="after")
+    def _order(self) -> RunSection:
+        if len(set(self.steps)) != len(self.steps):
+            raise ValueError(f"steps has duplicates: {self.steps}")
+        return self
+
+
+class RunFile(_Strict):
+    """The whole file. Sections a run does not use may be left out (their defaults apply)."""
+
+    run: RunSection
+    curate: CurateConfig = CurateConfig()
+    caption: CaptionConfig = CaptionConfig()
+    shard: ShardConfig = ShardConfig()
+    train: dict[str, Any] | None = Field(
+        None, description="the trainer's section (training.config.TrainConfig), validated by the trainer"
+    )
+
+    @model_validator(mode="after")
+    def _stages(self) -> RunFile:
+        used = [*(self.run.stages if "shard" in self.run.steps or "encode" in self.run.steps else [])]
+        used += [self.run.train.stage] if "train" in self.run.steps else []
+        for stage in used:
+            if stage not in self.shard.stages:
+                raise ValueError(f"stage {stage!r} is not in shard.stages ({sorted(self.shard.stages)})")
+        return self
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read run config {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid run config {path}: top level must be a mapping of sections")
+    return data
+
+
+def validate_train(data: dict[str, Any], origin: str) -> Any:
+    """The `train:` section through the trainer's own model; errors say `train.<path>`."""
+    from training.config import TrainConfig
+
+    try:
+        return validate(TrainConfig, data, origin, what="run config (train section)")
+    except ConfigError as e:
+        lines = str(e).splitlines()
+        raise ConfigError("\n".join([lines[0], *(f"  train.{ln.strip()}" for ln in lines[1:])])) from None
+
+
+def parse_run_config(data: dict[str, Any], origin: str = "<dict>") -> RunFile:
+    """Every section validated; the errors of all sections are reported together."""
+    errors: list[str] = []
+    cfg = None
+    try:
+        cfg = validate(RunFile, data, origin, what="run config")
+    except ConfigError as e:
+        errors.append(str(e))
+    train = data.get("train")
+    if isinstance(train, dict):
+        try:
+            validate_train(train, origin)
+        except ModuleNotFoundError:
+            pass  # no trainer in this checkout: the train step says so when it runs
+        except ConfigError as e:
+            errors.append(str(e) if not errors else "\n".join(str(e).splitlines()[1:]))
+    if errors or cfg is None:
+        raise ConfigError("\n".join(errors))
+    return cfg
+
+
+def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunFile, dict]:
+    """(validated config, raw mapping with overrides) of a run file. Overrides name the section:
+    `--set curate.filters.blur_min=30`, `--set run.out=/data/out`."""
+    origin = str(path) + (" with --set overrides" if overrides else "")
+    raw = apply_overrides(read_raw(path), overrides)
+    return parse_run_config(raw, origin), raw
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    return {"run_config.v1": RunFile.model_json_schema()}
