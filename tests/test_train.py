@@ -44,12 +44,14 @@ OVERFIT = {
 
 @pytest.fixture(scope="module")
 def uninterrupted(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """40 steps on 2 processes, launched as `vjp train --nproc 2` does (torchrun on this machine)."""
+    from jobs.train import train_from_config
+
     tmp = tmp_path_factory.mktemp("run_a")
     config = tiny_config(tmp / "train.yaml", data["models"], **OVERFIT)
     run = tmp / "run"
-    r = torchrun(2, ["--config", str(config), "--shards", str(data["shards"]), "--out", str(run)])
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return {"run": run, "config": config, "stdout": r.stdout}
+    summary = train_from_config(str(config), str(data["shards"]), str(run), nproc=2)
+    return {"run": run, "config": config, "summary": summary}
 
 
 @pytest.mark.slow
@@ -60,6 +62,7 @@ def test_torchrun_two_processes_overfit_a_tiny_set(uninterrupted: dict[str, Any]
     first, last = np.mean(loss[:5]), np.mean(loss[-8:])
     assert last < 0.6 * first, (first, last)  # it learns the 4 clips
     summary = json.loads((run / "summary.json").read_text())
+    assert summary == uninterrupted["summary"]
     assert summary["world_size"] == 2 and summary["steps"] == 40 and summary["data"] == "pixels"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait", "peak_mem_gb"} <= set(rows[0])

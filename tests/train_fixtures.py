@@ -131,7 +131,8 @@ def torchrun(
         "training.train",
         *args,
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env.setdefault("OMP_NUM_THREADS", "1")  # as training.launch.run_torchrun: the same numerics
     if not wait:
         return subprocess.Popen(
             cmd,
