@@ -44,11 +44,13 @@ def make_detector(cfg: SplitConfig, fps: float) -> SceneDetector:
 def _neighbour_ratio(x: np.ndarray, window: int, eps: float) -> np.ndarray:
     """x[i] over the mean of x at i-window..i+window without i (frame 0 has no pair: excluded)."""
     n = len(x)
-    out = np.zeros(n)
-    for i in range(1, n):
-        lo, hi = max(1, i - window), min(n, i + window + 1)
-        k = hi - lo - 1
-        out[i] = x[i] / ((x[lo:hi].sum() - x[i]) / k + eps) if k > 0 else 0.0
+    i = np.arange(n)
+    lo, hi = np.maximum(1, i - window), np.minimum(n, i + window + 1)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    k = hi - lo - 1
+    mean = (csum[hi] - csum[lo] - x) / np.maximum(k, 1)
+    out = np.where(k > 0, x / (mean + eps), 0.0)
+    out[0] = 0.0
     return out
 
 
@@ -63,11 +65,11 @@ class CueTracker:
         self._prev: tuple[np.ndarray, np.ndarray] | None = None
 
     def push(self, bgr: np.ndarray) -> None:
+        # cv2 reductions rather than numpy ones: this runs on every decoded frame.
         hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
         hist = cv2.calcHist([bgr], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
-        hist /= max(float(np.linalg.norm(hist)), 1e-9)
-        v = hsv[..., 2]
-        self.value.append(float(v.mean()))
+        hist /= max(cv2.norm(hist), 1e-9)
+        self.value.append(cv2.mean(hsv)[2])
         if self._prev is None:
             self.content.append(0.0)
             self.strong.append(0.0)
@@ -75,8 +77,9 @@ class CueTracker:
         else:
             p_hsv, p_hist = self._prev
             diff = cv2.absdiff(hsv, p_hsv)
-            self.content.append(float(diff.mean()))
-            self.strong.append(float(np.count_nonzero(diff[..., 2] > STRONG_CHANGE)) / v.size)
+            self.content.append(sum(cv2.mean(diff)[:3]) / 3)
+            dv = cv2.extractChannel(diff, 2)
+            self.strong.append(cv2.countNonZero(cv2.compare(dv, STRONG_CHANGE, cv2.CMP_GT)) / dv.size)
             self.hist.append(max(0.0, 1.0 - float(hist @ p_hist)))
         self._prev = (hsv, hist)
 
@@ -156,16 +159,20 @@ class ShotDetector:
             for tc in self._sd.post_process(FrameTimecode(self._last, self.fps)):
                 self.cuts.append(tc.frame_num)
             return sorted({c for c in self.cuts if 0 < c <= self._last})
-        found: list[int] = []
-        if self._cues is not None:
-            found += self._cues.cuts(self.cfg)
+        cue_cuts = self._cues.cuts(self.cfg) if self._cues is not None else []
+        tn_cuts: list[int] = []
         if self._tn is not None:
             from curation.transnet import cuts_from_probabilities
 
             self.probabilities = self._tn.finish()
-            found += cuts_from_probabilities(self.probabilities, self.cfg.transnet_threshold)
-        self.cuts = min_gap([c for c in found if 0 < c <= self._last], self._gap)
+            tn_cuts = cuts_from_probabilities(self.probabilities, self.cfg.transnet_threshold)
+        self.cuts = combine(cue_cuts, tn_cuts, self._gap, self._last)
         return self.cuts
+
+
+def combine(cue_cuts: Sequence[int], tn_cuts: Sequence[int], gap: int, last: int) -> list[int]:
+    """The fused detector's answer (either detector's cut counts), also used for one detector alone."""
+    return min_gap([c for c in [*cue_cuts, *tn_cuts] if 0 < c <= last], gap)
 
 
 def merge_hint_cuts(cuts: list[int], hint_cuts: list[int], min_gap: int, n_frames: int) -> list[int]:
