@@ -174,3 +174,12 @@ def test_loader_batches_follow_the_stream(tiny_data: dict[str, Any]) -> None:
     assert batch["key"] == _keys(stream, 2, 2)
     assert tuple(batch["video"].shape) == (2, 16, 3, 32, 32)
     assert batch["video"].min() >= -1.0 and batch["video"].max() <= 1.0
+
+
+def test_worker_processes_keep_the_stream_order(tiny_data: dict[str, Any]) -> None:
+    from training.stream import RankStream, SampleTable, make_loader
+
+    stream = RankStream(SampleTable.build(str(tiny_data["shards"]), "train"), 0, 0, 1)
+    it = iter(make_loader(stream, 5, 2, 2, 2, False))  # two forkserver workers, from position 5
+    keys = [k for _ in range(4) for k in next(it)["key"]]
+    assert keys == _keys(stream, 5, 8)
