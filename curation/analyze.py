@@ -17,7 +17,7 @@ import numpy as np
 from av.video.frame import PictureType
 
 from curation.config import AnalysisConfig, SplitConfig
-from curation.decode import iter_frames, motion_vectors, small_bgr, small_gray, step_for
+from curation.decode import full_range_luma, iter_frames, motion_vectors, small_bgr, small_gray, step_for
 from curation.probe import ProbeInfo
 from curation.scores import blur, exposure, letterbox, motion, phash, text
 from curation.shots import Candidate, ShotDetector, candidates, merge_hint_cuts
@@ -47,6 +47,7 @@ class Sample:
     scores: dict[str, float]
     borders: tuple[int, int, int, int]
     phash: int
+    edges: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # letterbox.edge_support
 
 
 @dataclass
@@ -75,10 +76,15 @@ def wants_flow(mv: float | None, mode: str, since_last_flow_s: float) -> bool:
 
 
 def _sample_scores(
-    gray: np.ndarray, prev_gray: np.ndarray, mv: float | None, want_flow: bool, cfg: AnalysisConfig
+    gray: np.ndarray,
+    prev_gray: np.ndarray,
+    mv: float | None,
+    want_flow: bool,
+    cfg: AnalysisConfig,
+    full_range: bool = True,
 ) -> tuple[dict[str, float], tuple[int, int, int, int]]:
     borders = letterbox.frame_borders(gray)
-    s: dict[str, float] = dict(exposure.frame_exposure(gray))
+    s: dict[str, float] = dict(exposure.frame_exposure(gray, full_range=full_range))
     s["sharpness"] = blur.frame_sharpness(gray, borders)
     s["text_fraction"] = text.frame_text_fraction(gray)
     if mv is not None:
@@ -129,8 +135,9 @@ def analyze_video(
             flow = wants_flow(mv, cfg.flow, t - last_flow_t)
             if flow:
                 last_flow_t = t
-            scores, borders = _sample_scores(gray, prev_gray, mv, flow, cfg)
-            samples.append(Sample(index, scores, borders, phash.phash64(gray)))
+            scores, borders = _sample_scores(gray, prev_gray, mv, flow, cfg, full_range_luma(frame))
+            edges = letterbox.edge_support(gray, borders)
+            samples.append(Sample(index, scores, borders, phash.phash64(gray), edges))
             size = gray.shape[:2]
             next_t = (math.floor(t / period) + 1) * period
             if t + 1e-6 >= next_thumb_t:
@@ -186,7 +193,21 @@ def _agg(values: list[float], fn: str) -> float | None:
 N_PHASHES = 3  # hashes per clip, at evenly spaced quantiles of its samples
 
 
-def clip_scores(c: Candidate, a: VideoAnalysis, sample_index: list[int] | None = None) -> dict[str, Any]:
+def _is_black(s: Sample) -> bool:
+    return s.scores.get("dark_fraction", 0.0) >= exposure.BLACK_DARK_FRACTION_MIN
+
+
+def video_bars(a: VideoAnalysis) -> tuple[int, int, int, int]:
+    """The letterbox/pillarbox the whole video shares (black frames, i.e. fades, left out)."""
+    return letterbox.video_bars([s.borders for s in a.samples], [_is_black(s) for s in a.samples])
+
+
+def clip_scores(
+    c: Candidate,
+    a: VideoAnalysis,
+    sample_index: list[int] | None = None,
+    bars: tuple[int, int, int, int] | None = None,
+) -> dict[str, Any]:
     """Scores of one candidate clip from the samples inside it; None where it has no sample."""
     idx = sample_index if sample_index is not None else [s.index for s in a.samples]
     inside = a.samples[bisect.bisect_left(idx, c.start) : bisect.bisect_left(idx, c.end)]
@@ -216,6 +237,8 @@ def clip_scores(c: Candidate, a: VideoAnalysis, sample_index: list[int] | None =
         "flow_share": (len(vals("flow_mean")) / len(inside)) if inside else None,
         "luma_mean": _agg(vals("luma_mean"), "median"),
         "luma_std": _agg(vals("luma_std"), "median"),
+        # A lit subject in some frames is enough: fades within the clip must not hide it.
+        "luma_p99": _agg(vals("luma_p99"), "p75"),
         "dark_fraction": _agg(vals("dark_fraction"), "mean"),
         "bright_fraction": _agg(vals("bright_fraction"), "mean"),
         "sharpness": _agg(vals("sharpness"), "median"),
@@ -225,8 +248,17 @@ def clip_scores(c: Candidate, a: VideoAnalysis, sample_index: list[int] | None =
     h, w = a.analysis_size
     if inside and h and w:
         # Black frames (fades) report no bars; leave them out of the crop box.
-        black = [s.scores.get("dark_fraction", 0.0) >= exposure.BLACK_DARK_FRACTION_MIN for s in inside]
-        out.update(letterbox.aggregate_crop([s.borders for s in inside], h, w, skip=black))
+        black = [_is_black(s) for s in inside]
+        out.update(
+            letterbox.aggregate_crop(
+                [s.borders for s in inside],
+                h,
+                w,
+                skip=black,
+                edges=[s.edges for s in inside],
+                video=bars if bars is not None else video_bars(a),
+            )
+        )
         quantiles = [(i + 1) / (N_PHASHES + 1) for i in range(N_PHASHES)]
         picks = [inside[min(len(inside) - 1, int(len(inside) * q))] for q in quantiles]
         out["phashes"] = [p.phash for p in picks]
@@ -250,4 +282,5 @@ def clip_thumbnails(a: VideoAnalysis, split: SplitConfig) -> list[bytes | None]:
 
 def analyze_clips(a: VideoAnalysis, split: SplitConfig) -> list[dict[str, Any]]:
     index = [s.index for s in a.samples]  # sorted: samples are taken in decode order
-    return [clip_scores(c, a, index) for c in candidates(a.cuts, a.times, split)]
+    bars = video_bars(a)
+    return [clip_scores(c, a, index, bars) for c in candidates(a.cuts, a.times, split)]

@@ -75,7 +75,7 @@ class AnalysisConfig(_Strict):
         "always",
         description="motion from optical flow on every sampled pair (always: a pure function of the decoded "
         "pixels, frame-threaded decode), or from codec motion vectors with flow only where they are missing "
-        "or ambiguous (auto) or never: vectors need a slice-threaded decode to be exact (one core on most files)",
+        "or ambiguous (auto) or never: vectors need a slice-threaded decode to be exact (one core)",
     )
     flow_size: int = Field(128, ge=32)
     decode_threads: int = Field(0, ge=0, description="0 = FFmpeg's choice")
@@ -96,8 +96,19 @@ class FilterConfig(_Strict):
     max_aspect: float = Field(2.5, gt=0)
     static_motion_max: float = Field(0.0008, ge=0, description="mean motion, fraction of diagonal per frame")
     shaky_motion_min: float = Field(0.05, gt=0)
-    black_luma_max: float = Field(12.0, ge=0, description="clip median luma below this is black")
-    dark_luma_max: float = Field(35.0, ge=0, description="clip median luma below this is too dark")
+    black_luma_max: float = Field(
+        5.0, ge=0, description="clip median luma below this (full range: black is 0 after mapping) ..."
+    )
+    black_dark_fraction_min: float = Field(
+        0.9, ge=0, le=1, description="... and this share of near-black pixels: black"
+    )
+    dark_luma_max: float = Field(35.0, ge=0, description="clip median luma below this ...")
+    dark_highlight_max: float = Field(
+        64.0,
+        ge=0,
+        le=255,
+        description="... and highlights (luma_p99) below this: too dark (a lit subject in the dark is not)",
+    )
     washed_luma_min: float = Field(200.0, ge=0, description="bright and ...")
     washed_std_max: float = Field(25.0, ge=0, description="... flat: washed out")
     blur_min: float = Field(40.0, ge=0, description="median Laplacian variance below this is blurry")

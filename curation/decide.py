@@ -45,14 +45,21 @@ def failing_checks(
         v = row.get(key)
         return v is not None and v > bound
 
+    def ge(key: str, bound: float) -> bool:
+        v = row.get(key)
+        return v is not None and v >= bound
+
     cw, ch = content_size(row, width, height)
     aspect = cw / ch if ch > 0 else 0.0
     checks = {
         "too_short": row["duration_s"] < split.min_clip_s - 1e-6,
         "low_resolution": min(cw, ch) < f.min_short_side,
         "bad_aspect": not (f.min_aspect <= aspect <= f.max_aspect),
-        "black": lt("luma_mean", f.black_luma_max),
-        "too_dark": lt("luma_mean", f.dark_luma_max),
+        # A low mean alone is not enough: black needs nearly every pixel near-black, too_dark needs the
+        # highlights dark as well (a lit face in a low-key shot is a picture). A score that is None
+        # (rows written before it existed) does not block the check.
+        "black": lt("luma_mean", f.black_luma_max) and not lt("dark_fraction", f.black_dark_fraction_min),
+        "too_dark": lt("luma_mean", f.dark_luma_max) and not ge("luma_p99", f.dark_highlight_max),
         "washed_out": gt("luma_mean", f.washed_luma_min) and lt("luma_std", f.washed_std_max),
         "static": lt("motion", f.static_motion_max),
         "too_fast_or_shaky": gt("motion", f.shaky_motion_min),

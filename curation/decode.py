@@ -64,6 +64,17 @@ def small_bgr(frame: av.VideoFrame, step: int, rotation: int = 0) -> np.ndarray:
     return rotate(img, rotation)
 
 
+def full_range_luma(frame: av.VideoFrame) -> bool:
+    """Whether `small_gray` of this frame is full range (0-255) rather than limited (16-235).
+
+    YUV without a stated range is limited, as FFmpeg's scaler assumes; RGB and gray are full.
+    """
+    name = frame.format.name
+    if name.startswith("yuvj") or frame.color_range == 2:  # AVCOL_RANGE_JPEG
+        return True
+    return not name.startswith(("yuv", "nv", "p0", "p1"))
+
+
 def small_gray(frame: av.VideoFrame, step: int, rotation: int = 0) -> np.ndarray:
     """Luma shrunk by an integer step (no colour conversion: every score works on luma)."""
     bits = _PLANAR_BITS.get(frame.format.name)

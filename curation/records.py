@@ -80,6 +80,7 @@ class ClipScores(_Row):
     flow_share: float | None = Field(None, description="share of samples where optical flow ran")
     luma_mean: float | None = Field(None, description="median over samples of mean luma, 0-255")
     luma_std: float | None = None
+    luma_p99: float | None = Field(None, description="highlights: p75 over samples of the frame's p99 luma")
     dark_fraction: float | None = None
     bright_fraction: float | None = None
     sharpness: float | None = Field(None, description="median Laplacian variance at a fixed scale")
