@@ -17,22 +17,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "train.yaml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", default=DEFAULT_CONFIG, help=f"YAML with a `train:` section (default {DEFAULT_CONFIG})"
-    )
-    p.add_argument(
-        "--shards", required=True, help="stage folder from vjp shard (pixels) or vjp encode (latents)"
-    )
-    p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, summary.json")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (dotted path, YAML value), e.g. --set optim.lr=2e-4",
-    )
+    from training.train import add_arguments as add_train_arguments
+
+    add_train_arguments(p, DEFAULT_CONFIG)
     p.add_argument(
         "--nproc", type=int, default=1, help="processes on this machine (torchrun); 1 = in process"
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,16 +120,9 @@ def torchrun(
     nproc: int, args: list[str], timeout: int = 600, env: dict[str, str] | None = None, wait: bool = True
 ) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
     """`torchrun --nproc_per_node N -m training.train ARGS` (standalone rendezvous, gloo on CPU)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "training.train",
-        *args,
-    ]
+    from training.launch import torchrun_command
+
+    cmd = torchrun_command(nproc, args)
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full_env.setdefault("OMP_NUM_THREADS", "1")  # as training.launch.run_torchrun: the same numerics
     if not wait:

@@ -27,13 +27,9 @@ def run_local(cfg: TrainConfig, shards: str, out: str, resume: bool) -> dict[str
     return train(cfg, shards, out, resume)
 
 
-def run_torchrun(cfg: TrainConfig, shards: str, out: str, resume: bool, nproc: int) -> dict[str, Any]:
-    """torchrun --standalone on this machine; the resolved config travels as a JSON file."""
-    os.makedirs(out, exist_ok=True)
-    config = os.path.join(out, "launch_config.yaml")
-    with open(config, "w", encoding="utf-8") as f:
-        json.dump({"train": cfg.model_dump(mode="json")}, f, ensure_ascii=False)  # JSON is YAML
-    cmd = [
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N -m training.train ARGS` as an argument list."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -41,13 +37,17 @@ def run_torchrun(cfg: TrainConfig, shards: str, out: str, resume: bool, nproc: i
         f"--nproc_per_node={nproc}",
         "-m",
         "training.train",
-        "--config",
-        config,
-        "--shards",
-        shards,
-        "--out",
-        out,
+        *args,
     ]
+
+
+def run_torchrun(cfg: TrainConfig, shards: str, out: str, resume: bool, nproc: int) -> dict[str, Any]:
+    """torchrun --standalone on this machine; the resolved config travels as a JSON file."""
+    os.makedirs(out, exist_ok=True)
+    config = os.path.join(out, "launch_config.yaml")
+    with open(config, "w", encoding="utf-8") as f:
+        json.dump({"train": cfg.model_dump(mode="json")}, f, ensure_ascii=False)  # JSON is YAML
+    cmd = torchrun_command(nproc, ["--config", config, "--shards", shards, "--out", out])
     if resume:
         cmd.append("--resume")
     env = {**os.environ}

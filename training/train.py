@@ -349,19 +349,18 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
     return summary
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML with a `train:` section (default: built-in defaults)")
-    p.add_argument("--shards", required=True, help="a stage folder (SHARDS/stage1) or latent stage folder")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, summary.json")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+def add_arguments(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    from curation.configfile import add_set_argument
+
     p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=2e-4 (repeatable)",
+        "--config", default=default_config, help=f"YAML with a `train:` section (default: {default_config})"
     )
+    p.add_argument(
+        "--shards", required=True, help="stage folder from vjp shard (pixels) or vjp encode (latents)"
+    )
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, summary.json")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    add_set_argument(p, "optim.lr=2e-4")
 
 
 def main(argv: list[str] | None = None) -> int:
