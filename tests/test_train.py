@@ -173,12 +173,35 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(
 
 
 def test_latent_shards_train_through_the_same_loop(data: dict[str, Any], tmp_path: Path) -> None:
-    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=3, checkpoint__every=3)
+    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=3, checkpoint__every=3, grad_accum=2)
     from training.train import train
 
     summary = train(load_train_config(config), str(data["latents"]), str(tmp_path / "run"))
     assert summary["data"] == "latents" and summary["latent_shape"] == [4, 4, 4, 4]
     assert all(np.isfinite(v) for v in losses(tmp_path / "run").values())
+    rank0 = json.loads((Path(summary["checkpoint"]) / "ranks" / "rank_00000.json").read_text())
+    assert rank0["position"]["consumed"] == 3 * 2 * 2  # steps x micro-steps x batch
+    assert rank0["position"]["epoch"] == 3  # 4 samples per epoch on one rank
+
+
+def test_bf16_compute_keeps_norms_in_fp32(data: dict[str, Any], tmp_path: Path) -> None:
+    from diffusers.models.normalization import FP32LayerNorm
+
+    from training.modeling import build_transformer
+    from training.parallel import keep_norms_fp32
+    from training.tiny import TINY_TRANSFORMER
+    from training.train import train
+
+    cfg = load_train_config(None, [f"model.transformer_config={json.dumps(TINY_TRANSFORMER)}"])
+    model = build_transformer(cfg, 64, (2, 4, 4, 4))
+    n = keep_norms_fp32(model)
+    assert n >= 2 * 3 and all(type(m) is not torch.nn.LayerNorm for m in model.modules())
+    assert any(isinstance(m, FP32LayerNorm) for m in model.modules())
+    # The bf16 path (autocast without FSDP) trains on the CPU too.
+    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=2, checkpoint__every=2,
+                         parallel__precision="bf16")  # fmt: skip
+    summary = train(load_train_config(config), str(data["latents"]), str(tmp_path / "run"))
+    assert summary["skipped_steps"] == 0 and np.isfinite(summary["final_loss"])
 
 
 def test_stage2_starts_from_stage1_weights(data: dict[str, Any], tmp_path: Path) -> None:
