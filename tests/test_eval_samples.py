@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_shards import JA, make_clips, shard_local, write_config
+from tests.test_shards import JA, make_clips, shard_local, write_clip, write_config
 from training.data.loader import resolve_shards
+from training.eval.evaluate import baseline_files, baseline_videos
 from training.eval.samples import EvalSample, choose, iter_real_videos, read_samples, sample_seed
 
 
@@ -82,3 +83,18 @@ def test_a_broken_shard_is_named_and_the_rest_is_read(eval_stage: Path, tmp_path
     lost = [EvalSample("nope", "x", urls[1], 16, 32, 32, 8.0)]
     assert list(iter_real_videos(lost, errors)) == []
     assert any("nope" in e and "no mp4 member" in e for e in errors)
+
+
+def test_baseline_folder_lists_videos_and_names_the_ones_that_do_not_decode(tmp_path: Path) -> None:
+    write_clip(tmp_path / "k1.mp4", 32, 32, 12)
+    (tmp_path / "k2.mp4").write_bytes(b"not a video")
+    (tmp_path / ".k3.mp4.tmp-1.mp4").write_bytes(b"")  # a writer's temporary
+    (tmp_path / "notes.txt").write_text("x")
+    files = baseline_files(str(tmp_path))
+    assert [Path(f).name for f in files] == ["k1.mp4", "k2.mp4"]
+    errors: list[str] = []
+    got = list(baseline_videos(files, {"k1": "夜の街"}, errors))
+    assert [(k, p, v.shape) for k, p, v in got] == [("k1", "夜の街", (12, 32, 32, 3))]
+    assert len(errors) == 1 and "k2.mp4" in errors[0] and "does not decode" in errors[0]
+    with pytest.raises(FileNotFoundError, match="baseline folder"):
+        baseline_files(str(tmp_path / "nope"))

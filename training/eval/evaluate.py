@@ -26,6 +26,7 @@ from training.eval.generate import Job, generate_all, read_prompts, resolve_chec
 from training.eval.report import save_strip, write_report
 from training.eval.samples import choose, iter_real_videos, read_samples, sample_seed, stage_size
 
+TIE = 1e-6
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
@@ -106,7 +107,7 @@ def baseline_files(folder: str) -> list[str]:
     )
 
 
-def _baseline_videos(
+def baseline_videos(
     files: list[str], prompts: dict[str, str], errors: list[str]
 ) -> Iterator[tuple[str, str, np.ndarray]]:
     for path in files:
@@ -188,13 +189,14 @@ def evaluate(
         use = matched or files  # named by eval key: only those; otherwise the whole folder
         log(f"features: {len(use)} baseline videos")
         baseline_aligner = aligner if matched else None  # without keys there are no prompts to score
-        stream = _baseline_videos(use, prompts, errors)
+        stream = baseline_videos(use, prompts, errors)
         baseline = _feature_pass("baseline", stream, net, baseline_aligner, frames, strip_keys, cfg, out)
         baseline_info = {
             "dir": baseline_dir,
             "files": len(files),
             "n": len(baseline.keys),
             "matched_by_key": bool(matched),
+            "unmatched_files": len(files) - len(matched) if matched else 0,
         }
     for name, s in (("real", real), ("generated", generated), ("baseline", baseline)):
         if s is not None:
@@ -255,7 +257,8 @@ def _alignment(cfg: EvalConfig, real: _Set, generated: _Set, baseline: _Set | No
         common = sorted(set(base) & set(gen))
         base_mean = float(np.mean(list(base.values())))
         if common:
-            win_rate = float(np.mean([gen[k] > base[k] for k in common]))
+            # Cosines equal up to float rounding (the same video batched differently) are ties, not wins.
+            win_rate = float(np.mean([gen[k] - base[k] > TIE for k in common]))
     return AlignResult(
         model=cfg.align.model,
         revision=cfg.align.revision,
