@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="config override, dotted key, YAML value (repeatable), e.g. --set fvd.weights=PATH",
     )
     p.add_argument("--runner", choices=["local", "ray"], default=None, help="overrides generate.runner")
-    p.add_argument("--device", default=None, help="overrides generate.device, fvd.device and align.device (cpu | cuda)")
+    p.add_argument(
+        "--device", default=None, help="overrides generate.device, fvd.device and align.device (cpu | cuda)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
