@@ -212,6 +212,7 @@ class VAE:
             self.model.enable_tiling()
         self.scaling_factor = float(cfg.scaling_factor or self.model.config.scaling_factor)
         self.posterior = cfg.posterior
+        self._shapes: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -225,15 +226,14 @@ class VAE:
         z = (latents.float() / self.scaling_factor).permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
         return self.model.decode(z).sample.float().permute(0, 2, 1, 3, 4)  # B, T, C, H, W
 
-
-def latent_shape_of(
-    vae_config: dict[str, Any], frames: int, height: int, width: int
-) -> tuple[int, int, int, int]:
-    """[F, C, H, W] latents of a pixel clip, from the VAE's config (CogVideoX: 4x time, 8x space)."""
-    t = int(vae_config.get("temporal_compression_ratio", 4))
-    s = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
-    c = int(vae_config.get("latent_channels", 16))
-    # CogVideoX encodes 1 + 4k frames to 1 + k latents and 4k frames to k (the first frame is
-    # folded into the first chunk); our 48-frame stages give 12.
-    f = frames // t if frames % t == 0 else 1 + (frames - 1) // t
-    return f, c, height // s, width // s
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """[F, C, H, W] latents of a clip of this size, measured by encoding zeros once per size:
+        exact for any VAE class (CogVideoX's 48 -> 12 frames folds the first frame into the first
+        chunk; a deeper-compression VAE has its own rule), and cached."""
+        key = (frames, height, width)
+        if key not in self._shapes:
+            z = torch.zeros(1, 3, frames, height, width, device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                c, f, h, w = self.model.encode(z).latent_dist.mean.shape[1:]  # no RNG drawn
+            self._shapes[key] = (f, c, h, w)
+        return self._shapes[key]

@@ -25,7 +25,7 @@ import torch
 from training import flow
 from training.checkpoint import EXPORT, EXPORT_META, resolve_checkpoint
 from training.config import TextConfig, VAEConfig
-from training.modeling import VAE, TextEncoder, joint_mask, latent_shape_of, load_transformer
+from training.modeling import VAE, TextEncoder, joint_mask, load_transformer
 
 
 def resolve_export(path: str) -> str:
@@ -70,7 +70,7 @@ class Sampler:
         return cls(resolve_export(ckpt_dir), device)
 
     def _latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return latent_shape_of(dict(self.vae.model.config), frames, height, width)
+        return self.vae.latent_shape(frames, height, width)
 
     @torch.no_grad()
     def generate(

@@ -31,7 +31,7 @@ from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from training.config import TrainConfig, load_train_config
 from training.ema import EMA
 from training.metrics import StepLog, matmul_params, peak_tflops, train_flops_per_sample
-from training.modeling import VAE, TextEncoder, build_transformer, joint_mask, latent_shape_of, pad_text
+from training.modeling import VAE, TextEncoder, build_transformer, joint_mask, pad_text
 from training.parallel import Dist, compute_dtype, init_distributed, parallelize
 from training.stream import RankStream, SampleTable, make_loader, resume_consumed
 
@@ -91,7 +91,7 @@ def build_conditioning(
     uncond = text.encode([""])
     if kind == "pixels":
         vae = VAE(cfg.vae, device, dtype)
-        shape = latent_shape_of(dict(vae.model.config), *pixel_shape)
+        shape = vae.latent_shape(*pixel_shape)
         return Conditioning(
             kind, shape, text.dim, uncond, vae, text, vae.scaling_factor, float(meta["fps"]), pixel_shape
         )
