@@ -1,187 +1,268 @@
-"""`vjp report`: one self-contained HTML page a data engineer would rather see than read:
-the filter funnel, score histograms with their thresholds, and a contact sheet of clips."""
+"""`vjp report OUT`: one self-contained HTML page for a whole run (also written at the end of
+`vjp run` and `vjp curate`): a summary table first, then the filter funnel, score histograms with
+their thresholds, caption lengths and Japanese share, counts per source, shard sizes, a contact
+sheet of clips (several frames each) beside their Japanese captions, and, after training, the
+loss curve and generated videos. Images are data URLs; the Japanese glyphs the captions need are
+embedded as a font subset, so the page renders the same on any machine."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
-import json
 import os
-from pathlib import Path
+from collections import Counter
 from typing import Any
 
-import av
-import numpy as np
+from jobs import report_plots as plots
+from jobs.report_data import RunData, read_run
+from jobs.report_fonts import CSS_FAMILIES, font_face_css
+from jobs.report_media import animated_url, clip_strip_url, data_url, read_video, video_strip_url
 
-from curation.config import CurateConfig
-from curation.decide import REASONS
-from curation.manifest import VIDEO_SCHEMA, read_one, read_rows
-from curation.pipeline import Layout
-
-# (score column, threshold fields of FilterConfig drawn on its histogram)
-HISTOGRAMS = (
-    ("motion", ("static_motion_max", "shaky_motion_min")),
-    ("luma_mean", ("black_luma_max", "dark_luma_max", "washed_luma_min")),
-    ("sharpness", ("blur_min",)),
-    ("text_fraction", ("text_fraction_max",)),
-    ("border_fraction", ("border_fraction_max",)),
-    ("duration_s", ()),
-)
-
-
-LOG_SCALE = ("motion", "sharpness")
+CAPTION_ORDER = ("short", "dense")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder of `vjp curate`")
-    p.add_argument("--max-thumbs", type=int, default=60)
+    p.add_argument("out_dir", nargs="?", default=None, help="output folder of `vjp run` or `vjp curate`")
+    p.add_argument("--out", default=None, help="the same, as a flag (older spelling)")
+    p.add_argument("--max-clips", type=int, default=24, help="clips on the contact sheet")
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+def esc(x: Any) -> str:
+    return html.escape(str(x))
 
 
-def _funnel(videos: list[dict[str, Any]], clips: list[dict[str, Any]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    remaining = len(clips)
-    labels, values = ["candidates"], [remaining]
-    for r in (*REASONS, "extract_failed"):
-        n = sum(1 for c in clips if c["reason"] == r)
-        if n:
-            remaining -= n
-            labels.append(f"- {r} ({n})")
-            values.append(remaining)
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1))
-    ax.barh(labels[::-1], values[::-1], color="#4a7ab5")
-    n_err = sum(v["status"] == "error" for v in videos)
-    ax.set_title(f"clip funnel ({len(videos)} videos, {n_err} unreadable)")
-    ax.set_xlabel("clips remaining")
-    out = _png(fig)
-    plt.close(fig)
-    return out
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "–"
 
 
-def _histograms(clips: list[dict[str, Any]], cfg: CurateConfig) -> str:
-    import matplotlib.pyplot as plt
+def _caption_reason(reason: str | None) -> str:
+    from jobs.run import caption_reason
 
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-    thresholds = cfg.filters.model_dump()
-    for ax, (col, ths) in zip(axes.flat, HISTOGRAMS, strict=True):
-        vals = [c[col] for c in clips if c.get(col) is not None]
-        if vals and col in LOG_SCALE:
-            # Motion and sharpness span orders of magnitude; thresholds sit in the low tail.
-            lo = max(min(v for v in vals if v > 0) if any(v > 0 for v in vals) else 1e-6, 1e-6)
-            bins = np.geomspace(lo, max(max(vals), lo * 10), 30)
-            ax.hist([max(v, lo) for v in vals], bins=bins, color="#888")
-            ax.set_xscale("log")
-        elif vals:
-            ax.hist(vals, bins=30, color="#888")
-        for t in ths:
-            ax.axvline(thresholds[t], color="#c33", linestyle="--")
-            ax.text(
-                thresholds[t], ax.get_ylim()[1] * 0.95, t, rotation=90, fontsize=7, color="#c33", va="top"
-            )
-        ax.set_title(col)
-    fig.tight_layout()
-    out = _png(fig)
-    plt.close(fig)
-    return out
+    return caption_reason(reason)
 
 
-def _data_url(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-
-
-def _thumb(path: str) -> str | None:
-    """The middle frame of a clip file as a small JPEG (data URL)."""
-    try:
-        with av.open(path) as c:
-            frames = [f for _, f in zip(range(1000), c.decode(video=0), strict=False)]
-        if not frames:
-            return None
-        img = frames[len(frames) // 2].to_image()
-        img.thumbnail((240, 240))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=80)
-        return _data_url(buf.getvalue())
-    except (av.error.FFmpegError, OSError):
-        return None
-
-
-def _captions(out: str) -> dict[str, str]:
-    """Japanese captions when the caption step has run (first ok caption per clip)."""
-    rows = read_rows(os.path.join(out, "manifests", "captions"))
-    caps: dict[str, str] = {}
-    for r in rows:
-        if r.get("status") == "ok" and r.get("caption"):
-            caps.setdefault(r["clip_id"], r["caption"])
-    return caps
-
-
-def write_report(out: str, max_thumbs: int = 60) -> str:
-    layout = Layout(out)
-    videos = read_rows(layout.videos, VIDEO_SCHEMA)
-    clips = read_one(layout.clips_manifest) if os.path.exists(layout.clips_manifest) else []
-    cfg_path = os.path.join(out, "manifests", "config.json")
-    cfg = (
-        CurateConfig.model_validate_json(Path(cfg_path).read_text())
-        if os.path.exists(cfg_path)
-        else CurateConfig()
+# ---- sections ---------------------------------------------------------------------------------
+def summary_rows(d: RunData) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    n_err = sum(v["status"] == "error" for v in d.videos)
+    src_s = sum(v.get("duration_s") or 0 for v in d.videos if v["status"] != "error")
+    rows.append(("videos", f"{len(d.videos)} ({n_err} unreadable), {src_s / 3600:.3f} h of source"))
+    kept = [c for c in d.clips if c["status"] == "kept"]
+    kept_s = sum(c["duration_s"] for c in kept)
+    rejected = Counter(c["reason"] for c in d.clips if c["status"] != "kept")
+    rows.append(
+        (
+            "clips",
+            f"{len(d.clips)} candidates: {len(kept)} kept, {sum(rejected.values())} rejected "
+            f"({_reasons(dict(rejected))})",
+        )
     )
-    captions = _captions(out)
-    thumbs = {r["clip_id"]: r["jpeg"] for r in read_rows(layout.thumbs)}
-    rng = np.random.default_rng(0)
-    cards = []
-    for status in ("kept", "rejected"):
-        pool = [c for c in clips if c["status"] == status]
-        pick = sorted(rng.choice(len(pool), min(len(pool), max_thumbs // 2), replace=False)) if pool else []
-        for i in pick:
-            c = pool[int(i)]
-            if c["clip_id"] in thumbs:
-                src: str | None = _data_url(thumbs[c["clip_id"]])
-            else:  # runs from before thumbnails: decode the clip file when there is one
-                folder = layout.clips if status == "kept" else layout.staging
-                src = _thumb(os.path.join(folder, f"{c['clip_id']}.mp4"))
-            img = f'<img src="{src}">' if src else '<div class="noimg">not extracted</div>'
-            cap = captions.get(c["clip_id"]) or c.get("source_caption") or ""
-            cards.append(
-                f'<div class="card {status}">{img}<b>{html.escape(c["clip_id"])}</b><br>'
-                f"{status}{': ' + html.escape(c['reason']) if c['reason'] else ''} · {c['duration_s']:.1f}s"
-                f'<br><span class="cap">{html.escape(cap[:200])}</span></div>'
+    rows.append(("kept hours", f"{kept_s / 3600:.3f} h ({kept_s:.1f} s)"))
+    if d.captions:
+        st = Counter(c["status"] for c in d.captions)
+        rej = Counter(_caption_reason(c["reason"]) for c in d.captions if c["status"] == "rejected")
+        types = sorted({c["caption_type"] for c in d.captions})
+        rows.append(
+            (
+                "captions",
+                f"{st.get('ok', 0)} ok, {st.get('rejected', 0)} rejected ({_reasons(dict(rej))}), "
+                f"{st.get('error', 0)} errors; types {', '.join(types)}",
             )
+        )
+    for st in d.stages:
+        parts = [f"{split} {ix.samples}" for split, ix in st.splits.items()]
+        n_sh = sum(len(ix.shards) for ix in st.splits.values())
+        mb = sum(ix.bytes for ix in st.splits.values()) / 1e6
+        label = "samples" if st.kind == "shards" else "latent samples"
+        left = Counter(r["reason"] for r in st.samples if r.get("reason"))
+        extra = f"; left out: {_reasons(dict(left))}" if st.kind == "shards" else ""
+        rows.append((f"{label} ({st.name})", f"{', '.join(parts)}{extra}"))
+        rows.append((f"{st.kind} ({st.name})", f"{n_sh} tars, {mb:.1f} MB"))
+    if d.train_summary or d.metrics:
+        s = d.train_summary or {}
+        steps = s.get("steps", d.metrics[-1]["step"] if d.metrics else 0)
+        loss = s.get("final_loss", d.metrics[-1]["loss"] if d.metrics else None)
+        loss_s = f"{loss:.4f}" if isinstance(loss, float) else "–"
+        rows.append(
+            ("training", f"{steps} steps, final loss {loss_s}, checkpoint {s.get('checkpoint') or '–'}")
+        )
+    if d.steps:
+        total = sum(v.get("wall_s", 0) for v in d.steps.values())
+        rows.append(
+            (
+                "time per step",
+                ", ".join(
+                    f"{k} {v.get('wall_s', 0):.0f} s ({100 * v.get('wall_s', 0) / total:.0f}%)"
+                    for k, v in d.steps.items()
+                    if total
+                ),
+            )
+        )
+    return rows
+
+
+def _caption_block(caps: dict[str, dict[str, Any]], source_caption: str | None) -> str:
+    out = []
+    for ctype in sorted(caps, key=lambda t: (CAPTION_ORDER.index(t) if t in CAPTION_ORDER else 9, t)):
+        c = caps[ctype]
+        status = c["status"] if c["status"] == "ok" else f"{c['status']}: {_caption_reason(c['reason'])}"
+        text = c.get("caption") or ""
+        out.append(
+            f'<div class="capline"><span class="tag {esc(c["status"])}">{esc(ctype)} · {esc(status)}</span>'
+            f'<span class="ja" lang="ja">{esc(text)}</span></div>'
+        )
+    if source_caption:
+        out.append(
+            f'<div class="capline"><span class="tag">source</span><span>{esc(source_caption)}</span></div>'
+        )
+    return "".join(out) or '<div class="capline muted">no caption</div>'
+
+
+def contact_sheet(d: RunData, max_clips: int) -> tuple[str, list[str]]:
+    """Cards of kept clips (frames from the clip file) and some rejected ones (their stored
+    thumbnail when the clip was never extracted); returns (html, caption texts)."""
+    caps: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in d.captions:
+        caps.setdefault(c["clip_id"], {})[c["caption_type"]] = c
+    kept = sorted((c for c in d.clips if c["status"] == "kept"), key=lambda c: c["clip_id"])
+    rejected = sorted(
+        (c for c in d.clips if c["status"] != "kept"), key=lambda c: (c["reason"] or "", c["clip_id"])
+    )
+    n_rej = min(len(rejected), max(max_clips // 4, max_clips - len(kept)))
+    chosen = kept[: max_clips - n_rej] + rejected[:n_rej]
+    cards, texts = [], []
+    for c in chosen:
+        folder = "clips" if c["status"] == "kept" else "staging"
+        path = os.path.join(d.out, folder, f"{c['clip_id']}.mp4")
+        src = clip_strip_url(path) if os.path.exists(path) else None
+        if src is None and c["clip_id"] in d.thumbs:
+            src = data_url(d.thumbs[c["clip_id"]], "image/jpeg")
+        img = (
+            f'<img class="strip" alt="{esc(c["clip_id"])}" src="{src}">'
+            if src
+            else '<div class="noimg">no frames</div>'
+        )
+        clip_caps = caps.get(c["clip_id"], {})
+        texts += [x["caption"] for x in clip_caps.values() if x.get("caption")]
+        why = f": {esc(c['reason'])}" if c.get("reason") else ""
+        cards.append(
+            f'<div class="card {esc(c["status"])}">{img}<div class="meta"><b>{esc(c["clip_id"])}</b> · '
+            f"{esc(c.get('source') or '')} · {c['duration_s']:.1f} s · {esc(c['status'])}{why}</div>"
+            f"{_caption_block(clip_caps, c.get('source_caption'))}</div>"
+        )
+    return "".join(cards), texts
+
+
+def samples_section(d: RunData) -> tuple[str, list[str]]:
+    cards, texts = [], []
+    for s in d.samples:
+        try:
+            video = read_video(s["path"])
+        except Exception as e:  # one unreadable sample must not cost the report
+            cards.append(f'<div class="sample">{esc(s["file"])}: unreadable ({esc(type(e).__name__)})</div>')
+            continue
+        fps = float(s.get("fps") or 8)
+        texts.append(s["prompt"])
+        cards.append(
+            f'<div class="sample"><img class="anim" alt="sample {esc(s["file"])}" '
+            f'src="{animated_url(video, fps)}">'
+            f'<img class="strip" alt="frames {esc(s["file"])}" src="{video_strip_url(video)}">'
+            f'<div class="meta">step {esc(s.get("step"))} · seed {esc(s.get("seed"))} · '
+            f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]}</div>"
+            f'<div class="ja" lang="ja">{esc(s["prompt"])}</div></div>'
+        )
+    return "".join(cards), texts
+
+
+STYLE = """body{font-family:sans-serif;margin:20px;color:#222} h2{margin-top:28px}
+table.summary td{padding:3px 10px;border-bottom:1px solid #ddd;font-size:13px;vertical-align:top}
+table.summary td:first-child{font-weight:bold;white-space:nowrap}
+.grid{display:flex;flex-wrap:wrap;gap:10px}
+.card{width:420px;font-size:12px;border:2px solid #ccc;padding:5px}
+.card.kept{border-color:#3a3} .card.rejected{border-color:#c33} .strip{max-width:100%;display:block}
+.noimg{height:60px;background:#eee;color:#888;padding:4px} .meta{color:#555;margin:3px 0;font-size:11px}
+.ja{font-family:FAMILIES;font-size:14px;line-height:1.5} .capline{margin:3px 0}
+.tag{display:inline-block;font-size:10px;border-radius:3px;padding:0 4px;margin-right:5px;background:#eee}
+.tag.ok{background:#d8f0d8} .tag.rejected{background:#f5d5d5} .tag.error{background:#f5e5b5}
+.muted{color:#999}
+.sample{width:430px;border:1px solid #ccc;padding:5px} .anim{height:128px;margin-right:6px}
+td.err{font-size:12px;border-bottom:1px solid #ddd;padding:2px 6px}""".replace("FAMILIES", CSS_FAMILIES)
+
+
+def render(d: RunData, max_clips: int = 24) -> str:
+    summary = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in summary_rows(d))
+    parts = [f'<h1>videojp run report</h1><p class="meta">{esc(os.path.abspath(d.out))}</p>']
+    parts.append(f'<h2 id="summary">Summary</h2><table class="summary">{summary}</table>')
+    ja_texts: list[str] = []
+    if d.clips:
+        thresholds = d.curate_cfg.filters.model_dump()
+        parts.append(
+            f'<h2 id="funnel">Filter funnel</h2><img alt="funnel" src="{plots.funnel(d.videos, d.clips)}">'
+        )
+        parts.append(
+            f'<h2 id="scores">Scores and thresholds</h2>'
+            f'<img alt="score histograms" src="{plots.score_histograms(d.clips, thresholds)}">'
+        )
+    if d.captions:
+        parts.append(
+            f'<h2 id="captions">Captions: length and Japanese share</h2>'
+            f'<img alt="caption histograms" src="{plots.caption_histograms(d.captions, d.caption_cfg)}">'
+        )
+    if d.videos or d.clips:
+        parts.append(
+            f'<h2 id="sources">Per source</h2>'
+            f'<img alt="per source" src="{plots.per_source(d.videos, d.clips)}">'
+        )
+    if any(st.splits for st in d.stages):
+        parts.append(
+            f'<h2 id="shards">Shard sizes</h2><img alt="shard sizes" src="{plots.shard_sizes(d.stages)}">'
+        )
+    if d.clips:
+        cards, texts = contact_sheet(d, max_clips)
+        ja_texts += texts
+        parts.append(f'<h2 id="contact">Contact sheet</h2><div class="grid">{cards}</div>')
+    if d.metrics:
+        parts.append(
+            f'<h2 id="loss">Training loss</h2><img alt="loss curve" src="{plots.loss_curve(d.metrics)}">'
+        )
+    if d.samples:
+        cards, texts = samples_section(d)
+        ja_texts += texts
+        parts.append(f'<h2 id="samples">Generated samples</h2><div class="grid">{cards}</div>')
     errors = "".join(
-        f"<tr><td>{html.escape(v['uri'])}</td><td>{html.escape(v['error_stage'] or '')}</td>"
-        f"<td>{html.escape(v['error'] or '')}</td></tr>"
-        for v in videos
+        f'<tr><td class="err">{esc(v["uri"])}</td><td class="err">{esc(v.get("error_stage") or "")}</td>'
+        f'<td class="err">{esc(v.get("error") or "")}</td></tr>'
+        for v in d.videos
         if v["status"] == "error"
     )
-    summary_path = os.path.join(out, "manifests", "summary.json")
-    summary = json.loads(Path(summary_path).read_text()) if os.path.exists(summary_path) else {}
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>videojp curation report</title>
-<style>body{{font-family:sans-serif;margin:20px}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
-.card{{width:250px;font-size:11px;border:2px solid #ccc;padding:4px}} .kept{{border-color:#3a3}}
-.rejected{{border-color:#c33}} .card img{{width:240px}} .noimg{{height:60px;background:#eee}}
-.cap{{color:#555}} td{{border-bottom:1px solid #ddd;padding:2px 6px;font-size:12px}}</style></head><body>
-<h1>Curation report</h1><pre>{html.escape(json.dumps(summary, indent=1, sort_keys=True))}</pre>
-<h2>Filter funnel</h2><img src="data:image/png;base64,{_funnel(videos, clips)}">
-<h2>Scores and thresholds</h2><img src="data:image/png;base64,{_histograms(clips, cfg)}">
-<h2>Contact sheet</h2><div class="grid">{"".join(cards)}</div>
-<h2>Unreadable videos</h2><table><tr><th>video</th><th>stage</th><th>reason</th></tr>{errors}</table>
-</body></html>"""
+    if errors:
+        parts.append(
+            '<h2 id="errors">Unreadable videos</h2><table>'
+            f"<tr><th>video</th><th>stage</th><th>reason</th></tr>{errors}</table>"
+        )
+    font = font_face_css("".join(ja_texts)) if ja_texts else ""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>videojp run report</title>'
+        f"<style>{font}\n{STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def write_report(out: str, max_clips: int = 24) -> str:
+    from curation.atomic import atomic_output
+
+    page = render(read_run(out), max_clips)
     path = os.path.join(out, "report.html")
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(page)
     return path
 
 
 def run(args: argparse.Namespace) -> int:
-    print(write_report(args.out, args.max_thumbs))
+    out = args.out_dir or args.out
+    if not out:
+        raise SystemExit("vjp report: give the output folder (vjp report OUT)")
+    if not os.path.isdir(out):
+        print(f"vjp report: {out} is not a folder", flush=True)
+        return 2
+    print(write_report(out, args.max_clips))
     return 0

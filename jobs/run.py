@@ -117,7 +117,11 @@ class Pipeline:
         return data_ray or caption_ray or ("train" in self.steps and r.train.launcher == "ray")
 
     def run(self, log: Callable[[str], None]) -> list[StepResult]:
+        from curation.atomic import atomic_output
+
         os.makedirs(self.run_dir, exist_ok=True)
+        with atomic_output(os.path.join(self.run_dir, "config.json")) as tmp:
+            Path(tmp).write_text(json.dumps(self.raw, indent=2, ensure_ascii=False), encoding="utf-8")
         if self._uses_ray():
             from jobs.runner import init_ray
 
@@ -331,6 +335,8 @@ class Pipeline:
             gpus_per_worker=t.gpus_per_worker,
             cpus_per_worker=t.cpus_per_worker,
         )
+        if t.samples:
+            s["samples"] = self._samples(s, t.samples)
         loss = s.get("final_loss")
         line = (
             f"train: {s.get('steps')} steps on {os.path.relpath(self.train_data(), self.out)}, final loss "
@@ -339,6 +345,68 @@ class Pipeline:
             else f"train: {s.get('steps')} steps, no loss"
         )
         return StepResult("train", True, f"{line}, checkpoint {s.get('checkpoint')}", dict(s))
+
+    def sample_prompts(self, n: int) -> list[str]:
+        """Captions of the trained stage's held-out samples first, then of its training samples."""
+        import pyarrow.parquet as pq
+
+        from captioning.manifest import read_captions
+        from training.data.sample_format import samples_path
+
+        path = samples_path(os.path.join(self.shards_root, self.cfg.run.train.stage))
+        rows = pq.read_table(path).to_pylist() if os.path.exists(path) else []
+        order = sorted(
+            (r for r in rows if r["status"] == "written"), key=lambda r: (r["split"] != "eval", r["clip_id"])
+        )
+        caps: dict[str, dict[str, str]] = {}
+        for c in read_captions(Path(self.out) / "manifests" / "captions", latest=True).to_pylist():
+            if c["status"] == "ok" and c["caption"]:
+                caps.setdefault(c["clip_id"], {})[c["caption_type"]] = c["caption"]
+        prompts: list[str] = []
+        for r in order:
+            text = next(
+                (
+                    caps.get(r["clip_id"], {}).get(t)
+                    for t in self.cfg.shard.captions.types
+                    if t in caps.get(r["clip_id"], {})
+                ),
+                None,
+            )
+            if text and text not in prompts:
+                prompts.append(text)
+        # Fewer distinct captions than samples: the same caption again, with another seed.
+        return [prompts[i % len(prompts)] for i in range(n)] if prompts else []
+
+    def _samples(self, summary: dict[str, Any], n: int) -> dict[str, Any]:
+        """n videos from the final checkpoint into RUN/samples/step_N/ (once per checkpoint)."""
+        import shutil
+
+        from training.sample import Sampler, write_mp4
+
+        step = int(summary.get("steps") or 0)
+        folder = Path(self.train_dir) / "samples" / f"step_{step:06d}"
+        if (folder / "prompts.json").exists():
+            return {"folder": str(folder), "reused": True}
+        prompts = self.sample_prompts(n)
+        if not prompts or not summary.get("checkpoint"):
+            return {"folder": None, "reason": "no checkpoint" if prompts else "no captions to prompt with"}
+        sampler = Sampler.from_checkpoint(summary["checkpoint"])
+        seeds = list(range(len(prompts)))
+        videos = sampler.generate(prompts, seeds)
+        fps = float(sampler.settings["fps"])
+        tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        meta = []
+        for i, (prompt, seed, video) in enumerate(zip(prompts, seeds, videos, strict=True)):
+            write_mp4(video, str(tmp / f"{i:06d}.mp4"), fps)
+            meta.append({"file": f"{i:06d}.mp4", "prompt": prompt, "seed": seed, "fps": fps, "step": step})
+        settings = {k: v for k, v in sampler.settings.items() if isinstance(v, (int, float, str))}
+        doc = {"step": step, "checkpoint": summary["checkpoint"], "settings": settings, "samples": meta}
+        (tmp / "prompts.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return {"folder": str(folder), "videos": len(meta)}
 
 
 def select_steps(cfg: RunFile, steps_arg: str | None) -> list[str]:

@@ -59,6 +59,11 @@ class TrainStep(_Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU)")
     gpus_per_worker: float | None = Field(None, ge=0, description="null = 1 when the cluster has GPUs")
     cpus_per_worker: float = Field(1.0, gt=0)
+    samples: int = Field(
+        2,
+        ge=0,
+        description="videos generated from held-out captions after training (RUN/samples/), for the report",
+    )
 
 
 class TinyModels(_Strict):

@@ -1,0 +1,136 @@
+"""What the report shows, read from a run's output folder; every part is optional (a run that
+stopped after curation still gets a report of what it did)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.config import CurateConfig
+from curation.manifest import VIDEO_SCHEMA, read_one, read_rows
+from curation.pipeline import Layout
+
+
+@dataclass
+class StageShards:
+    name: str
+    kind: str  # "shards" | "latents"
+    splits: dict[str, Any] = field(default_factory=dict)  # split -> index (pydantic model)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # samples.parquet rows (shards only)
+
+
+@dataclass
+class RunData:
+    out: str
+    videos: list[dict[str, Any]]
+    clips: list[dict[str, Any]]
+    thumbs: dict[str, bytes]
+    captions: list[dict[str, Any]]  # latest row per (clip, caption type)
+    curate_cfg: CurateConfig
+    caption_cfg: Any
+    curate_summary: dict[str, Any]
+    stages: list[StageShards]
+    metrics: list[dict[str, Any]]
+    train_summary: dict[str, Any] | None
+    samples: list[dict[str, Any]]  # generated videos: {"prompt", "seed", "path", "step"}
+    steps: dict[str, Any]  # OUT/run/steps.json
+    config: dict[str, Any] | None  # OUT/run/config.json (the resolved run config)
+
+
+def _json(path: str) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8")) if os.path.exists(path) else None
+
+
+def _stage_folders(root: str) -> list[str]:
+    if not os.path.isdir(root):
+        return []
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "__index__")))
+
+
+def read_stages(out: str) -> list[StageShards]:
+    import pyarrow.parquet as pq
+
+    from training.data.sample_format import SPLITS, index_path, read_index, samples_path
+
+    stages = []
+    for kind in ("shards", "latents"):
+        root = os.path.join(out, kind)
+        for name in _stage_folders(root):
+            folder = os.path.join(root, name)
+            st = StageShards(name, kind)
+            for split in SPLITS:
+                if os.path.exists(index_path(folder, split)):
+                    st.splits[split] = read_index(index_path(folder, split))
+            if os.path.exists(samples_path(folder)):
+                st.samples = pq.read_table(samples_path(folder)).to_pylist()
+            stages.append(st)
+    return stages
+
+
+def read_metrics(train_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(train_dir, "metrics.jsonl")
+    rows: list[dict[str, Any]] = []
+    if not os.path.exists(path):
+        return rows
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill; the rest of the file is fine
+    # A resumed run appends the steps it redoes after its last checkpoint: keep the newest.
+    by_step = {int(r["step"]): r for r in rows if "step" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def read_samples(train_dir: str) -> list[dict[str, Any]]:
+    """Generated videos of the newest step that has them (RUN/samples/step_N/prompts.json)."""
+    root = os.path.join(train_dir, "samples")
+    if not os.path.isdir(root):
+        return []
+    for step_dir in sorted(os.listdir(root), reverse=True):
+        meta = _json(os.path.join(root, step_dir, "prompts.json"))
+        if meta:
+            return [
+                {**m, "path": os.path.join(root, step_dir, m["file"])}
+                for m in meta["samples"]
+                if os.path.exists(os.path.join(root, step_dir, m["file"]))
+            ]
+    return []
+
+
+def read_run(out: str) -> RunData:
+    from captioning.config import CaptionConfig
+    from captioning.manifest import read_captions
+
+    layout = Layout(out)
+    videos = read_rows(layout.videos, VIDEO_SCHEMA) if os.path.isdir(layout.videos) else []
+    clips = read_one(layout.clips_manifest) if os.path.exists(layout.clips_manifest) else []
+    thumbs = (
+        {r["clip_id"]: r["jpeg"] for r in read_rows(layout.thumbs)} if os.path.isdir(layout.thumbs) else {}
+    )
+    cap_dir = Path(out) / "manifests" / "captions"
+    captions = read_captions(cap_dir, latest=True).to_pylist() if cap_dir.is_dir() else []
+    config = _json(os.path.join(out, "run", "config.json"))
+    curate_json = _json(os.path.join(out, "manifests", "config.json"))
+    curate_cfg = CurateConfig.model_validate(curate_json) if curate_json else CurateConfig()
+    caption_cfg = CaptionConfig.model_validate((config or {}).get("caption") or {})
+    train_dir = os.path.join(out, "train")
+    return RunData(
+        out=out,
+        videos=videos,
+        clips=clips,
+        thumbs=thumbs,
+        captions=captions,
+        curate_cfg=curate_cfg,
+        caption_cfg=caption_cfg,
+        curate_summary=_json(os.path.join(out, "manifests", "summary.json")) or {},
+        stages=read_stages(out),
+        metrics=read_metrics(train_dir),
+        train_summary=_json(os.path.join(train_dir, "summary.json")),
+        samples=read_samples(train_dir),
+        steps=_json(os.path.join(out, "run", "steps.json")) or {},
+        config=config,
+    )
