@@ -117,7 +117,8 @@ def read_run(out: str) -> RunData:
     curate_json = _json(os.path.join(out, "manifests", "config.json"))
     curate_cfg = CurateConfig.model_validate(curate_json) if curate_json else CurateConfig()
     caption_cfg = CaptionConfig.model_validate((config or {}).get("caption") or {})
-    train_dir = os.path.join(out, "train")
+    folder = ((config or {}).get("run") or {}).get("train", {}).get("folder", "train")
+    train_dir = os.path.join(out, folder)
     return RunData(
         out=out,
         videos=videos,

@@ -9,7 +9,7 @@ Steps run in pipeline order, each one on what the previous one wrote:
     OUT/manifests/captions  caption
     OUT/shards/<stage>/     shard (one folder per stage in run.stages)
     OUT/latents/<stage>/    encode (optional)
-    OUT/train/              train: checkpoints/, metrics.jsonl, summary.json
+    OUT/train/              train: checkpoints/, metrics.jsonl, summary.json, samples/ (run.train.folder)
     OUT/models/             tiny models built here when run.tiny_models asks (nothing downloaded)
     OUT/run/steps.json      one summary per step (counts, wall and CPU seconds)
     OUT/report.html         the whole run on one page
@@ -97,7 +97,7 @@ class Pipeline:
         self.out = os.path.abspath(cfg.run.out)
         self.shards_root = os.path.join(self.out, "shards")
         self.latents_root = os.path.join(self.out, "latents")
-        self.train_dir = os.path.join(self.out, "train")
+        self.train_dir = os.path.join(self.out, cfg.run.train.folder)
         self.models_dir = os.path.join(self.out, "models")
         self.run_dir = os.path.join(self.out, "run")
         self.steps: list[str] = list(cfg.run.steps)
@@ -159,7 +159,12 @@ class Pipeline:
         from jobs.curate import curate
 
         r = self.cfg.run
-        s = curate(r.source, self.out, self.cfg.curate, r.runner, r.address, r.limit)
+        # One source after the other into one output: finalize decides (and deduplicates) over
+        # every video curated so far, so after the last source the decisions span all of them.
+        per_source = {}
+        for source in r.sources:
+            per_source[source] = curate(source, self.out, self.cfg.curate, r.runner, r.address, r.limit)
+        s = {**per_source[r.sources[-1]], "sources": r.sources}
         rejected = sum(s["rejected_by_reason"].values())
         line = (
             f"curate: {s['videos']} videos in ({s['videos_error']} unreadable), {s['clips']} clips: "

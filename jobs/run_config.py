@@ -51,6 +51,7 @@ class TrainStep(_Strict):
     """How the train step runs (the trainer's settings are the `train:` section)."""
 
     stage: str = Field("stage1", description="the stage whose shards (or latents) are trained on")
+    folder: str = Field("train", description="run folder, relative to run.out (or absolute)")
     data: Literal["auto", "shards", "latents"] = Field(
         "auto", description="auto = the encode step's latents when `encode` is among the steps, else pixels"
     )
@@ -81,7 +82,11 @@ class TinyModels(_Strict):
 class RunSection(_Strict):
     version: Literal[1] = 1
     out: str = Field(description="output root: curation at OUT/, shards at OUT/shards, ... (shared FS)")
-    source: str = Field(description="curate's source: pixabay:..., finevideo:..., files:'GLOB', sample:")
+    sources: list[str] = Field(
+        min_length=1,
+        description="curate's sources, curated into one output (dedup spans them all): pixabay:URL, "
+        "finevideo:URL, files:'GLOB', sample:",
+    )
     steps: list[Step] = Field(list(STEPS), description="the steps to run, in pipeline order")
     stages: list[str] = Field(["stage1"], min_length=1, description="shard presets to write")
     runner: Literal["ray", "local"] = Field("ray", description="curate/shard/encode: Ray tasks or threads")
