@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.configfile import ConfigError, add_set_argument, apply_overrides
-from jobs.run_config import STEPS, RunFile, load_run_config, parse_run_config
+from jobs.run_config import STEPS, RunConfig, load_run_config, parse_run_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,7 +89,7 @@ def caption_reason(reason: str | None) -> str:
 
 # ---- the pipeline ---------------------------------------------------------------------------
 class Pipeline:
-    def __init__(self, config_path: str, cfg: RunFile, raw: dict[str, Any], overrides: list[str]) -> None:
+    def __init__(self, config_path: str, cfg: RunConfig, raw: dict[str, Any], overrides: list[str]) -> None:
         self.config_path = config_path
         self.cfg = cfg
         self.raw = raw
@@ -414,7 +414,7 @@ class Pipeline:
         return {"folder": str(folder), "videos": len(meta)}
 
 
-def select_steps(cfg: RunFile, steps_arg: str | None) -> list[str]:
+def select_steps(cfg: RunConfig, steps_arg: str | None) -> list[str]:
     if not steps_arg:
         return list(cfg.run.steps)
     asked = [s.strip() for s in steps_arg.split(",") if s.strip()]

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from captioning.config import CaptionConfig
 from curation.config import CurateConfig
-from curation.configfile import ConfigError, apply_overrides, validate
+from curation.configfile import ConfigError, apply_overrides, format_validation_error
 from training.data.stages import ShardConfig
 
 STEPS = ("curate", "caption", "shard", "encode", "train")
@@ -105,25 +105,41 @@ class RunSection(_Strict):
         return self
 
 
-class RunFile(_Strict):
-    """The whole file. Sections a run does not use may be left out (their defaults apply)."""
+# Each step's section is validated by the step's own model (and described by its own schema),
+# so the run schema refers to those files instead of copying them.
+SECTIONS: dict[str, tuple[str, str]] = {
+    "curate": ("curation.config:CurateConfig", "curate_config.v1.schema.json"),
+    "caption": ("captioning.config:CaptionConfig", "caption_config.v1.schema.json"),
+    "shard": ("training.data.stages:ShardConfig", "shard_config.v1.schema.json"),
+    "train": ("training.config:TrainConfig", "train_config.v1.schema.json"),
+}
 
-    run: RunSection
-    curate: CurateConfig = CurateConfig()
-    caption: CaptionConfig = CaptionConfig()
-    shard: ShardConfig = ShardConfig()
-    train: dict[str, Any] | None = Field(
-        None, description="the trainer's section (training.config.TrainConfig), validated by the trainer"
+
+def _section(name: str) -> Any:
+    return Field(
+        None,
+        description=f"the {name} step's config (its own schema: {SECTIONS[name][1]})",
+        json_schema_extra={"x-schema": SECTIONS[name][1]},
     )
 
-    @model_validator(mode="after")
-    def _stages(self) -> RunFile:
-        used = [*(self.run.stages if "shard" in self.run.steps or "encode" in self.run.steps else [])]
-        used += [self.run.train.stage] if "train" in self.run.steps else []
-        for stage in used:
-            if stage not in self.shard.stages:
-                raise ValueError(f"stage {stage!r} is not in shard.stages ({sorted(self.shard.stages)})")
-        return self
+
+class RunFile(_Strict):
+    """The whole file, as written. Sections a run does not use may be left out."""
+
+    run: RunSection
+    curate: dict[str, Any] | None = _section("curate")
+    caption: dict[str, Any] | None = _section("caption")
+    shard: dict[str, Any] | None = _section("shard")
+    train: dict[str, Any] | None = _section("train")
+
+
+class RunConfig:
+    """The validated sections: run, curate, caption, shard (models), train (raw mapping or None:
+    the trainer validates it again when it loads the same file)."""
+
+    def __init__(self, run: RunSection, curate: CurateConfig, caption: CaptionConfig, shard: ShardConfig,
+                 train: dict[str, Any] | None) -> None:  # fmt: skip
+        self.run, self.curate, self.caption, self.shard, self.train = run, curate, caption, shard, train
 
 
 def read_raw(path: str | Path) -> dict[str, Any]:
@@ -136,39 +152,61 @@ def read_raw(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate_train(data: dict[str, Any], origin: str) -> Any:
-    """The `train:` section through the trainer's own model; errors say `train.<path>`."""
-    from training.config import TrainConfig
-
+def _prefixed(model: type[BaseModel], data: Any, prefix: str) -> tuple[Any, list[str]]:
+    """(validated model or None, error lines `prefix.key.path: reason`)."""
     try:
-        return validate(TrainConfig, data, origin, what="run config (train section)")
-    except ConfigError as e:
-        lines = str(e).splitlines()
-        raise ConfigError("\n".join([lines[0], *(f"  train.{ln.strip()}" for ln in lines[1:])])) from None
+        return model.model_validate(data or {}), []
+    except ValidationError as e:
+        lines = format_validation_error(e, "").splitlines()[1:]
+        out = []
+        for ln in (x.strip() for x in lines):
+            out.append(
+                f"  {prefix}: {ln[len('<root>: ') :]}" if ln.startswith("<root>") else f"  {prefix}.{ln}"
+            )
+        return None, out
 
 
-def parse_run_config(data: dict[str, Any], origin: str = "<dict>") -> RunFile:
-    """Every section validated; the errors of all sections are reported together."""
+def _model(ref: str) -> type[BaseModel]:
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_run_config(data: dict[str, Any], origin: str = "<dict>") -> RunConfig:
+    """Every section validated by its own model; the errors of all sections are reported
+    together, each naming its full key path."""
     errors: list[str] = []
-    cfg = None
-    try:
-        cfg = validate(RunFile, data, origin, what="run config")
-    except ConfigError as e:
-        errors.append(str(e))
-    train = data.get("train")
-    if isinstance(train, dict):
+    file, errs = _prefixed(RunFile, data, "")
+    errors += [e.replace("  .", "  ", 1) for e in errs if not any(e.startswith(f"  .{s}") for s in SECTIONS)]
+    out: dict[str, Any] = {}
+    for name, (ref, _) in SECTIONS.items():
+        section = data.get(name)
+        if section is not None and not isinstance(section, dict):
+            errors.append(f"  {name}: must be a mapping")
+            continue
         try:
-            validate_train(train, origin)
+            model = _model(ref)
         except ModuleNotFoundError:
-            pass  # no trainer in this checkout: the train step says so when it runs
-        except ConfigError as e:
-            errors.append(str(e) if not errors else "\n".join(str(e).splitlines()[1:]))
-    if errors or cfg is None:
-        raise ConfigError("\n".join(errors))
-    return cfg
+            out[name] = section  # no trainer in this checkout: the train step says so when it runs
+            continue
+        out[name], errs = _prefixed(model, section, name)
+        errors += errs
+    if file is not None and not errors:
+        r = file.run
+        used = list(r.stages) if "shard" in r.steps or "encode" in r.steps else []
+        used += [r.train.stage] if "train" in r.steps else []
+        for stage in used:
+            if stage not in out["shard"].stages:
+                errors.append(
+                    f"  run: stage {stage!r} is not in shard.stages ({sorted(out['shard'].stages)})"
+                )
+    if errors or file is None:
+        raise ConfigError("\n".join([f"invalid run config {origin}:", *errors]))
+    return RunConfig(file.run, out["curate"], out["caption"], out["shard"], data.get("train"))
 
 
-def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunFile, dict]:
+def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, dict]:
     """(validated config, raw mapping with overrides) of a run file. Overrides name the section:
     `--set curate.filters.blur_min=30`, `--set run.out=/data/out`."""
     origin = str(path) + (" with --set overrides" if overrides else "")
