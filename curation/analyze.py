@@ -20,7 +20,7 @@ from curation.config import AnalysisConfig, SplitConfig
 from curation.decode import full_range_luma, iter_frames, motion_vectors, small_bgr, small_gray, step_for
 from curation.probe import ProbeInfo
 from curation.scores import blur, exposure, letterbox, motion, phash, text
-from curation.shots import Candidate, ShotDetector, candidates, merge_hint_cuts
+from curation.shots import Candidate, ShotDetector, candidates, merge_hint_cuts, resolve_deferred
 from curation.sources.base import SplitHint
 
 # Detection runs on every frame, so it gets the smallest frames that still find cuts: on the
@@ -62,6 +62,9 @@ class VideoAnalysis:
     analysis_size: tuple[int, int] = (0, 0)  # (height, width) of scored frames
     thumbs: list[tuple[int, bytes]] = field(default_factory=list)  # (frame index, JPEG)
     frame_dur: float = 0.0  # median frame interval, seconds
+    # TransNetV2 deferred to a GPU actor: its 48x27 frames; `cuts` are the cheap cues' until
+    # apply_transnet() (curation/pipeline.py) resolves them.
+    transnet_frames: np.ndarray | None = None
 
 
 def wants_flow(mv: float | None, mode: str, since_last_flow_s: float) -> bool:
@@ -99,12 +102,17 @@ def _sample_scores(
 
 
 def analyze_video(
-    path: str, info: ProbeInfo, split: SplitConfig, cfg: AnalysisConfig, hints: list[SplitHint] | None = None
+    path: str,
+    info: ProbeInfo,
+    split: SplitConfig,
+    cfg: AnalysisConfig,
+    hints: list[SplitHint] | None = None,
+    defer_transnet: bool = False,
 ) -> VideoAnalysis:
     # One video per process is the parallelism; OpenCV's own thread pool only adds CPU time
     # (its workers took ~40% more CPU than wall time on the 144-320 px score frames).
     cv2.setNumThreads(1)
-    det = ShotDetector(split, info.fps)
+    det = ShotDetector(split, info.fps, defer_transnet=defer_transnet)
     det_step = step_for(info.coded_width, info.coded_height, DETECT_SHORT_SIDE)
     score_step = step_for(info.coded_width, info.coded_height, cfg.short_side)
     times: list[float] = []
@@ -156,10 +164,8 @@ def analyze_video(
     frame_dur = float(np.median(diffs)) if n > 1 else 1.0 / info.fps
     variable = bool(n > 2 and frame_dur > 0 and np.std(diffs) / frame_dur > 0.05)
     cuts = det.finish()
-    if split.use_scene_hints and hints:
-        hint_frames = [int(np.searchsorted(tarr, h.start)) for h in hints if h.unit == "s"]
-        hint_frames += [int(np.searchsorted(tarr, h.end)) for h in hints if h.unit == "s"]
-        cuts = merge_hint_cuts(cuts, hint_frames, max(1, round(split.min_scene_len_s * info.fps)), n)
+    if det.deferred_frames is None:
+        cuts = with_hints(cuts, tarr, split, hints, info.fps)
     duration = float(tarr[-1] + frame_dur)
     return VideoAnalysis(
         n_frames=n,
@@ -172,7 +178,29 @@ def analyze_video(
         analysis_size=size,
         frame_dur=frame_dur,
         thumbs=thumbs,
+        transnet_frames=det.deferred_frames,
     )
+
+
+def with_hints(
+    cuts: list[int], times: np.ndarray, split: SplitConfig, hints: list[SplitHint] | None, fps: float
+) -> list[int]:
+    """Detected cuts plus the source's annotated scene boundaries (seconds), when configured."""
+    if not (split.use_scene_hints and hints):
+        return cuts
+    hint_frames = [int(np.searchsorted(times, h.start)) for h in hints if h.unit == "s"]
+    hint_frames += [int(np.searchsorted(times, h.end)) for h in hints if h.unit == "s"]
+    return merge_hint_cuts(cuts, hint_frames, max(1, round(split.min_scene_len_s * fps)), len(times))
+
+
+def apply_transnet(
+    a: VideoAnalysis, probabilities: np.ndarray, split: SplitConfig, hints: list[SplitHint] | None, fps: float
+) -> None:
+    """Final cuts of a deferred analysis from TransNetV2's probabilities (one per frame)."""
+    if len(probabilities) != a.n_frames:
+        raise ValueError(f"TransNetV2 gave {len(probabilities)} probabilities for {a.n_frames} frames")
+    a.cuts = with_hints(resolve_deferred(a.cuts, probabilities, split, fps), a.times, split, hints, fps)
+    a.transnet_frames = None
 
 
 def _agg(values: list[float], fn: str) -> float | None:

@@ -25,7 +25,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from curation import __version__
-from curation.analyze import analyze_clips, analyze_video, clip_thumbnails
+from curation.analyze import VideoAnalysis, analyze_clips, analyze_video, apply_transnet, clip_thumbnails
 from curation.config import CurateConfig
 from curation.decide import content_size, decide_clips, failing_checks
 from curation.extract import ClipSpan, extract_clips
@@ -85,7 +85,22 @@ class Layout:
 # ---------------------------------------------------------------- child-process work (decoding)
 
 
-def _analyze_in_child(path: str, cfg_json: str, hints: list[dict[str, Any]]) -> dict[str, Any]:
+def _analysis_result(probe_row: dict[str, Any], a: VideoAnalysis, cfg: CurateConfig) -> dict[str, Any]:
+    return {
+        "probe": probe_row,
+        "n_frames": a.n_frames,
+        "duration_s": a.duration_s,
+        "fps": a.fps_measured,
+        "fps_variable": a.fps_variable,
+        "cuts": a.cuts,
+        "clips": analyze_clips(a, cfg.split),
+        "thumbs": clip_thumbnails(a, cfg.split),
+    }
+
+
+def _analyze_in_child(
+    path: str, cfg_json: str, hints: list[dict[str, Any]], defer_transnet: bool = False
+) -> dict[str, Any]:
     from curation.sources.base import SplitHint
 
     cfg = CurateConfig.model_validate_json(cfg_json)
@@ -93,17 +108,12 @@ def _analyze_in_child(path: str, cfg_json: str, hints: list[dict[str, Any]]) -> 
     try:
         info = probe(path)
         stage = "analyze"
-        a = analyze_video(path, info, cfg.split, cfg.analysis, [SplitHint(**h) for h in hints])
-        return {
-            "probe": info.to_dict(),
-            "n_frames": a.n_frames,
-            "duration_s": a.duration_s,
-            "fps": a.fps_measured,
-            "fps_variable": a.fps_variable,
-            "cuts": a.cuts,
-            "clips": analyze_clips(a, cfg.split),
-            "thumbs": clip_thumbnails(a, cfg.split),
-        }
+        a = analyze_video(
+            path, info, cfg.split, cfg.analysis, [SplitHint(**h) for h in hints], defer_transnet
+        )
+        if a.transnet_frames is not None:
+            return {"probe": info.to_dict(), "deferred": a}  # TransNetV2 runs on the GPU actor
+        return _analysis_result(info.to_dict(), a, cfg)
     except ProbeError as e:
         return {"error": str(e), "stage": "probe"}
     except Exception as e:
@@ -200,11 +210,27 @@ def needs_work(item: VideoItem, out: str, cfg: CurateConfig) -> bool:
     return video is None or bool(todo)
 
 
-def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any]:
+def _resolve_transnet(
+    res: dict[str, Any], transnet: Any, item: VideoItem, cfg: CurateConfig
+) -> dict[str, Any]:
+    """TransNetV2 on the actor for an analysis that deferred it, then clips as the child makes them."""
+    import ray
+
+    a = res["deferred"]
+    try:
+        probs = ray.get(transnet.predict.remote(a.transnet_frames))
+        apply_transnet(a, probs, cfg.split, item.hints, res["probe"]["fps"])
+    except Exception as e:
+        return {"error": f"TransNetV2 actor: {type(e).__name__}: {e}", "stage": "analyze"}
+    return _analysis_result(res["probe"], a, cfg)
+
+
+def process_video(item: VideoItem, out: str, cfg: CurateConfig, transnet: Any = None) -> dict[str, Any]:
     """Probe, analyze and extract one video; writes its manifest parts; returns its video row.
 
     Idempotent: a finished video is skipped, and one whose analysis is stored but whose clips
-    are missing (killed mid-extraction, or thresholds changed) is only extracted.
+    are missing (killed mid-extraction, or thresholds changed) is only extracted. `transnet`:
+    a TransNetV2 actor (curation.transnet.start_actor) that runs the learned detector on a GPU.
     """
     layout = Layout(out)
     base = base_row(item, cfg)
@@ -233,10 +259,13 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig) -> dict[str, Any
                     path,
                     cfg.model_dump_json(),
                     [asdict(h) for h in item.hints],
+                    transnet is not None,
                     timeout=cfg.analysis.timeout_s,
                 )
             except IsolatedError as e:
                 res = {"error": str(e), "stage": "analyze"}
+            if "deferred" in res:
+                res = _resolve_transnet(res, transnet, item, cfg)
             if "error" in res:
                 row = error_row(base, res["stage"], res["error"])
             else:

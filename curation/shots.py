@@ -124,10 +124,14 @@ class ShotDetector:
     """Feeds frames one at a time, so the caller's single decode pass also serves detection.
 
     `process` takes the small BGR detection frame of every decoded frame, in display order;
-    `finish` returns the frames that start a new shot.
+    `finish` returns the frames that start a new shot. With `defer_transnet` the 48x27 frames
+    are kept instead of run (`deferred_frames`, 3.9 KB a frame) for a GPU actor elsewhere, and
+    `finish` returns the cheap cues' cuts only, for `resolve_deferred`.
     """
 
-    def __init__(self, cfg: SplitConfig, fps: float, device: str | None = None) -> None:
+    def __init__(
+        self, cfg: SplitConfig, fps: float, device: str | None = None, defer_transnet: bool = False
+    ) -> None:
         self.cfg = cfg
         self.fps = fps
         self.cuts: list[int] = []
@@ -136,13 +140,18 @@ class ShotDetector:
         self._sd = make_detector(cfg, fps) if cfg.detector in ("adaptive", "content") else None
         self._cues = CueTracker() if cfg.detector in ("hardcut", "fused") else None
         self._tn = None
+        self._keep: list[np.ndarray] | None = None
+        self.deferred_frames: np.ndarray | None = None
         self.probabilities: np.ndarray | None = None  # TransNetV2's, per frame, after finish()
         if cfg.detector in ("transnetv2", "fused"):
-            from curation.transnet import TransNetStream
+            if defer_transnet:
+                self._keep = []
+            else:
+                from curation.transnet import TransNetStream
 
-            self._tn = TransNetStream(
-                device or (None if cfg.transnet_device == "auto" else cfg.transnet_device)
-            )
+                self._tn = TransNetStream(
+                    device or (None if cfg.transnet_device == "auto" else cfg.transnet_device)
+                )
 
     def process(self, index: int, bgr: np.ndarray) -> None:
         self._last = index
@@ -153,6 +162,8 @@ class ShotDetector:
             self._cues.push(bgr)
         if self._tn is not None:
             self._tn.push(tn_frame(bgr))
+        elif self._keep is not None:
+            self._keep.append(tn_frame(bgr))
 
     def finish(self) -> list[int]:
         if self._sd is not None:
@@ -160,6 +171,11 @@ class ShotDetector:
                 self.cuts.append(tc.frame_num)
             return sorted({c for c in self.cuts if 0 < c <= self._last})
         cue_cuts = self._cues.cuts(self.cfg) if self._cues is not None else []
+        if self._keep is not None:
+            self.deferred_frames = np.stack(self._keep) if self._keep else np.zeros((0, 27, 48, 3), np.uint8)
+            self._keep = None
+            self.cuts = cue_cuts
+            return self.cuts
         tn_cuts: list[int] = []
         if self._tn is not None:
             from curation.transnet import cuts_from_probabilities
@@ -168,6 +184,17 @@ class ShotDetector:
             tn_cuts = cuts_from_probabilities(self.probabilities, self.cfg.transnet_threshold)
         self.cuts = combine(cue_cuts, tn_cuts, self._gap, self._last)
         return self.cuts
+
+
+def resolve_deferred(
+    cue_cuts: Sequence[int], probabilities: np.ndarray, cfg: SplitConfig, fps: float
+) -> list[int]:
+    """The cuts of a deferred detector once TransNetV2's probabilities came back."""
+    from curation.transnet import cuts_from_probabilities
+
+    gap = max(1, round(cfg.min_scene_len_s * fps))
+    tn_cuts = cuts_from_probabilities(probabilities, cfg.transnet_threshold)
+    return combine(cue_cuts, tn_cuts, gap, len(probabilities) - 1)
 
 
 def combine(cue_cuts: Sequence[int], tn_cuts: Sequence[int], gap: int, last: int) -> list[int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -260,3 +261,39 @@ def cuts_from_probabilities(probs: np.ndarray, threshold: float = 0.5) -> list[i
     above = probs > threshold
     starts = np.flatnonzero(above & ~np.concatenate([[False], above[:-1]]))
     return [int(s) + 1 for s in starts if 0 < s + 1 < len(probs)]
+
+
+class TransNetService:
+    """TransNetV2 held by a long-lived worker (a Ray actor on a GPU): whole videos' frames in,
+    probabilities out, so the model loads once per GPU instead of once per video."""
+
+    def __init__(self, device: str = "cuda") -> None:
+        self.device = device
+        self.frames_seen = 0
+        load_model(device)
+
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        self.frames_seen += len(frames)
+        return predict(frames, self.device) if len(frames) else np.zeros(0, np.float32)
+
+    def seen(self) -> int:
+        return self.frames_seen
+
+
+def start_actor(detector: str, device: str, num_gpus: float | None = None) -> Any | None:
+    """A Ray actor running TransNetV2 on one GPU, when the detector needs it and the cluster has one.
+
+    None means "run it inside each video's analysis process" (the CPU path, or no GPU). `num_gpus=0`
+    with device "cpu" gives the same actor on the CPU (tests of the plumbing).
+    """
+    if detector not in ("transnetv2", "fused") or (device == "cpu" and num_gpus is None):
+        return None
+    import ray
+
+    if num_gpus is None:
+        if ray.cluster_resources().get("GPU", 0) < 1:
+            if device == "cuda":
+                raise RuntimeError("split.transnet_device is cuda but the Ray cluster has no GPU")
+            return None
+        num_gpus, device = 1, "cuda"
+    return ray.remote(num_gpus=num_gpus, num_cpus=0 if num_gpus else 1)(TransNetService).remote(device)

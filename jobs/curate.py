@@ -65,8 +65,14 @@ def curate(
     todo = (it for it in _limited(src.iter_items(), limit) if needs_work(it, out, cfg))
     if runner == "ray":
         init_ray(address)
+        transnet = None
+        if cfg.split.detector in ("transnetv2", "fused"):
+            from curation.transnet import start_actor
+
+            # On a GPU one actor holds TransNetV2 and every video's analysis sends it frames.
+            transnet = start_actor(cfg.split.detector, cfg.split.transnet_device)
         results = map_ray(
-            process_video, todo, (out, cfg), cfg.runner.max_in_flight, cfg.runner.num_cpus_per_video
+            process_video, todo, (out, cfg, transnet), cfg.runner.max_in_flight, cfg.runner.num_cpus_per_video
         )
     else:
         results = map_threads(process_video, todo, (out, cfg), cfg.runner.max_in_flight)

