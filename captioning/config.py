@@ -232,7 +232,10 @@ class CaptionConfig(_Strict):
     caption_types: dict[str, CaptionTypeConfig] = Field(
         default_factory=lambda: {
             "short": CaptionTypeConfig(prompt_id="short_ja", max_tokens=96, min_chars=10, max_chars=120),
-            "dense": CaptionTypeConfig(prompt_id="dense_ja", max_tokens=512, min_chars=60, max_chars=600),
+            # Japanese carries 2-3 Latin letters' worth per character: descriptive sentences run 20-35
+            # characters, so two full sentences (subject and action, then setting or camera) are 40-70.
+            # 60 rejected good two-sentence captions of 56-57; fragments and cut-off clauses stay below 40.
+            "dense": CaptionTypeConfig(prompt_id="dense_ja", max_tokens=512, min_chars=40, max_chars=600),
         }
     )
     hints: HintsConfig = Field(default_factory=HintsConfig)

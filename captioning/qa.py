@@ -206,6 +206,8 @@ def evaluate(text: str, finish_reason: str | None, ct: CaptionTypeConfig, qa: QA
             reasons.append(f"latin_ratio>{qa.max_latin_ratio}")
         if rep > qa.max_repetition:
             reasons.append(f"repetition>{qa.max_repetition}")
+        # Characters, not bytes or tokens: a Japanese character carries 2-3 Latin letters' worth, so
+        # minimums are set for Japanese (dense: 40 = two full sentences; see CaptionConfig).
         if length < ct.min_chars:
             reasons.append(f"too_short<{ct.min_chars}")
         if length > ct.max_chars:

@@ -16,7 +16,7 @@ import pytest
 
 from curation.scores.blur import BLUR_MIN, frame_sharpness
 from curation.scores.exposure import exposure_verdict, frame_exposure
-from curation.scores.letterbox import aggregate_crop, frame_borders
+from curation.scores.letterbox import aggregate_crop, edge_support, frame_borders, video_bars
 from curation.scores.motion import STATIC_FLOW_MAX, flow_magnitude, mv_magnitude
 from curation.scores.phash import hamming, near_duplicates, phash64
 from curation.scores.text import TEXT_FRACTION_MAX, frame_text_fraction
@@ -113,6 +113,34 @@ def test_exposure_black_dark_normal_washed() -> None:
     assert exposure_verdict(s) == "washed"
 
 
+def test_limited_range_luma_is_mapped_to_full_range() -> None:
+    black_tv = add_noise(np.full((H, W), 16, np.uint8), 1.0)  # limited-range black: code 16
+    s = frame_exposure(black_tv, full_range=False)
+    assert s["luma_mean"] < 2 and s["dark_fraction"] > 0.99
+    assert exposure_verdict(s) == "black"
+    assert frame_exposure(black_tv)["luma_mean"] > 15  # read as full range, black would be grey 16
+    white_tv = np.full((H, W), 235, np.uint8)
+    assert frame_exposure(white_tv, full_range=False)["luma_mean"] == pytest.approx(255.0)
+
+
+def test_lit_subject_in_dark_frame_is_not_too_dark() -> None:
+    # A low-key shot: a dark room (mean ~10) with a lit face covering a few percent of the frame.
+    room = texture(lo=0, hi=25, seed=11)
+    face = room.copy()
+    cv2.ellipse(face, (128, 60), (18, 24), 0, 0, 360, 170, -1)
+    lit = frame_exposure(face)
+    assert lit["luma_mean"] < 25 and lit["luma_p99"] > 150
+    assert exposure_verdict(lit) == "ok"
+    # The same room with nothing lit is underexposed.
+    s = frame_exposure(room)
+    assert s["luma_p99"] < 30 and exposure_verdict(s) == "dark"
+
+
+def test_exposure_p99_matches_numpy() -> None:
+    g = texture(seed=12)
+    assert frame_exposure(g)["luma_p99"] == pytest.approx(float(np.percentile(g, 99)), abs=1.0)
+
+
 def test_exposure_matches_numpy() -> None:
     g = texture(seed=3)
     s = frame_exposure(g)
@@ -190,6 +218,48 @@ def test_logo_in_bar_does_not_break_it() -> None:
     assert abs(top - 20) <= 2 and abs(bottom - 20) <= 2
 
 
+def test_edge_support_real_bar_vs_dark_content() -> None:
+    boxed = letterboxed(18, 18)
+    support = edge_support(boxed, frame_borders(boxed))
+    assert support[0] > 0.8 and support[1] > 0.8 and support[2] == support[3] == 0.0
+    # Dark picture content at the left: a vignette fading in, no straight edge.
+    scene = texture(seed=5).astype(np.float32)
+    ramp = np.clip((np.arange(W, dtype=np.float32) - 30) / 80, 0, 1)[None, :] ** 2
+    vignette = jpeg(add_noise((scene * ramp).astype(np.uint8), 1.0))
+    borders = frame_borders(vignette)
+    assert borders[2] > 10  # one frame alone reads it as a pillarbox ...
+    assert edge_support(vignette, borders)[2] < 0.35  # ... whose edge is not straight
+
+
+def test_dark_content_is_not_a_bar_unless_the_video_shares_it() -> None:
+    # A clip whose frames all show a 40 px dark "pillar" with a ragged edge, in a video without bars.
+    frames = [(0, 0, 40, 0)] * 8
+    ragged = [(0.0, 0.0, 0.1, 0.0)] * 8
+    crop = aggregate_crop(frames, H, W, edges=ragged, video=(0, 0, 0, 0))
+    assert crop["crop_left"] == 0.0 and crop["border_fraction"] == 0.0
+    # The same bar with a straight edge is kept: a 4:3 insert in a 16:9 video.
+    straight = [(0.0, 0.0, 0.9, 0.0)] * 8
+    assert aggregate_crop(frames, H, W, edges=straight, video=(0, 0, 0, 0))["crop_left"] == pytest.approx(
+        40 / W
+    )
+    # ... and so is a ragged one every frame of the video shares (a letterbox next to dark scenes).
+    assert aggregate_crop(frames, H, W, edges=ragged, video=(0, 0, 40, 0))["crop_left"] == pytest.approx(
+        40 / W
+    )
+    # An unsteady bar (content moving) is not a bar even with straight edges.
+    wobbly = [(0, 0, 20 + 6 * i, 0) for i in range(8)]
+    assert aggregate_crop(wobbly, H, W, edges=straight, video=(0, 0, 0, 0))["crop_left"] == 0.0
+
+
+def test_video_bars_is_what_every_frame_shares() -> None:
+    borders = [(20, 19, 0, 0)] * 18 + [(0, 0, 0, 0)] * 4 + [(56, 19, 0, 24)] * 2
+    black = [False] * 18 + [True] * 4 + [False] * 2
+    assert video_bars(borders, black) == (20, 19, 0, 0)
+    shots = [(8, 8, 57, 44)] * 10 + [(0, 0, 1, 0)] * 5 + [(0, 0, 55, 28)] * 10  # NASA-like: differs by shot
+    assert video_bars(shots)[2:] == (1, 0)
+    assert video_bars([]) == (0, 0, 0, 0)
+
+
 def test_aggregate_crop_is_robust() -> None:
     frames = [(18, 18, 0, 0)] * 6 + [(30, 25, 0, 0), (18, 40, 0, 0), (12, 18, 0, 0)] + [(0, 0, 0, 0)] * 2
     black = [False] * 9 + [True] * 2
@@ -233,6 +303,39 @@ def test_title_card_detected() -> None:
     card = cv2.GaussianBlur(texture(seed=8), (0, 0), 4) // 2
     cv2.putText(card, "CHAPTER ONE", (40, 75), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 250, 2, cv2.LINE_AA)
     assert frame_text_fraction(jpeg(card)) > 3 * TEXT_FRACTION_MAX
+
+
+def _spaced_title(bg: np.ndarray, word: str, scale: int = 4) -> np.ndarray:
+    """Thin capitals as wide apart as they are tall, with an underline: a film's title card."""
+    h, w = bg.shape
+    big = cv2.resize(bg, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)
+    x, y, step = 300, 320, 110
+    for i, ch in enumerate(word):
+        cv2.putText(big, ch, (x + i * step, y), cv2.FONT_HERSHEY_COMPLEX_SMALL, 2.6, 235, 2, cv2.LINE_AA)
+    cv2.line(big, (x - 20, y + 14), (x + step * len(word), y + 10), 235, 3, cv2.LINE_AA)
+    return cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def test_letter_spaced_title_detected() -> None:
+    on_black = _spaced_title(np.full((H, W), 16, np.uint8), "SINTEL")
+    over_scene = _spaced_title(cv2.GaussianBlur(texture(seed=13, lo=40, hi=120), (0, 0), 3), "SINTEL")
+    for img in (on_black, over_scene):
+        assert frame_text_fraction(jpeg(img, 85)) > TEXT_FRACTION_MAX
+    # The same strokes scattered, not in a line of letters, are not text.
+    scattered = np.full((H, W), 16, np.uint8)
+    for i, ch in enumerate("SINTEL"):
+        cv2.putText(scattered, ch, (20 + 37 * i, 20 + 21 * i), cv2.FONT_HERSHEY_COMPLEX_SMALL, 0.65, 235, 1)
+    assert frame_text_fraction(jpeg(scattered, 85)) < TEXT_FRACTION_MAX / 2
+
+
+def test_no_text_on_busy_textures() -> None:
+    from curation.synth import texture as shapes
+
+    for seed in range(6):
+        busy = cv2.resize(cv2.cvtColor(shapes(360, 640, seed), cv2.COLOR_RGB2GRAY), (W, H), cv2.INTER_AREA)
+        assert frame_text_fraction(jpeg(busy)) < TEXT_FRACTION_MAX / 2
+        grainy = jpeg(add_noise(texture(seed=seed, beta=1.2), 4.0))
+        assert frame_text_fraction(grainy) < TEXT_FRACTION_MAX / 2
 
 
 def test_no_text_on_noise_water_and_flat() -> None:
