@@ -253,10 +253,10 @@ def predict(frames: np.ndarray, device: str | None = None, batch: int = 0) -> np
 
 
 def cuts_from_probabilities(probs: np.ndarray, threshold: float = 0.5) -> list[int]:
-    """First frame of each new shot: the frame after the last frame of each run above threshold's start.
+    """First frame of each new shot: one frame after the start of each run above the threshold.
 
-    A cut is placed where a run of frames above threshold begins; this matches hard cuts, where
-    the network fires on the last frame of the old shot, one frame before the new one.
+    On a hard cut the network fires on the last frame of the old shot (checked against the
+    labelled cuts); inside a fade or dissolve the run is longer and the cut lands at its start.
     """
     above = probs > threshold
     starts = np.flatnonzero(above & ~np.concatenate([[False], above[:-1]]))
