@@ -26,11 +26,14 @@ CSS_FAMILIES = (
 
 
 def _fontja_path() -> str | None:
-    try:
-        import matplotlib_fontja
-    except ImportError:
+    """matplotlib-fontja's IPAexGothic file, found without importing the package: its import
+    sets matplotlib's global font family, which is not ours to change."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib_fontja")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    path = matplotlib_fontja.get_font_ttf_path()
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "fonts", "ipaexg.ttf")
     return path if os.path.exists(path) else None
 
 

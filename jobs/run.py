@@ -152,7 +152,7 @@ class Pipeline:
         prev = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
         prev.update({r.name: {"ok": r.ok, "line": r.line, **r.summary} for r in results})
         with atomic_output(path) as tmp:
-            Path(tmp).write_text(json.dumps(prev, indent=2, sort_keys=True, ensure_ascii=False))
+            Path(tmp).write_text(json.dumps(prev, indent=2, ensure_ascii=False))
 
     # ---- steps ----------------------------------------------------------------------------
     def step_curate(self) -> StepResult:
