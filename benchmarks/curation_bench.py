@@ -1,18 +1,28 @@
 """Curation CPU cost, in one run on the same videos, as CPU seconds per second of source video:
 
   plain decode   one PyAV decode pass of every frame (threads on), nothing else
-  ours           probe + the single analysis pass (shots, every score) + per-clip aggregation
+  ours           probe + the single analysis pass (shots, every score) + per-clip aggregation,
+                 default config: motion from optical flow on every sample, frame-threaded decode
+  vectors        ours with `analysis.flow: auto`: codec motion vectors (slice-threaded decode, the
+                 only way they are exact) and flow where they are ambiguous
+  before         the pre-issue-8 default: vectors from the frame-threaded decode (not reproducible)
   naive          PySceneDetect detect() with defaults, then for every clip one decode to cut it
                  and one more decode per filter (motion, exposure, blur, letterbox, text, phash)
 
-Goal (issue 2): ours <= 1.3 x plain decode, and >= 3 x faster than naive.
-Usage: python benchmarks/curation_bench.py [--videos GLOB] [--no-shared] [--hd]
+Then a reproducibility check on every H.264 video: how many sampled frames' scores differ between
+two runs (ours: three runs), and how many frames' exported motion vectors differ between two
+frame-threaded decodes (the root cause of issue 8).
+
+Goal (issue 2): ours <= 1.3 x plain decode, and >= 3 x faster than naive; ours reproducible.
+Usage: python benchmarks/curation_bench.py [--videos GLOB] [--no-shared] [--hd] [--no-naive]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import hashlib
 import itertools
 import os
 import resource
@@ -20,14 +30,17 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import curation.decode
 from curation.analyze import analyze_clips, analyze_video
 from curation.config import CurateConfig
-from curation.decode import iter_frames, small_gray, step_for
+from curation.decode import iter_frames, motion_vectors, small_gray, step_for
 from curation.probe import probe
 from curation.scores import blur, exposure, letterbox, motion, phash, text
 from curation.synth import Segment, SynthVideo, write_sample_corpus, write_video
@@ -56,9 +69,36 @@ def plain_decode(path: str) -> float:
     return last + (last / (n - 1) if n > 1 else 0.0)
 
 
-def ours(path: str, cfg: CurateConfig) -> None:
+def ours(path: str, cfg: CurateConfig) -> list[Any]:
+    """The analysis; returns every sample's scores so runs can be compared."""
     info = probe(path)
-    analyze_clips(analyze_video(path, info, cfg.split, cfg.analysis), cfg.split)
+    a = analyze_video(path, info, cfg.split, cfg.analysis)
+    analyze_clips(a, cfg.split)
+    return [(s.index, sorted(s.scores.items()), s.borders, s.phash) for s in a.samples]
+
+
+def before(path: str, cfg: CurateConfig) -> list[Any]:
+    """The former default: exported vectors with FFmpeg's frame threads."""
+    with mock.patch.object(curation.decode, "thread_type", lambda export_mvs: "AUTO"):
+        return ours(path, cfg)
+
+
+def differing(runs: list[list[Any]]) -> int:
+    """Samples whose scores differ from the first run's in any later run."""
+    return sum(any(r[i] != runs[0][i] for r in runs[1:]) for i in range(len(runs[0])))
+
+
+def vector_digests(path: str, frame_threads: bool) -> list[str | None]:
+    """One digest of each frame's exported motion vectors (field by field: padding bytes are junk)."""
+    info = probe(path)
+    frame = mock.patch.object(curation.decode, "thread_type", lambda export_mvs: "AUTO")
+    out: list[str | None] = []
+    with frame if frame_threads else contextlib.nullcontext():
+        for _, _, f in iter_frames(path, info.stream_index, export_mvs=True):
+            mvs = motion_vectors(f)
+            fields = b"" if mvs is None else b"".join(mvs[k].tobytes() for k in mvs.dtype.names)
+            out.append(None if mvs is None else hashlib.sha256(fields).hexdigest())
+    return out
 
 
 def _frames(c: av.container.InputContainer, s: av.video.stream.VideoStream):
@@ -131,8 +171,10 @@ def main() -> None:
     ap.add_argument("--videos", default=None, help="glob of videos (default: generated + ../shared/videos)")
     ap.add_argument("--no-shared", action="store_true")
     ap.add_argument("--hd", action="store_true", help="add a generated 1920x1080 20 s video (Pixabay-like)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive pipeline (the slow part)")
     args = ap.parse_args()
     cfg = CurateConfig()
+    vec_cfg = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"flow": "auto"})})
     tmp = tempfile.mkdtemp(prefix="vjp-bench-")
     if args.videos:
         videos = sorted(glob.glob(args.videos))
@@ -156,34 +198,58 @@ def main() -> None:
                 and p.name not in ("decord_video_270.mov",)  # 3 frames: timing noise only
             )
     rows = []
+    h264 = []
     for v in videos:
         try:
-            dur = probe(v).duration_s or plain_decode(v)
+            info = probe(v)
+            dur = info.duration_s or plain_decode(v)
         except Exception as e:
             print(f"skip {v}: {e}")
             continue
+        if info.codec == "h264":
+            h264.append(v)
         d = timed(lambda v=v: plain_decode(v))
         o = timed(lambda v=v: ours(v, cfg))
-        n = timed(lambda v=v: naive(v))
-        rows.append((os.path.basename(v), dur, d, o, n))
+        m = timed(lambda v=v: ours(v, vec_cfg))
+        b = timed(lambda v=v: before(v, vec_cfg))
+        n = float("nan") if args.no_naive else timed(lambda v=v: naive(v))
+        rows.append((os.path.basename(v), dur, d, o, m, b, n))
         print(
-            f"{os.path.basename(v):36s} {dur:7.1f}s  decode {d / dur:6.3f}  ours {o / dur:6.3f}  "
-            f"naive {n / dur:6.3f}  ours/decode {o / d:5.2f}  naive/ours {n / o:5.2f}",
+            f"{os.path.basename(v):32s} {dur:6.1f}s  decode {d / dur:6.3f}  ours {o / dur:6.3f}  "
+            f"vectors {m / dur:6.3f}  before {b / dur:6.3f}  naive {n / dur:6.3f}  "
+            f"ours/decode {o / d:5.2f}  before/decode {b / d:5.2f}  naive/ours {n / o:5.2f}",
             flush=True,
         )
-    tot = [sum(r[i] for r in rows) for i in range(1, 5)]
-    dur, d, o, n = tot
+    tot = [sum(r[i] for r in rows) for i in range(1, 7)]
+    dur, d, o, m, b, n = tot
     print("-" * 100)
     label = f"TOTAL ({len(rows)} videos)"
     print(
-        f"{label:36s} {dur:7.1f}s  decode {d / dur:6.3f}  ours {o / dur:6.3f}  "
-        f"naive {n / dur:6.3f}  ours/decode {o / d:5.2f}  naive/ours {n / o:5.2f}"
+        f"{label:32s} {dur:6.1f}s  decode {d / dur:6.3f}  ours {o / dur:6.3f}  vectors {m / dur:6.3f}  "
+        f"before {b / dur:6.3f}  naive {n / dur:6.3f}  ours/decode {o / d:5.2f}  "
+        f"before/decode {b / d:5.2f}  naive/ours {n / o:5.2f}"
     )
     hd_rows = [r for r in rows if r[0] in ("hd.mp4", "cockatoo_1080p.mp4")]
     if hd_rows:
-        d, o = sum(r[2] for r in hd_rows), sum(r[3] for r in hd_rows)
-        print(f"{'1080p subset (Pixabay-like sizes)':36s} ours/decode {o / d:5.2f}")
+        d, o, b = (sum(r[i] for r in hd_rows) for i in (2, 3, 5))
+        print(
+            f"{'1080p subset (Pixabay-like sizes)':32s} ours/decode {o / d:5.2f}  before/decode {b / d:5.2f}"
+        )
     print("(CPU seconds per second of source video; goal: ours/decode <= 1.3, naive/ours >= 3)")
+
+    print("\nreproducibility (H.264): sampled frames whose scores differ between runs")
+    for v in h264:
+        name = os.path.basename(v)
+        a = differing([ours(v, cfg) for _ in range(3)])
+        vec = differing([ours(v, vec_cfg) for _ in range(2)])
+        old = [before(v, vec_cfg) for _ in range(2)]
+        one, two, three = vector_digests(v, False), vector_digests(v, True), vector_digests(v, True)
+        raced = sum(x != y or x != z for x, y, z in zip(one, two, three, strict=True))
+        print(
+            f"{name:32s} samples {len(old[0]):4d}  ours x3 {a:3d}  vectors x2 {vec:3d}  before x2 "
+            f"{differing(old):3d}  | frames {len(one):5d}, frame-threaded vectors != exact: {raced}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
