@@ -105,21 +105,22 @@ def flow_magnitude(prev_gray: np.ndarray, gray: np.ndarray, size: int = 128) -> 
 def mv_magnitude(mvs: np.ndarray | None, width: int, height: int) -> float:
     """Block-area-weighted mean codec motion-vector magnitude, as a fraction of the diagonal per frame.
 
-    ``mvs`` is the structured array of one decoded frame's motion vectors and ``width`` x ``height`` the
-    frame size of the decoded stream (not the analysis size). With PyAV 18 (checked with 18.1 / libx264):
-    set ``stream.codec_context.options = {"flags2": "+export_mvs"}`` before decoding, then per frame
+    ``mvs`` is the structured array of one decoded frame's motion vectors and ``width`` x ``height`` the frame
+    size of the decoded stream (not the analysis size). With PyAV 18 (checked with 18.1 / libx264): set
+    ``stream.codec_context.options = {"flags2": "+export_mvs"}`` and ``stream.thread_type = "SLICE"`` before
+    decoding (under frame threads the exported vectors race: see curation.decode.thread_type), then per frame
     ``sd = frame.side_data.get("MOTION_VECTORS")`` gives an ``av.sidedata.motionvectors.MotionVectors``
     (``None`` on I-frames) and ``sd.to_ndarray()`` the array with fields ``source`` (int32, -1 = past
     reference, +1 = future), ``w``, ``h`` (uint8 block size), ``src_x``, ``src_y``, ``dst_x``, ``dst_y``
     (int16), ``flags`` (uint64), ``motion_x``, ``motion_y`` (int32) and ``motion_scale`` (uint16); the
-    displacement in pixels is ``motion_x / motion_scale`` (x264: quarter-pel, scale 4). H.264 exports
-    every inter block including skipped ones (0 vector); intra blocks have no vector and are not counted.
-    Each magnitude is divided by ``|source|``, but FFmpeg only ever writes +-1 there, so the value is per
-    *reference distance*: exact per frame for IPPP streams, while with B-frames a P-frame's vectors span
-    the whole anchor distance (x264 pan, bf=2: P-frames read 3x the true per-frame motion, B-frames
-    1-1.15x; over a clip the mean is ~1.5x, the median exact), so aggregate per clip with the median, or
-    divide a P-frame's value by its display-order distance to the previous I/P frame. ``None`` or empty
-    (I-frames, intra-only codecs) gives 0.0: skip I-frames rather than reading that as "static".
+    displacement in pixels is ``motion_x / motion_scale`` (x264: quarter-pel, scale 4). H.264 exports every
+    inter block including skipped ones (0 vector); intra blocks have no vector and are not counted. Each
+    magnitude is divided by ``|source|``, but FFmpeg only ever writes +-1 there, so the value is per
+    *reference distance*: exact per frame for IPPP streams, while with B-frames a P-frame's vectors span the
+    whole anchor distance (x264 pan, bf=2: P-frames read 3x the true per-frame motion, B-frames 1-1.15x; over
+    a clip the mean is ~1.5x, the median exact), so aggregate per clip with the median, or divide a P-frame's
+    value by its display-order distance to the previous I/P frame. ``None`` or empty (I-frames, intra-only
+    codecs) gives 0.0: skip I-frames rather than reading that as "static".
     """
     if mvs is None or len(mvs) == 0:
         return 0.0
