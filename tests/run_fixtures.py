@@ -72,8 +72,19 @@ class DemoRuns:
     logs: list[Path] = field(default_factory=list)
 
 
+_CACHE: dict[str, DemoRuns] = {}
+
+
 @pytest.fixture(scope="session")
 def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> DemoRuns:
+    # Each test module that imports this fixture gets its own copy of the definition, and pytest
+    # keys session fixtures by definition: the cache makes them one pair of runs per session.
+    if "runs" not in _CACHE:
+        _CACHE["runs"] = _make_demo_runs(tmp_path_factory)
+    return _CACHE["runs"]
+
+
+def _make_demo_runs(tmp_path_factory: pytest.TempPathFactory) -> DemoRuns:
     base = tmp_path_factory.mktemp("demo")
     out = base / "out"
     ref_log = base / "reference.log"

@@ -131,6 +131,19 @@ def render(page: Path, tmp_path: Path) -> tuple[dict, np.ndarray]:
     return found, np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("RGB"))
 
 
+def frames_of(data: bytes) -> list[object]:
+    from PIL import Image, ImageSequence
+
+    return [f.convert("RGB") for f in ImageSequence.Iterator(Image.open(io.BytesIO(data)))]
+
+
+def shown_as(frame: object, shape: tuple[int, ...]) -> np.ndarray:
+    from PIL import Image
+
+    assert isinstance(frame, Image.Image)
+    return np.asarray(frame.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
 @pytest.mark.slow
 def test_report_renders_in_chromium_with_images_and_japanese_text(
     demo_runs: DemoRuns, tmp_path: Path
@@ -169,9 +182,14 @@ def test_report_renders_in_chromium_with_images_and_japanese_text(
         return shot[max(y, 0) : y + h, max(x, 0) : x + w]
 
     assert shot.shape[0] >= found["height"] - 50
-    for img in imgs:
-        px = region(img["rect"])
-        assert px.size and px.std() > 3, img["alt"]
+    sources = re.findall(r'<img [^>]*src="data:image/[a-z]+;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(sources) == len(imgs)
+    for img, src in zip(imgs, sources, strict=True):
+        px = region(img["rect"]).astype(np.float32)
+        # What the screen shows where the image is, against the image itself scaled to its box
+        # (any frame of an animated one): a broken image would show the white page there.
+        err = min(np.abs(px - shown_as(frame, px.shape)).mean() for frame in frames_of(base64.b64decode(src)))
+        assert err < 15, (img["alt"], err)
     for c in found["captions"]:
         px = region(c["rect"]).mean(axis=2)
         assert px.size and (px < 110).mean() > 0.02, c["text"]
