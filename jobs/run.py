@@ -445,5 +445,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.run.report and not args.no_report:
         from jobs.report import write_report
 
-        log(f"report: {write_report(pipe.out)}")
+        t0 = time.perf_counter()
+        path = write_report(pipe.out)
+        log(f"report: {path}; {time.perf_counter() - t0:.1f} s")
     return 0 if results and all(r.ok for r in results) else 1
