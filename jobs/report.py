@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 from collections import Counter
 from typing import Any
@@ -174,6 +175,25 @@ def samples_section(d: RunData) -> tuple[str, list[str]]:
     return "".join(cards), texts
 
 
+EVAL_DIR = "eval"
+
+
+def eval_section(out: str) -> tuple[str, list[str]]:
+    """`vjp eval --out OUT/eval`'s section (FVD, settings, generated beside real) and its captions."""
+    folder = os.path.join(out, EVAL_DIR)
+    if not os.path.isfile(os.path.join(folder, "metrics.json")):
+        return "", []
+    from training.eval.report import render_section
+
+    prompts = os.path.join(folder, "prompts.jsonl")
+    texts: list[str] = []
+    if os.path.exists(prompts):
+        with open(prompts, encoding="utf-8") as f:
+            texts = [json.loads(line)["prompt"] for line in f if line.strip()]
+    # The section's captions take the report's embedded Japanese font.
+    return render_section(folder).replace('class="cap"', 'class="cap ja" lang="ja"'), texts
+
+
 STYLE = """body{font-family:sans-serif;margin:20px;color:#222} h2{margin-top:28px}
 table.summary td{padding:3px 10px;border-bottom:1px solid #ddd;font-size:13px;vertical-align:top}
 table.summary td:first-child{font-weight:bold;white-space:nowrap}
@@ -229,6 +249,10 @@ def render(d: RunData, max_clips: int = 24) -> str:
         cards, texts = samples_section(d)
         ja_texts += texts
         parts.append(f'<h2 id="samples">Generated samples</h2><div class="grid">{cards}</div>')
+    eval_html, eval_texts = eval_section(d.out)
+    ja_texts += eval_texts
+    if eval_html:
+        parts.append(eval_html)
     errors = "".join(
         f'<tr><td class="err">{esc(v["uri"])}</td><td class="err">{esc(v.get("error_stage") or "")}</td>'
         f'<td class="err">{esc(v.get("error") or "")}</td></tr>'

@@ -178,3 +178,20 @@ def test_bad_config_and_missing_inputs_exit_2(tiny: dict[str, Path], tmp_path: P
     assert main([*base, "--set", "fvd.weights=" + str(tmp_path / "none.pt")]) == 2
     missing = ["eval", "--ckpt", str(tmp_path / "no-run"), "--shards", str(tiny["shards"])]
     assert main([*missing, "--out", str(tmp_path), *SMOKE]) == 2
+
+
+def test_the_run_report_shows_the_evaluation(
+    tiny: dict[str, Path], first_run: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    from jobs.report import write_report
+
+    out = tmp_path / "OUT"
+    out.mkdir()
+    assert "Evaluation" not in Path(write_report(str(out))).read_text()  # no eval, no section
+    shutil.copytree(first_run["out"], out / "eval")  # where `vjp eval --out OUT/eval` writes
+    page = Path(write_report(str(out))).read_text()
+    assert '<section class="vjp-eval">' in page and "FVD generated vs real" in page
+    caption = _prompts(first_run["out"])[0]["prompt"]
+    assert f'class="cap ja" lang="ja">{caption}' in page  # captions in the report's Japanese font
