@@ -152,10 +152,12 @@ def save_checkpoint(
         os.makedirs(tmp)
     d.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save(
-        {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()},
-        checkpoint_id=os.path.join(tmp, "dcp"),
-    )
+    with warnings.catch_warnings():  # "assuming single process" when there is no group: intended
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.save(
+            {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()},
+            checkpoint_id=os.path.join(tmp, "dcp"),
+        )
     _write_json(
         os.path.join(tmp, "ranks", f"rank_{d.rank:05d}.json"), {"position": position, "rng": rng_state()}
     )
