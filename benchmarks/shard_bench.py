@@ -63,7 +63,7 @@ def bench_stage(
         )
         parts["decode+crop/scale"] += time.process_time() - c
         c = time.process_time()
-        encode_mp4(frames, preset.fps, preset)
+        encode_mp4(frames, preset.fps, preset.codec, preset.crf, preset.preset)
         parts["encode"] += time.process_time() - c
     total = sum(parts.values()) or 1.0
     # Loader, one core: decode every sample of the stage into float tensors, twice.

@@ -56,7 +56,7 @@ def train_from_config(
     cfg = load_train_config(config_path, list(overrides))
     ckpt = latest_checkpoint(out)
     if ckpt and not resume:
-        raise FileExistsError(f"{out} has checkpoints: resume it or choose a new run folder")
+        raise FileExistsError(f"{out} has checkpoints: pass --resume (resume=True) or a new run folder")
     if ckpt and read_meta(ckpt)["step"] >= cfg.steps and os.path.exists(os.path.join(out, "summary.json")):
         return launch.read_summary(out)
     resume = bool(ckpt)
@@ -79,18 +79,12 @@ def train_from_config(
 def run(args: argparse.Namespace) -> int:
     from training.train import NonFiniteError
 
-    if args.resume is False:
-        from training.checkpoint import latest_checkpoint
-
-        if latest_checkpoint(args.out):
-            print(f"vjp train: {args.out} has checkpoints: pass --resume or a new --out", file=sys.stderr)
-            return 2
     try:
         summary = train_from_config(
             args.config,
             args.shards,
             args.out,
-            resume=True,
+            resume=args.resume,
             overrides=args.overrides,
             launcher="ray" if args.ray else "local",
             address=args.address,

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from training.parallel import Dist
+from training.data.shard_writer import write_atomic
+from training.parallel import Dist, full_tensor
 
 CKPT_DIR = "checkpoints"
 EXPORT = "export"
@@ -76,12 +77,9 @@ def read_meta(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+def write_json(path: str, obj: Any) -> None:
+    """JSON under its final name complete or not at all (temporary name + rename)."""
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True).encode())
 
 
 def rng_state() -> dict[str, str]:
@@ -100,21 +98,17 @@ def set_rng_state(state: dict[str, str]) -> None:
         torch.cuda.set_rng_state(tensor(state["cuda"]))
 
 
-def _full_cpu(t: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(t, DTensor):
-        t = t.full_tensor()  # collective: every rank calls it in the same order
-    return t.detach().float().cpu()
-
-
 def export_transformer(
     d: Dist, model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: str
 ) -> None:
     """EMA weights (possibly sharded) -> a diffusers CogVideoXTransformer3DModel folder, by rank 0."""
     from safetensors.torch import save_file
 
-    full = {name: _full_cpu(t) for name, t in weights.items()}
+    full: dict[str, torch.Tensor] = {}
+    for name, t in weights.items():
+        t = full_tensor(t)  # every rank takes part in the gather; only rank 0 keeps a CPU copy
+        if d.is_main:
+            full[name] = t.detach().float().cpu()
     if not d.is_main:
         return
     os.makedirs(folder, exist_ok=True)
@@ -126,7 +120,7 @@ def export_transformer(
 
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     config.update(_class_name="CogVideoXTransformer3DModel", _diffusers_version=diffusers.__version__)
-    _write_json(os.path.join(folder, "config.json"), config)
+    write_json(os.path.join(folder, "config.json"), config)
 
 
 def save_checkpoint(
@@ -158,23 +152,21 @@ def save_checkpoint(
             {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()},
             checkpoint_id=os.path.join(tmp, "dcp"),
         )
-    _write_json(
+    write_json(
         os.path.join(tmp, "ranks", f"rank_{d.rank:05d}.json"), {"position": position, "rng": rng_state()}
     )
     if export_meta is not None:
         export_transformer(d, model, ema.state_dict(), os.path.join(tmp, EXPORT, "transformer"))
         if d.is_main:
-            _write_json(
+            write_json(
                 os.path.join(tmp, EXPORT, EXPORT_META), {"format": EXPORT_FORMAT, "step": step, **export_meta}
             )
     d.barrier()
     if d.is_main:
-        _write_json(os.path.join(tmp, "meta.json"), {"step": step, "world_size": d.world_size, **meta})
+        write_json(os.path.join(tmp, "meta.json"), {"step": step, "world_size": d.world_size, **meta})
         shutil.rmtree(final, ignore_errors=True)  # a complete older copy of the same step (rerun)
         os.rename(tmp, final)
-        with open(os.path.join(root, ".latest.tmp"), "w", encoding="utf-8") as f:
-            f.write(step_name(step) + "\n")
-        os.replace(os.path.join(root, ".latest.tmp"), os.path.join(root, "latest"))
+        write_atomic(os.path.join(root, "latest"), (step_name(step) + "\n").encode())
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     d.barrier()

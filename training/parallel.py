@@ -64,6 +64,13 @@ def init_distributed(cfg: ParallelConfig) -> Dist:
     return Dist(0, 1, 0, device, False)
 
 
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (a collective: every rank calls it), else the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
 def compute_dtype(cfg: ParallelConfig, device: torch.device) -> torch.dtype:
     if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
         return torch.bfloat16

@@ -51,6 +51,8 @@ class Sampler:
         self.text_cfg = TextConfig.model_validate(self.meta["text"])
         self.text = TextEncoder(self.text_cfg, self.device, self.dtype)
         self.vae = VAE(VAEConfig.model_validate(self.meta["vae"]), self.device, self.dtype)
+        # The scale training multiplied the latents by (from the latent shards' json in latent mode).
+        self.vae.scaling_factor = float(self.meta["latent_scale"])
         frames, height, width = self.meta["pixel_shape"]
         s = self.meta["sample"]
         self.settings: dict[str, Any] = {
@@ -68,9 +70,6 @@ class Sampler:
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str, device: str | None = None) -> Sampler:
         return cls(resolve_export(ckpt_dir), device)
-
-    def _latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return self.vae.latent_shape(frames, height, width)
 
     @torch.no_grad()
     def generate(
@@ -92,7 +91,7 @@ class Sampler:
         steps = steps or st["steps"]
         guidance = st["guidance"] if guidance is None else guidance
         negative = st["negative_prompt"] if negative_prompt is None else negative_prompt
-        shape = self._latent_shape(frames or st["frames"], height or st["height"], width or st["width"])
+        shape = self.vae.latent_shape(frames or st["frames"], height or st["height"], width or st["width"])
         times = flow.euler_times(steps, float(st["shift"]))
         out: list[np.ndarray] = []
         for i in range(0, len(prompts), batch_size):
@@ -151,22 +150,9 @@ class Sampler:
 
 def write_mp4(frames: np.ndarray, path: str, fps: float, crf: int = 18) -> None:
     """uint8 [T, H, W, 3] -> H.264 mp4 (yuv420p, so H and W must be even), written atomically."""
-    from fractions import Fraction
+    from training.data.shard_writer import encode_mp4, write_atomic
 
-    import av
-
-    t, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"{path}: H.264 yuv420p needs even sizes, got {w}x{h}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}.mp4"
-    )
-    with av.open(tmp, "w") as out:
-        st = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.options = {"crf": str(crf), "preset": "medium"}
-        for i in range(t):
-            out.mux(st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")))
-        out.mux(st.encode(None))
-    os.replace(tmp, path)
+    write_atomic(path, encode_mp4(np.ascontiguousarray(frames), fps, crf=crf))

@@ -84,8 +84,8 @@ def _members_of(path: str) -> list[dict[str, Any]]:
 class SampleTable:
     """Every sample of a split: (shard url, key, member offsets), in index order."""
 
-    def __init__(self, urls: list[str], shards: list[list[dict[str, Any]]], kind: str) -> None:
-        self.urls, self.kind = urls, kind
+    def __init__(self, urls: list[str], shards: list[list[dict[str, Any]]]) -> None:
+        self.urls = urls
         self.refs: list[tuple[int, int]] = [(s, i) for s, rows in enumerate(shards) for i in range(len(rows))]
         self.shards = shards
 
@@ -97,13 +97,12 @@ class SampleTable:
         urls, index = resolve_shards(source, split)
         if not urls:
             raise ValueError(f"{source}: no {split} shards")
-        kind = index.kind if index else "video"
         cache = _cache_file(cache_dir, index) if cache_dir and index else None
         if cache and os.path.exists(cache):
             with open(cache, encoding="utf-8") as f:
                 data = json.load(f)
             if data.get("version") == TABLE_VERSION and data.get("urls") == urls:
-                return cls(urls, data["shards"], kind)
+                return cls(urls, data["shards"])
         shards = []
         for url, entry in zip(urls, index.shards if index else [None] * len(urls), strict=True):
             rows = _members_of(url)
@@ -111,12 +110,12 @@ class SampleTable:
                 raise ValueError(f"{url}: {len(rows)} samples in the tar, the index says {entry.samples}")
             shards.append(rows)
         if cache:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            tmp = f"{cache}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"version": TABLE_VERSION, "urls": urls, "shards": shards}, f)
-            os.replace(tmp, cache)
-        return cls(urls, shards, kind)
+            from training.data.shard_writer import write_atomic
+
+            write_atomic(
+                cache, json.dumps({"version": TABLE_VERSION, "urls": urls, "shards": shards}).encode()
+            )
+        return cls(urls, shards)
 
 
 def _cache_file(cache_dir: str, index: ShardIndex) -> str:

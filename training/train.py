@@ -13,7 +13,6 @@ position, so a resumed run repeats an uninterrupted one step for step.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -27,12 +26,12 @@ from typing import Any
 import torch
 
 from training import flow
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state, write_json
 from training.config import TrainConfig, load_train_config
 from training.ema import EMA
 from training.metrics import StepLog, matmul_params, peak_tflops, train_flops_per_sample
 from training.modeling import VAE, TextEncoder, build_transformer, joint_mask, pad_text
-from training.parallel import Dist, compute_dtype, init_distributed, parallelize
+from training.parallel import Dist, compute_dtype, full_tensor, init_distributed, parallelize
 from training.stream import RankStream, SampleTable, make_loader, resume_consumed
 
 
@@ -102,9 +101,8 @@ def build_conditioning(
             f"text_emb dim {first['text_emb'].shape[-1]} != text encoder {cfg.text.model} ({text.dim})"
         )
     scale = float(cfg.vae.scaling_factor or meta["latents"]["vae_scaling_factor"])
-    del text
     return Conditioning(
-        kind, (f, c, h, w), uncond[0].shape[-1], uncond, None, None, scale, float(meta["fps"]), pixel_shape
+        kind, (f, c, h, w), text.dim, uncond, None, None, scale, float(meta["fps"]), pixel_shape
     )
 
 
@@ -164,12 +162,6 @@ def _peak_mem_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
-
-
 def train(cfg: TrainConfig, shards: str, out: str, resume: bool = False) -> dict[str, Any]:
     """Train until cfg.steps; returns (and rank 0 writes) RUN/summary.json."""
     d = init_distributed(cfg.parallel)
@@ -188,14 +180,13 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
             f"{out} has checkpoints ({os.path.basename(ckpt)}): pass --resume or a new --out"
         )
     if d.is_main:
-        with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(cfg.model_dump(mode="json"), f, indent=1, ensure_ascii=False)
+        write_json(os.path.join(out, "config.json"), cfg.model_dump(mode="json"))
     # The sample table: rank 0 reads the tar headers once, the others take its cache.
     cache = os.path.join(out, "stream")
-    if d.is_main:
-        SampleTable.build(shards, cfg.data.split, cache)
+    table = SampleTable.build(shards, cfg.data.split, cache) if d.is_main else None
     d.barrier()
-    table = SampleTable.build(shards, cfg.data.split, cache)
+    if table is None:
+        table = SampleTable.build(shards, cfg.data.split, cache)
     stream = RankStream(table, cfg.seed, d.rank, d.world_size, cfg.data.decode_threads)
     dtype = compute_dtype(cfg.parallel, d.device)
     cond = build_conditioning(cfg, stream, d.device, dtype)
@@ -276,9 +267,7 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
             loss = flow_step_loss(model, x1, emb, mask, cfg, alpha, gen, dtype, autocast)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-        if _is_dtensor(grad_norm):
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip))
         loss_mean = d.all_mean(loss_sum / cfg.grad_accum)
         finite = bool(torch.isfinite(loss_mean).item() and torch.isfinite(grad_norm).item())
         if finite:
@@ -344,8 +333,7 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
         "run_dir": out,
     }
     if d.is_main:
-        with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+        write_json(os.path.join(out, "summary.json"), summary)
     return summary
 
 

@@ -361,16 +361,19 @@ def load_window(
     return np.stack([got[i] for i in indices])
 
 
-def encode_mp4(frames: np.ndarray, fps: float, stage: StagePreset) -> bytes:
-    """H.264 mp4 bytes, deterministic: one x264 thread, fixed crf/preset, bitexact muxer."""
+def encode_mp4(
+    frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 18, preset: str = "medium"
+) -> bytes:
+    """uint8 [T, H, W, 3] -> H.264 mp4 bytes, deterministic: one x264 thread, fixed crf/preset,
+    bitexact muxer."""
     import av
 
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
-        st = out.add_stream(stage.codec, rate=Fraction(fps).limit_denominator(1001))
+        st = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         st.codec_context.thread_count = 1
-        st.options = {"crf": str(stage.crf), "preset": stage.preset}
+        st.options = {"crf": str(crf), "preset": preset}
         for f in frames:
             out.mux(st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         out.mux(st.encode(None))
@@ -387,7 +390,7 @@ def render_sample(plan: SamplePlan, root: str, stage: StagePreset, decode_thread
     return {
         "__key__": meta.key,
         JSON: dumps(meta.model_dump(mode="json")),
-        MP4: encode_mp4(frames, stage.fps, stage),
+        MP4: encode_mp4(frames, stage.fps, stage.codec, stage.crf, stage.preset),
         TXT: meta.caption.encode("utf-8"),
     }
 
