@@ -251,23 +251,10 @@ class Pipeline:
         return StepResult("shard", ok, "shard " + "; ".join(lines), {"stages": per_stage})
 
     def _tiny_trainer_models(self) -> dict[str, str]:
-        """training.tiny's VAE + text encoder in OUT/models/train, built in a temporary folder and
-        renamed, so a kill during the build never leaves half a model that looks finished."""
-        import shutil
-
+        """training.tiny's VAE + text encoder in OUT/models/train (built once, kill-safe)."""
         from training.tiny import build_tiny_models
 
-        root = Path(self.models_dir) / "train"
-        if (
-            not (root / "vae" / "config.json").exists()
-            or not (root / "text_encoder" / "config.json").exists()
-        ):
-            tmp = root.parent / f".train.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            build_tiny_models(tmp)
-            shutil.rmtree(root, ignore_errors=True)
-            os.replace(tmp, root)
-        return {"vae": str(root / "vae"), "text_encoder": str(root / "text_encoder")}
+        return build_tiny_models(Path(self.models_dir) / "train")
 
     def step_encode(self) -> StepResult:
         from jobs.encode import encode_stage

@@ -23,29 +23,12 @@ CAPTIONS = [
 
 
 def build_tiny_models(root: Path) -> tuple[Path, Path]:
-    """A 65k-parameter CogVideoX VAE and a 2-layer Llama with a byte-level BPE tokenizer."""
-    from diffusers import AutoencoderKLCogVideoX
-    from tokenizers import ByteLevelBPETokenizer, Tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """The tiny random CogVideoX VAE and 2-layer Llama of training.tiny (the demo's and the trainer
+    tests' too), saved and loaded back through from_pretrained."""
+    from training.tiny import build_tiny_models as build
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLCogVideoX(
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4
-    )
-    vae.save_pretrained(root / "vae")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CAPTIONS * 4, vocab_size=400, min_frequency=1, special_tokens=["<s>", "</s>"])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(bpe.to_str()), bos_token="<s>", eos_token="</s>"
-    )
-    tok.save_pretrained(root / "text")  # no pad token, like many causal LMs: Encoders falls back to eos
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(root / "text")
-    return root / "vae", root / "text"
+    models = build(root)
+    return Path(models["vae"]), Path(models["text_encoder"])
 
 
 @pytest.fixture(scope="module")

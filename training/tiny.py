@@ -9,9 +9,14 @@ as the real models.
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from curation.atomic import temp_path
 
 CORPUS = [
     "森の中を流れる小川、木漏れ日が水面にきらめく。",
@@ -71,14 +76,24 @@ def build_tiny_text_encoder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def _build_once(folder: Path, build: Callable[[Path, int], Path], seed: int) -> None:
+    """Build into a hidden temporary folder and rename it: a kill during the build never leaves a
+    folder that looks finished (save_pretrained writes config.json before the weights)."""
+    if folder.is_dir():
+        return
+    tmp = Path(temp_path(folder))
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp, seed)
+    os.replace(tmp, folder)
+
+
 def build_tiny_models(root: Path | str, seed: int = 0) -> dict[str, str]:
     """{"vae": folder, "text_encoder": folder}; reused when already built."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     vae, text = root / "vae", root / "text_encoder"
-    if not (vae / "config.json").exists():
-        build_tiny_vae(vae, seed)
-    if not (text / "config.json").exists():
-        build_tiny_text_encoder(text, seed)
+    _build_once(vae, build_tiny_vae, seed)
+    _build_once(text, build_tiny_text_encoder, seed)
     return {"vae": str(vae), "text_encoder": str(text)}
 
 
