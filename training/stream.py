@@ -96,7 +96,13 @@ class SampleTable:
     def build(cls, source: str, split: str, cache_dir: str | None = None) -> SampleTable:
         urls, index = resolve_shards(source, split)
         if not urls:
-            raise ValueError(f"{source}: no {split} shards")
+            why = ""
+            if index is not None:  # an index with no shards: a small corpus can be all held out
+                why = (
+                    f" (its {split} index lists none; with few source videos every sample can fall in the "
+                    "other split: see shard.split.eval_fraction)"
+                )
+            raise ValueError(f"{source}: no {split} shards{why}")
         cache = _cache_file(cache_dir, index) if cache_dir and index else None
         if cache and os.path.exists(cache):
             with open(cache, encoding="utf-8") as f:
