@@ -128,8 +128,16 @@ class ExtractConfig(_Strict):
 
 
 class RunnerConfig(_Strict):
-    max_in_flight: int = Field(0, ge=0, description="videos in flight; 0 = 2 x cluster CPUs")
-    num_cpus_per_video: float = Field(1.0, gt=0)
+    max_in_flight: int = Field(
+        0, ge=0, description="Ray tasks in flight (each a batch of videos), or threads locally; 0 = 2 x CPUs"
+    )
+    num_cpus_per_video: float = Field(1.0, gt=0, description="CPUs of a task (one video at a time)")
+    videos_per_task: int = Field(
+        0, ge=0, description="videos per Ray task; 0 = adaptive: about task_seconds of work per task"
+    )
+    task_seconds: float = Field(
+        2.0, gt=0, description="adaptive batches: target wall seconds of one task (per-task cost is ~ms)"
+    )
     progress: bool = True
 
 

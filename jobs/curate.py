@@ -16,7 +16,7 @@ from curation.manifest import VIDEO_SCHEMA, write_table_atomic
 from curation.pipeline import Layout, base_row, error_row, finalize, needs_work, process_video
 from curation.sources import open_source
 from curation.sources.base import VideoItem
-from jobs.runner import init_ray, map_ray, map_threads
+from jobs.runner import BatchSizer, init_ray, map_ray_batched, map_threads
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "curate.yaml")
 
@@ -71,8 +71,15 @@ def curate(
 
             # On a GPU one actor holds TransNetV2 and every video's analysis sends it frames.
             transnet = start_actor(cfg.split.detector, cfg.split.transnet_device)
-        results = map_ray(
-            process_video, todo, (out, cfg, transnet), cfg.runner.max_in_flight, cfg.runner.num_cpus_per_video
+        # Videos go in batches (one Ray task each); each worker decodes in a long-lived child.
+        sizer = BatchSizer(cfg.runner.videos_per_task, cfg.runner.task_seconds)
+        results = map_ray_batched(
+            process_video,
+            todo,
+            (out, cfg, transnet),
+            cfg.runner.max_in_flight,
+            cfg.runner.num_cpus_per_video,
+            sizer,
         )
     else:
         results = map_threads(process_video, todo, (out, cfg), cfg.runner.max_in_flight)

@@ -7,6 +7,8 @@ and results come back as they finish, for progress and summaries.
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
@@ -68,6 +70,106 @@ def map_ray(
             yield item, ray.get(ref), None
         except Exception as e:  # a worker died: costs this item only
             yield item, None, e
+
+
+def _run_batch(
+    fn: Callable[..., Any], batch: list[Any], *extra: Any
+) -> tuple[list[tuple[Any, BaseException | None]], float]:
+    """fn(item, *extra) for each item of a batch, in one Ray task; an item's exception is its own."""
+    t = time.perf_counter()
+    out: list[tuple[Any, BaseException | None]] = []
+    for item in batch:
+        try:
+            out.append((fn(item, *extra), None))
+        except Exception as e:
+            out.append((None, e))
+    return out, time.perf_counter() - t
+
+
+class BatchSizer:
+    """Items per task: `fixed` when set, else as many as fill about `target_s` of a worker's time.
+
+    Starts at one item per task (nothing measured yet) and follows a running mean of seconds per
+    item, so tiny videos share a task while long ones keep one each; never over `max_items`, nor
+    `max_bytes` of in-memory item data (videos streamed out of archives).
+    """
+
+    def __init__(self, fixed: int = 0, target_s: float = 2.0, max_items: int = 64, max_bytes: int = 1 << 28):
+        self.fixed, self.target_s, self.max_items, self.max_bytes = fixed, target_s, max_items, max_bytes
+        self.per_item_s: float | None = None
+
+    def observe(self, n: int, seconds: float) -> None:
+        if n:
+            s = seconds / n
+            self.per_item_s = s if self.per_item_s is None else 0.7 * self.per_item_s + 0.3 * s
+
+    def size(self) -> int:
+        if self.fixed:
+            return self.fixed
+        if self.per_item_s is None:
+            return 1
+        return max(1, min(self.max_items, int(self.target_s / max(self.per_item_s, 1e-6))))
+
+    def take(self, it: Iterator[T]) -> list[T]:
+        batch: list[T] = []
+        nbytes, want = 0, self.size()
+        while len(batch) < want and nbytes < self.max_bytes:
+            item = next(it, _END)
+            if item is _END:
+                break
+            batch.append(item)  # type: ignore[arg-type]
+            nbytes += len(getattr(item, "data", None) or b"")
+        return batch
+
+
+def map_ray_batched(
+    fn: Callable[..., Any],
+    items: Iterable[T],
+    extra: tuple[Any, ...],
+    max_in_flight: int,
+    num_cpus: float,
+    sizer: BatchSizer | None = None,
+) -> Iterator[tuple[T | None, Any, BaseException | None]]:
+    """fn(item, *extra) over Ray tasks that each take a batch of items, at most `max_in_flight` tasks.
+
+    Per-task cost is paid once per batch. A task whose worker process dies (OOM killer, a crash
+    outside the isolated decoder) is retried one item per task, so only the item that kills its
+    worker again is lost; it is yielded with the exception.
+    """
+    import ray
+
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_run_batch)
+    sizer = sizer or BatchSizer()
+    extra_refs = [ray.put(x) for x in extra]
+    fn_ref = ray.put(fn)
+    if max_in_flight <= 0:
+        max_in_flight = max(2, int(2 * ray.cluster_resources().get("CPU", 2)))
+    it = iter(items)
+    retry: deque[list[T]] = deque()
+    pending: dict[Any, list[T]] = {}
+    exhausted = False
+    while True:
+        while len(pending) < max_in_flight and (retry or not exhausted):
+            batch = retry.popleft() if retry else sizer.take(it)
+            if not batch:
+                exhausted = True
+                break
+            pending[remote.remote(fn_ref, batch, *extra_refs)] = batch
+        if not pending:
+            return
+        for ref in ray.wait(list(pending), num_returns=1)[0]:
+            batch = pending.pop(ref)
+            try:
+                results, seconds = ray.get(ref)
+            except Exception as e:  # the worker died: retry its items one per task
+                if len(batch) > 1:
+                    retry.extend([item] for item in batch)
+                else:
+                    yield batch[0], None, e
+                continue
+            sizer.observe(len(batch), seconds)
+            for item, (row, exc) in zip(batch, results, strict=True):
+                yield item, row, exc
 
 
 def map_threads(
