@@ -1,19 +1,39 @@
-"""Parquet manifests: Arrow schemas derived from the record models, atomic part files, readers."""
+"""Parquet manifests: Arrow schemas derived from the record models, part files, compaction, readers.
+
+A manifest is a folder (local or on an object store) holding:
+  <name>.parquet            loose parts, one per unit of work (a video, a caption batch) while a step
+                            runs; committed by existing (atomic rename locally, one PUT remotely)
+  c-<gen>-<i>.parquet       compacted files of generation <gen>, ~100k rows or ~128 MB each
+  _compact-<gen>.json       the commit record of generation <gen>: its files and the files it replaces
+Readers take the committed compacted files that no newer record replaces, then the loose parts
+(older layouts are loose parts only). Uncommitted compacted files (a compaction killed before its
+record) are ignored and removed by the next compaction.
+
+Rows are grouped by a key (`video_id` for the curation manifests): when the same key appears in
+several files, the rows of the newest file win as a whole group (loose parts are newer than any
+compaction, and a rerun rewrites a video's loose part), so a reprocessed video never mixes old
+and new clips. Caption manifests keep every row (history) and pick the latest per clip and type
+themselves.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from curation.atomic import atomic_output
+from curation import atomic
 from curation.records import ClipRow, ClipScores, ThumbRow, VideoRow
 
 _SCALARS: dict[Any, pa.DataType] = {
@@ -23,6 +43,12 @@ _SCALARS: dict[Any, pa.DataType] = {
     bool: pa.bool_(),
     bytes: pa.binary(),
 }
+
+COMPACT_ROWS = 100_000
+COMPACT_BYTES = 128 << 20
+ROW_GROUP_ROWS = 20_000  # sorted by key, so a filtered read of one video touches one row group
+_COMPACTED = re.compile(r"^c-(\d{6})-(\d{5})\.parquet$")
+_RECORD = re.compile(r"^_compact-(\d{6})\.json$")
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -57,34 +83,182 @@ _MODELS = {
 }
 
 
+def _write_parquet(table: pa.Table, path: str) -> None:
+    with atomic.atomic_output(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
 def write_table_atomic(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: str) -> None:
-    """Validate rows against their model and write them via a temporary name.
+    """Validate rows against their model and write them as one part (atomic, local or remote).
 
     Validation on write means a manifest never holds a row its JSON Schema rejects, and
     defaults (schema_version...) are filled in one place. A reader never sees a half part.
     """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     model = _MODELS.get(id(schema))
     if model is not None:
         rows = [model.model_validate(r).model_dump() for r in rows]
-    table = pa.Table.from_pylist(list(rows), schema=schema)
-    with atomic_output(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    _write_parquet(pa.Table.from_pylist(list(rows), schema=schema), path)
+
+
+# ---------------------------------------------------------------- resolving a manifest folder
+
+
+def _records(folder: str, names: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for n in names:
+        if _RECORD.match(n):
+            try:
+                out.append(json.loads(atomic.read_bytes(atomic.join(folder, n))))
+            except FileNotFoundError:
+                continue  # removed by a compaction that finished meanwhile
+    return sorted(out, key=lambda r: r["gen"])
+
+
+def committed_files(folder: str) -> list[str]:
+    """Names of the committed data files of a manifest folder, oldest first (the read order)."""
+    names = atomic.listdir(folder)
+    records = _records(folder, names)
+    replaced = {n for r in records for n in r["replaces"]}
+    present = set(names)
+    compacted = [n for r in records for n in r["files"] if n not in replaced and n in present]
+    loose = [
+        n
+        for n in names
+        if n.endswith(".parquet") and not n.startswith((".", "_")) and not _COMPACTED.match(n)
+        and n not in replaced
+    ]
+    return compacted + loose
+
+
+def _dataset(folder: str, names: Sequence[str], schema: pa.Schema | None) -> ds.Dataset:
+    paths = [atomic.join(folder, n) for n in names]
+    if atomic.is_url(folder):
+        fs, _ = atomic.get_fs(folder)
+        return ds.dataset([atomic.get_fs(p)[1] for p in paths], format="parquet", schema=schema, filesystem=fs)
+    return ds.dataset(paths, format="parquet", schema=schema)
+
+
+def _latest_groups(table: pa.Table, key: str, rank: np.ndarray) -> pa.Table:
+    """Rows of each key from the highest-ranked file that holds the key."""
+    codes = pc.dictionary_encode(table.column(key)).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    best = np.full(int(codes.max()) + 1 if len(codes) else 0, -1, dtype=np.int64)
+    np.maximum.at(best, codes, rank)
+    return table.filter(pa.array(rank == best[codes]))
+
+
+def read_table(
+    folder: str,
+    schema: pa.Schema | None = None,
+    columns: list[str] | None = None,
+    group_key: str | None = "video_id",
+    filter: Any = None,
+) -> pa.Table:
+    """The committed rows of a manifest folder as one Arrow table (newest group per key)."""
+    names = committed_files(folder)
+    if not names:
+        if schema is None:
+            return pa.table({})
+        return schema.empty_table().select(columns) if columns else schema.empty_table()
+    dset = _dataset(folder, names, schema)
+    if group_key is not None and group_key not in dset.schema.names:
+        group_key = None
+    single = len(names) == 1 or all(_COMPACTED.match(n) for n in names)  # compaction left one row set
+    cols = list(columns) if columns is not None else list(dset.schema.names)
+    if group_key is None or single:
+        return dset.to_table(columns=cols, filter=filter)
+    extra = [c for c in (group_key,) if c not in cols]
+    t = dset.to_table(columns=[*cols, *extra, "__filename"], filter=filter)
+    order = {atomic.get_fs(atomic.join(folder, n))[1] if atomic.is_url(folder) else atomic.join(folder, n): i
+             for i, n in enumerate(names)}
+    fn = t.column("__filename").combine_chunks().dictionary_encode()
+    rank = np.array([order[s] for s in fn.dictionary.to_pylist()], dtype=np.int64)[
+        fn.indices.to_numpy(zero_copy_only=False)
+    ]
+    t = _latest_groups(t, group_key, rank)
+    return t.drop_columns(["__filename", *extra])
 
 
 def read_rows(folder: str, schema: pa.Schema | None = None) -> list[dict[str, Any]]:
-    """All rows of a manifest folder (hidden temporaries are ignored by pyarrow.dataset)."""
-    if not os.path.isdir(folder):
-        return []
-    files = sorted(
-        os.path.join(folder, f)
-        for f in os.listdir(folder)
-        if f.endswith(".parquet") and not f.startswith(".")
-    )
-    if not files:
-        return []
-    return ds.dataset(files, format="parquet", schema=schema).to_table().to_pylist()
+    """All committed rows of a manifest folder as dicts (small manifests, tests, reports)."""
+    return read_table(folder, schema).to_pylist()
 
 
 def read_one(path: str) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist() if os.path.exists(path) else []
+    return pq.read_table(path).to_pylist() if atomic.exists(path) else []
+
+
+def file_count(folder: str) -> int:
+    """Files a reader opens (committed data files) — the figure the scale goals are about."""
+    return len(committed_files(folder))
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def _rows_per_file(table: pa.Table, rows: int, nbytes: int) -> int:
+    if table.num_rows == 0:
+        return rows
+    per_row = max(1, table.nbytes // table.num_rows)
+    return max(1, min(rows, nbytes // per_row))
+
+
+def compact(
+    folder: str,
+    schema: pa.Schema | None = None,
+    group_key: str | None = "video_id",
+    sort_by: Sequence[str] = ("video_id",),
+    rows_per_file: int = COMPACT_ROWS,
+    bytes_per_file: int = COMPACT_BYTES,
+) -> dict[str, int]:
+    """Merge a manifest folder's committed files into few large ones; safe to kill at any moment.
+
+    New files are written under fresh names, then the record that commits them (and names what
+    they replace); only then are the replaced files removed. A kill before the record leaves the
+    old state (the new files are uncommitted leftovers, removed next time); a kill after it leaves
+    the new state with some replaced files still lying around (ignored, removed next time).
+    Returns counts: files read, files written, rows.
+    """
+    names = atomic.listdir(folder)
+    if not names:
+        return {"read": 0, "written": 0, "rows": 0}
+    files = committed_files(folder)
+    records = _records(folder, names)
+    loose = [n for n in files if not _COMPACTED.match(n)]
+    latest = f"_compact-{records[-1]['gen']:06d}.json" if records else None
+    stray = [n for n in names if n not in files and n != latest]
+    if not loose:
+        # The committed state is already compact: only finish what a killed compaction left.
+        if stray or (records and records[-1]["replaces"]):
+            _finish(folder, stray, records[-1] if records else None)
+        return {"read": 0, "written": 0, "rows": 0}
+    written: list[str] = []
+    rows = 0
+    gens = [int(m.group(1)) for n in names if (m := _COMPACTED.match(n) or _RECORD.match(n))]
+    gen = max(gens, default=0) + 1
+    if files:
+        table = read_table(folder, schema, group_key=group_key)
+        keys = [k for k in sort_by if k in table.column_names]
+        if keys:
+            table = table.sort_by([(k, "ascending") for k in keys])
+        rows = table.num_rows
+        step = _rows_per_file(table, rows_per_file, bytes_per_file)
+        for i, start in enumerate(range(0, max(rows, 1), step)):
+            name = f"c-{gen:06d}-{i:05d}.parquet"
+            _write_parquet(table.slice(start, step), atomic.join(folder, name))
+            written.append(name)
+        del table
+    record = {"gen": gen, "files": written, "rows": rows, "replaces": sorted(set(files) - set(written))}
+    record_name = f"_compact-{gen:06d}.json"
+    atomic.write_bytes(atomic.join(folder, record_name), json.dumps(record).encode())
+    _finish(folder, [n for n in names if n not in written and n != record_name], record)
+    return {"read": len(files), "written": len(written), "rows": rows}
+
+
+def _finish(folder: str, remove: Sequence[str], record: dict[str, Any] | None) -> None:
+    """Remove what the committed record replaced (and leftovers), then clear its `replaces` list:
+    from then on a loose part under a reused name (a video processed again) counts as new."""
+    for n in remove:
+        atomic.remove(atomic.join(folder, n))
+    if record is not None and record["replaces"]:
+        done = {**record, "replaces": []}
+        atomic.write_bytes(atomic.join(folder, f"_compact-{record['gen']:06d}.json"), json.dumps(done).encode())
