@@ -19,7 +19,6 @@ themselves.
 from __future__ import annotations
 
 import json
-import os
 import re
 import types
 import typing
@@ -124,7 +123,9 @@ def committed_files(folder: str) -> list[str]:
     loose = [
         n
         for n in names
-        if n.endswith(".parquet") and not n.startswith((".", "_")) and not _COMPACTED.match(n)
+        if n.endswith(".parquet")
+        and not n.startswith((".", "_"))
+        and not _COMPACTED.match(n)
         and n not in replaced
     ]
     return compacted + loose
@@ -134,7 +135,9 @@ def _dataset(folder: str, names: Sequence[str], schema: pa.Schema | None) -> ds.
     paths = [atomic.join(folder, n) for n in names]
     if atomic.is_url(folder):
         fs, _ = atomic.get_fs(folder)
-        return ds.dataset([atomic.get_fs(p)[1] for p in paths], format="parquet", schema=schema, filesystem=fs)
+        return ds.dataset(
+            [atomic.get_fs(p)[1] for p in paths], format="parquet", schema=schema, filesystem=fs
+        )
     return ds.dataset(paths, format="parquet", schema=schema)
 
 
@@ -168,8 +171,10 @@ def read_table(
         return dset.to_table(columns=cols, filter=filter)
     extra = [c for c in (group_key,) if c not in cols]
     t = dset.to_table(columns=[*cols, *extra, "__filename"], filter=filter)
-    order = {atomic.get_fs(atomic.join(folder, n))[1] if atomic.is_url(folder) else atomic.join(folder, n): i
-             for i, n in enumerate(names)}
+    order = {
+        atomic.get_fs(atomic.join(folder, n))[1] if atomic.is_url(folder) else atomic.join(folder, n): i
+        for i, n in enumerate(names)
+    }
     fn = t.column("__filename").combine_chunks().dictionary_encode()
     rank = np.array([order[s] for s in fn.dictionary.to_pylist()], dtype=np.int64)[
         fn.indices.to_numpy(zero_copy_only=False)
@@ -261,4 +266,6 @@ def _finish(folder: str, remove: Sequence[str], record: dict[str, Any] | None) -
         atomic.remove(atomic.join(folder, n))
     if record is not None and record["replaces"]:
         done = {**record, "replaces": []}
-        atomic.write_bytes(atomic.join(folder, f"_compact-{record['gen']:06d}.json"), json.dumps(done).encode())
+        atomic.write_bytes(
+            atomic.join(folder, f"_compact-{record['gen']:06d}.json"), json.dumps(done).encode()
+        )
