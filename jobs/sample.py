@@ -2,6 +2,7 @@
 
 vjp sample --ckpt RUN/checkpoints/step_000500 --prompt "夕暮れの海辺を柴犬が走っている" --out video.mp4
 vjp sample --ckpt RUN --prompts prompts.txt --out videos/          # one prompt per line
+vjp sample --ckpt RUN --weights raw ...    # the trained weights instead of their EMA (export/raw/)
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, help="an .mp4 path for one prompt, else a folder (000000.mp4, ...)"
     )
+    p.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        default="ema",
+        help="ema (default) or raw: the trained weights, exported beside the EMA (checkpoint.export_raw)",
+    )
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default from the checkpoint: 25)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 2.5; 1 = no guidance)")
     p.add_argument("--negative-prompt", default=None, help="replaces the empty caption in guidance")
@@ -31,6 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
+
+
+def export_folder(ckpt: str, weights: str = "ema") -> str:
+    """The export folder of a checkpoint for EMA or raw weights (raw: export/raw/, its own export)."""
+    from training.checkpoint import EXPORT_META, RAW
+    from training.sample import resolve_export
+
+    folder = resolve_export(ckpt)
+    if weights == "ema":
+        return folder
+    raw = os.path.join(folder, RAW)
+    if not os.path.isfile(os.path.join(raw, EXPORT_META)):
+        raise FileNotFoundError(f"{folder}: no raw weights (the run had checkpoint.export_raw=false)")
+    return raw
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vjp sample: {len(prompts)} prompts need a folder for --out, not {args.out}", file=sys.stderr)
         return 2
     try:
-        sampler = Sampler.from_checkpoint(args.ckpt, args.device)
+        sampler = Sampler(export_folder(args.ckpt, args.weights), args.device)
     except FileNotFoundError as e:
         print(f"vjp sample: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@
         meta.json                 step, world size, skipped steps, scheduler, config hash
         export/transformer/       EMA weights as a diffusers folder (config.json + safetensors)
         export/videojp.json       what the sampler needs: text encoder, VAE, sample and flow settings
+        export/raw/               the same for the trained (non-EMA) weights (checkpoint.export_raw)
     RUN/checkpoints/latest        the name of the newest complete checkpoint
 
 A checkpoint is written under a hidden temporary name and renamed into place by rank 0 once
@@ -32,6 +33,7 @@ CKPT_DIR = "checkpoints"
 EXPORT = "export"
 EXPORT_META = "videojp.json"
 EXPORT_FORMAT = "videojp.export.v1"
+RAW = "raw"  # export/raw/ is an export folder of its own: `vjp sample --weights raw` reads it
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
 
 
@@ -101,7 +103,7 @@ def set_rng_state(state: dict[str, str]) -> None:
 def export_transformer(
     d: Dist, model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: str
 ) -> None:
-    """EMA weights (possibly sharded) -> a diffusers CogVideoXTransformer3DModel folder, by rank 0."""
+    """Weights (possibly sharded) -> a diffusers CogVideoXTransformer3DModel folder, by rank 0."""
     from safetensors.torch import save_file
 
     full: dict[str, torch.Tensor] = {}
@@ -134,6 +136,7 @@ def save_checkpoint(
     meta: dict[str, Any],
     export_meta: dict[str, Any] | None,
     keep_last: int,
+    export_raw: bool = False,
 ) -> str:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -156,11 +159,16 @@ def save_checkpoint(
         os.path.join(tmp, "ranks", f"rank_{d.rank:05d}.json"), {"position": position, "rng": rng_state()}
     )
     if export_meta is not None:
-        export_transformer(d, model, ema.state_dict(), os.path.join(tmp, EXPORT, "transformer"))
-        if d.is_main:
-            write_json(
-                os.path.join(tmp, EXPORT, EXPORT_META), {"format": EXPORT_FORMAT, "step": step, **export_meta}
-            )
+        exports = [(os.path.join(tmp, EXPORT), "ema", ema.state_dict())]
+        if export_raw:
+            exports.append((os.path.join(tmp, EXPORT, RAW), "raw", ema.live_state_dict()))
+        for folder, kind, weights in exports:
+            export_transformer(d, model, weights, os.path.join(folder, "transformer"))
+            if d.is_main:
+                write_json(
+                    os.path.join(folder, EXPORT_META),
+                    {"format": EXPORT_FORMAT, "step": step, "weights": kind, **export_meta},
+                )
     d.barrier()
     if d.is_main:
         write_json(os.path.join(tmp, "meta.json"), {"step": step, "world_size": d.world_size, **meta})

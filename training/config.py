@@ -42,6 +42,12 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
+    attention: Literal["auto", "flex", "sdpa"] = Field(
+        "auto",
+        description="kernel of the joint attention with text.mask_padding: flex = FlexAttention with a "
+        "padding block mask (fused kernel, compiled on CUDA); sdpa = SDPA with a boolean mask (the "
+        "reference; a mask rules out flash attention); auto = flex on CUDA, sdpa on the CPU",
+    )
     transformer: str | None = Field(
         None,
         description="hub id or folder of a pretrained CogVideoXTransformer3DModel; null = random init "
@@ -97,11 +103,13 @@ class VAEConfig(_Strict):
 
 
 class FlowConfig(_Strict):
-    timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
-    logit_mean: float = 0.0
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field(
+        "logit_normal", description="logit-normal on the noise level (SD3, Open-Sora 2.0) or uniform"
+    )
+    logit_mean: float = Field(0.0, description="mean of the logit of the noise level (> 0: noisier t)")
     logit_std: float = 1.0
     shift: float | Literal["auto"] | None = Field(
-        None,
+        "auto",
         description="resolution shift alpha towards the noise end (t=0 here); auto = Open-Sora 2.0's rule "
         "from the latent token count; null/1 = none",
     )
@@ -112,13 +120,20 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    weight_decay: float = 0.01
+    weight_decay: float = Field(
+        0.01, ge=0.0, description="on matrices only: norms, biases and embeddings are not decayed"
+    )
     warmup_steps: int = Field(1000, ge=0)
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a share of lr")
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_start_step: int = Field(0, ge=0, description="EMA copies the weights until this step")
+    ema_warmup: bool = Field(
+        True,
+        description="decay_t = min(ema_decay, (1 + t) / (10 + t)) at t steps after ema_start_step, so "
+        "the EMA forgets the random init early (without it 0.9999 keeps 61% of it at step 5k)",
+    )
 
 
 class DataConfig(_Strict):
@@ -136,7 +151,12 @@ class DataConfig(_Strict):
 class ParallelConfig(_Strict):
     fsdp: Literal["auto", "on", "off"] = Field("auto", description="auto = FSDP2 when world size > 1")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU")
-    activation_checkpointing: bool = True
+    activation_checkpointing: bool = Field(
+        True, description="checkpoint_wrapper per block (before compile and FSDP); see ac_every"
+    )
+    ac_every: int = Field(
+        1, ge=1, description="partial AC: checkpoint every k-th block (1 = all); trades memory for speed"
+    )
     compile: bool = Field(False, description="torch.compile each block (after AC, before FSDP)")
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     allow_reshard: bool = Field(
@@ -148,6 +168,9 @@ class CheckpointConfig(_Strict):
     every: int = Field(500, ge=1)
     keep_last: int = Field(3, ge=1)
     export: bool = Field(True, description="write export/: EMA weights as a diffusers folder per checkpoint")
+    export_raw: bool = Field(
+        True, description="also export/raw/: the trained (non-EMA) weights, `vjp sample --weights raw`"
+    )
 
 
 class LogConfig(_Strict):

@@ -6,9 +6,12 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from training.ema import clean_name
 
 # Dense bf16 peak TFLOP/s per device, for MFU (spec sheets, no sparsity).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
@@ -26,19 +29,58 @@ def peak_tflops(explicit: float | None) -> float | None:
     return None
 
 
-def matmul_params(model: torch.nn.Module) -> int:
-    """Parameters that take part in a matmul per token (every Linear weight): 2 FLOPs each forward."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+# Linear/conv layers by how often they run. The adaLN modulation (norm1/norm2/norm_out .linear)
+# and the time embedding act on the timestep embedding: once per sample, not per token (357M of
+# CogVideoX-2B's 1.69B parameters). text_proj runs on text tokens, the patch conv and proj_out on
+# video tokens; everything else in the blocks (attention projections, feed-forward) on all tokens.
+_PER_SAMPLE = ("norm1.linear", "norm2.linear", "norm_out.linear", "time_embedding.", "ofs_embedding.")
+_PER_TEXT = ("text_proj",)
+_PER_VIDEO = ("patch_embed.proj", "proj_out")
+
+
+@dataclass(frozen=True)
+class MatmulParams:
+    """Weights that take part in a matmul (2 FLOPs per weight and application, forward), by how
+    often they are applied in one sample."""
+
+    joint: int  # per token, text and video
+    text: int  # per text token
+    video: int  # per video token (patches)
+    sample: int  # once per sample
+
+    @property
+    def total(self) -> int:
+        return self.joint + self.text + self.video + self.sample
+
+
+def matmul_params(model: torch.nn.Module) -> MatmulParams:
+    counts = {"joint": 0, "text": 0, "video": 0, "sample": 0}
+    for name, m in model.named_modules():
+        if not isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
+            continue
+        name = clean_name(name) + "."
+        if any(k in name for k in _PER_SAMPLE):
+            kind = "sample"
+        elif any(k in name for k in _PER_TEXT):
+            kind = "text"
+        elif any(k in name for k in _PER_VIDEO):
+            kind = "video"
+        else:
+            kind = "joint"
+        counts[kind] += m.weight.numel()
+    return MatmulParams(**counts)
 
 
 def train_flops_per_sample(
-    model_cfg: dict[str, Any], n_linear: int, video_tokens: int, text_tokens: int
+    model_cfg: dict[str, Any], params: MatmulParams, video_tokens: int, text_tokens: int
 ) -> float:
-    """Forward + backward FLOPs of one sample (6 N S for the linears, 12 L S^2 d for attention
-    scores and values; activation recomputation is not counted, as MFU defines it)."""
+    """Forward + backward FLOPs of one sample: 6 x (per-token weights x their tokens + per-sample
+    weights) for the matmuls, 12 L S^2 d for attention scores and values. Activation recomputation
+    is not counted, as MFU defines it."""
     s = video_tokens + text_tokens
     d = model_cfg["num_attention_heads"] * model_cfg["attention_head_dim"]
-    return 6.0 * n_linear * s + 12.0 * model_cfg["num_layers"] * s * s * d
+    dense = params.joint * s + params.text * text_tokens + params.video * video_tokens + params.sample
+    return 6.0 * dense + 12.0 * model_cfg["num_layers"] * s * s * d
 
 
 class StepLog:

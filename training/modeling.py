@@ -18,15 +18,89 @@ import torch.nn.functional as F
 
 from training.config import COGVIDEOX_2B, TextConfig, TrainConfig, VAEConfig
 
-
 # ---- masked joint attention ------------------------------------------------------------------
+ATTENTION_MODES = ("flex", "sdpa")
+FLEX_BLOCK = 128  # FlexAttention's default tile
+
+
+def resolve_attention(mode: str, device: torch.device) -> str:
+    """auto -> flex on CUDA (a fused kernel that honours the mask), sdpa on the CPU."""
+    if mode == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"model.attention={mode!r}: expected auto, flex or sdpa")
+    return mode
+
+
+_compiled_flex: Any = None
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> torch.Tensor:
+    """FlexAttention: compiled into a fused kernel on CUDA (once per process; inside a compiled block
+    this inlines); eager on the CPU, where it is the unfused reference the tests compare."""
+    from torch.nn.attention import flex_attention as fa
+
+    global _compiled_flex
+    if q.device.type != "cuda":
+        import warnings
+
+        with warnings.catch_warnings():  # "called without torch.compile()": intended on the CPU
+            warnings.simplefilter("ignore", UserWarning)
+            return fa.flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(fa.flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+def padding_block_mask(key_valid: torch.Tensor, block: int = FLEX_BLOCK) -> Any:
+    """A FlexAttention BlockMask for a key padding mask [B, S] (True = attend), every query alike.
+
+    Built from per-block counts (O(B S), no S x S mask): a key block with every key valid is a full
+    block (no mask_mod work), one with some valid keys is partial (mask_mod reads key_valid), one
+    with none is skipped. Same result as create_block_mask(lambda b, h, q, kv: key_valid[b, kv]).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    b, s = key_valid.shape
+    n = -(-s // block)
+    valid = torch.zeros(b, n * block, dtype=torch.bool, device=key_valid.device)
+    valid[:, :s] = key_valid.to(torch.bool)
+    counts = valid.view(b, n, block).sum(-1)
+    sizes = torch.full((n,), block, device=valid.device)
+    sizes[-1] = s - (n - 1) * block
+    full = counts == sizes
+    if s % block:  # the ragged last block goes through the mask_mod path, as create_block_mask does
+        full[:, -1] = False
+    partial = (counts > 0) & ~full
+
+    def blocks(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.argsort((~sel).to(torch.int8), dim=1, stable=True).to(torch.int32)  # selected first
+        num = sel.sum(1).to(torch.int32)
+        return num[:, None, None].expand(b, 1, n).contiguous(), idx[:, None, None, :].expand(
+            b, 1, n, n
+        ).contiguous()
+
+    kv_num, kv_idx = blocks(partial)
+    full_num, full_idx = blocks(full)
+
+    def mask_mod(bi: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return valid[bi, kv]
+
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(s, s)
+    )
+
+
 class MaskedJointAttnProcessor:
     """CogVideoX joint (text + video) attention in which padded text tokens are never attended.
 
-    `attention_mask` is a key mask [B, L_text + N_video] (True = attend) passed through the
-    transformer's `attention_kwargs`. Queries of padded text tokens still compute (their outputs
-    never reach a video token), so the video output is exactly that of the unpadded caption.
-    No RoPE: the 2B configuration uses sin-cos positions; a RoPE model is refused at build time.
+    `attention_mask` comes through the transformer's `attention_kwargs`: either a key mask
+    [B, L_text + N_video] (True = attend) for SDPA (the reference: a boolean mask makes SDPA fall
+    back from flash attention to the efficient or math kernel), or a FlexAttention BlockMask from
+    `padding_block_mask` (a fused kernel that skips the mask work on unmasked tiles). Queries of
+    padded text tokens still compute (their outputs never reach a video token), so the video output
+    is exactly that of the unpadded caption. No RoPE: the 2B configuration uses sin-cos positions;
+    a RoPE model is refused at build time.
     """
 
     def __call__(
@@ -34,7 +108,7 @@ class MaskedJointAttnProcessor:
         attn: Any,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: Any = None,
         image_rotary_emb: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if image_rotary_emb is not None:
@@ -50,8 +124,11 @@ class MaskedJointAttnProcessor:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
-        mask = None if attention_mask is None else attention_mask[:, None, None, :].to(torch.bool)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            out = flex_attention(q, k.to(q.dtype), v.to(q.dtype), attention_mask)
+        else:
+            mask = None if attention_mask is None else attention_mask[:, None, None, :].to(torch.bool)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * out.shape[-1]).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         return out[:, text_len:], out[:, :text_len]
@@ -66,6 +143,15 @@ def joint_mask(text_mask: torch.Tensor, video_tokens: int) -> torch.Tensor:
     """[B, L] text mask -> [B, L + N] key mask (every video token attends)."""
     ones = torch.ones(text_mask.shape[0], video_tokens, dtype=torch.bool, device=text_mask.device)
     return torch.cat([text_mask.to(torch.bool), ones], dim=1)
+
+
+def attention_kwargs(mode: str, text_mask: torch.Tensor, video_tokens: int) -> dict[str, Any]:
+    """The transformer's attention_kwargs that keep padding out of attention in `mode` (flex | sdpa):
+    built once per forward and shared by every block."""
+    key_valid = joint_mask(text_mask, video_tokens)
+    if mode == "flex":
+        return {"attention_mask": padding_block_mask(key_valid)}
+    return {"attention_mask": key_valid}
 
 
 # ---- the DiT ---------------------------------------------------------------------------------
@@ -125,12 +211,18 @@ def load_transformer(
 
 # ---- frozen text encoder ---------------------------------------------------------------------
 class TextEncoder:
-    """A causal LM as a frozen text encoder: captions -> ([B, max_length, D], mask [B, max_length])."""
+    """A causal LM as a frozen text encoder, the one implementation of the trainer, the sampler and
+    `vjp encode` (training.data.encode.Encoders): same tokenizer settings, same hidden layer.
 
-    def __init__(self, cfg: TextConfig, device: torch.device, dtype: torch.dtype) -> None:
+    encode(): captions -> ([B, max_length, D] zero at padding, mask [B, max_length]) for the DiT;
+    encode_unpadded(): each caption's real tokens [L_i, D], what latent shards store (the loader pads
+    them again with zeros and a mask, so both paths give the DiT the same input).
+    """
+
+    def __init__(self, cfg: TextConfig, device: torch.device | str, dtype: torch.dtype) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device = cfg, torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision)
         if self.tokenizer.pad_token is None:  # padding is masked out; any id works
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -141,19 +233,21 @@ class TextEncoder:
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            self.model = AutoModel.from_pretrained(cfg.model, revision=cfg.revision, dtype=dtype).to(device)
+            self.model = AutoModel.from_pretrained(cfg.model, revision=cfg.revision, dtype=dtype).to(
+                self.device
+            )
         finally:
             hf_logging.set_verbosity(level)
         self.model.eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
 
     @torch.no_grad()
-    def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _hidden(self, captions: Sequence[str], padding: str) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer(
             list(captions),
             max_length=self.cfg.max_length,
             truncation=True,
-            padding="max_length",
+            padding=padding,
             return_tensors="pt",
         )
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
@@ -161,11 +255,18 @@ class TextEncoder:
         hidden = (
             out.last_hidden_state if self.cfg.hidden_layer == -1 else out.hidden_states[self.cfg.hidden_layer]
         )
-        mask = mask.bool()
+        return hidden, mask.bool()
+
+    def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self._hidden(captions, "max_length")
         # An empty caption (CFG dropout) still has its BOS/EOS token or nothing; keep >= 1 key so
         # attention over text is never all-masked (the softmax would have nothing to normalise).
         mask[:, 0] = True
         return hidden.float() * mask[..., None], mask
+
+    def encode_unpadded(self, captions: Sequence[str]) -> list[torch.Tensor]:
+        hidden, mask = self._hidden(captions, "longest")
+        return [h[: int(n)] for h, n in zip(hidden, mask.sum(1).tolist(), strict=True)]
 
 
 def text_embed_dim(cfg: TextConfig) -> int:

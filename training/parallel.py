@@ -91,17 +91,33 @@ def keep_norms_fp32(model: torch.nn.Module) -> int:
     return n
 
 
+def apply_activation_checkpointing(model: torch.nn.Module, every: int = 1) -> int:
+    """Wrap every `every`-th transformer block in torch's checkpoint_wrapper (non-reentrant), in
+    place in `transformer_blocks`: the checkpoint then sits inside the compiled region and inside
+    FSDP's per-block hooks (torchtitan's order), unlike diffusers' enable_gradient_checkpointing,
+    which checkpoints from the parent loop. Returns the number of wrapped blocks."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    blocks = model.transformer_blocks
+    n = 0
+    for i in range(len(blocks)):
+        if i % every == 0:
+            blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
+            n += 1
+    return n
+
+
 def parallelize(model: torch.nn.Module, cfg: ParallelConfig, d: Dist) -> torch.nn.Module:
-    """AC per block, then compile per block, then FSDP2 per block and at the root (that order:
-    compile must see the checkpointed block, and FSDP's hooks must wrap the compiled one)."""
+    """AC per block, then compile per block, then FSDP2 per block and at the root (torchtitan's
+    order: compile sees the checkpointed block, and FSDP's hooks wrap the compiled one)."""
     dtype = compute_dtype(cfg, d.device)
     if dtype != torch.float32:
         keep_norms_fp32(model)
     if cfg.activation_checkpointing:
-        model.enable_gradient_checkpointing()
+        apply_activation_checkpointing(model, cfg.ac_every)
     if cfg.compile:
         for block in model.transformer_blocks:
-            block.compile()
+            block.compile()  # in place: parameter names do not change
     use_fsdp = cfg.fsdp == "on" or (cfg.fsdp == "auto" and d.world_size > 1)
     if use_fsdp:
         if not d.distributed:

@@ -67,12 +67,15 @@ def resolve_device(cfg: EncodeConfig) -> tuple[str, str]:
 
 
 class Encoders:
-    """The frozen VAE and text encoder, loaded once per worker (setup), used per batch (process)."""
+    """The frozen VAE and text encoder, loaded once per worker (setup), used per batch (process).
+    The text side is the trainer's own `training.modeling.TextEncoder` (last hidden layer)."""
 
     def __init__(self, cfg: EncodeConfig) -> None:
         import torch
         from diffusers import AutoencoderKLCogVideoX
-        from transformers import AutoModel, AutoTokenizer
+
+        from training.config import TextConfig
+        from training.modeling import TextEncoder
 
         self.cfg = cfg
         self.device, dtype_name = resolve_device(cfg)
@@ -83,14 +86,13 @@ class Encoders:
         self.vae.eval().requires_grad_(False)
         if cfg.vae_tiling:
             self.vae.enable_tiling()
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.text_encoder, revision=cfg.text_encoder_revision)
-        if self.tokenizer.pad_token is None:  # padding is masked out; any id works
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"  # causal LM: right padding leaves real tokens unchanged
-        self.text_encoder = AutoModel.from_pretrained(
-            cfg.text_encoder, revision=cfg.text_encoder_revision, dtype=self.dtype
-        ).to(self.device)
-        self.text_encoder.eval().requires_grad_(False)
+        self.text = TextEncoder(
+            TextConfig(
+                model=cfg.text_encoder, revision=cfg.text_encoder_revision, max_length=cfg.text_max_length
+            ),
+            self.device,
+            self.dtype,
+        )
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
     def encode_videos(self, videos: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -106,23 +108,8 @@ class Encoders:
 
     def encode_texts(self, captions: Sequence[str]) -> list[np.ndarray]:
         """Captions -> last hidden states [L_i, D] of the real tokens (max_length, truncated)."""
-        import torch
-
-        tok = self.tokenizer(
-            list(captions),
-            max_length=self.cfg.text_max_length,
-            truncation=True,
-            padding=True,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            hidden = self.text_encoder(
-                input_ids=tok.input_ids.to(self.device), attention_mask=tok.attention_mask.to(self.device)
-            ).last_hidden_state
-        lengths = tok.attention_mask.sum(dim=1).tolist()
         return [
-            h[: int(n)].float().cpu().numpy().astype(self.cfg.store_dtype)
-            for h, n in zip(hidden, lengths, strict=True)
+            h.float().cpu().numpy().astype(self.cfg.store_dtype) for h in self.text.encode_unpadded(captions)
         ]
 
 
