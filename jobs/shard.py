@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="shard root: writes OUT/<stage>/<split>/NNNNNN.tar + OUT/<stage>/__index__/",
+        help="shard root, a folder or an fsspec URL (s3://bucket/prefix): writes "
+        "OUT/<stage>/<split>/NNNNNN.tar + OUT/<stage>/__index__/",
     )
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
     p.add_argument(
@@ -104,38 +105,41 @@ def _run(
 
 
 # ---- the job ---------------------------------------------------------------------------------
-def _clean_stale(out: str, stage: str, planned: dict[str, int]) -> list[str]:
+def _clean_stale(out: str, stage: str, planned: dict[str, int], storage_options: Any = None) -> list[str]:
     """Remove temporaries of killed runs and numbered shards beyond the current plan."""
+    from training.data import store
     from training.data.sample_format import SPLITS, shard_number
     from training.data.shard_writer import record_path, split_dir
 
     removed = []
     for split in SPLITS:
         folder = split_dir(out, stage, split)
-        if not os.path.isdir(folder):
-            continue
-        for name in sorted(os.listdir(folder)):
+        for name in store.listdir(folder, storage_options):
             n = shard_number(name)
             stale_tmp = name.startswith(".") and ".tar.tmp-" in name
             if stale_tmp or (n is not None and n >= planned.get(split, 0)):
-                os.remove(os.path.join(folder, name))
-                removed.append(os.path.join(split, name))
-                if n is not None and os.path.exists(rec := record_path(out, stage, split, name)):
-                    os.remove(rec)
+                store.remove(store.join(folder, name), storage_options)
+                removed.append(f"{split}/{name}")
+                rec = record_path(out, stage, split, name)
+                if n is not None and store.exists(rec, storage_options):
+                    store.remove(rec, storage_options)
     return removed
 
 
-def _write_samples_table(path: str, rows: list[dict[str, Any]]) -> None:
+def _write_samples_table(path: str, rows: list[dict[str, Any]], storage_options: Any = None) -> None:
+    import io
+
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from training.data import store
 
     schema = pa.schema(
         [(c, pa.string()) for c in ("clip_id", "video_id", "split", "status", "reason", "shard")]
     )
-    from curation.atomic import atomic_output
-
-    with atomic_output(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+    store.write_bytes(path, buf.getvalue(), storage_options)
 
 
 def _row(
@@ -178,9 +182,11 @@ def plan_stage(
 def write_indexes(
     out: str, stage_name: str, cfg: Any, shards: list[Any], records: dict, rows: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """The index per split and samples.parquet (where is clip X, or why is it not there?)."""
-    from training.data.sample_format import SPLITS, dumps, index_path, samples_path
-    from training.data.shard_writer import build_index, split_dir, write_atomic
+    """samples.parquet (where is clip X, or why is it not there?), then per split its sample table
+    and index: the index is the commit record, written last."""
+    from training.data import store
+    from training.data.sample_format import SPLITS, samples_path
+    from training.data.shard_writer import build_index, split_dir, write_split_index
 
     for sh in shards:
         rec = records.get((sh.split, sh.name))
@@ -189,6 +195,10 @@ def write_indexes(
             reason = (rec.skipped.get(p.key) if rec else "shard_failed") or None
             shard = None if reason else f"{sh.split}/{sh.name}"
             rows[p.key] = _row(p.key, p.meta.video_id, sh.split, reason, shard, ok=rec is not None)
+    table = sorted(rows.values(), key=lambda r: r["clip_id"])
+    stage_dir = store.join(out, stage_name)
+    so = cfg.storage_options
+    _write_samples_table(samples_path(stage_dir), table, so)
     result = {}
     for split in SPLITS:
         skipped: dict[str, int] = {}
@@ -196,12 +206,12 @@ def write_indexes(
             if r["split"] == split and r["status"] != "written":
                 skipped[r["reason"]] = skipped.get(r["reason"], 0) + 1
         keys = [(sh.split, sh.name) for sh in shards if sh.split == split]
-        index = build_index(stage_name, split, cfg, [records[k] for k in keys if k in records], skipped)
-        os.makedirs(split_dir(out, stage_name, split), exist_ok=True)
-        write_atomic(index_path(os.path.join(out, stage_name), split), dumps(index.model_dump(mode="json")))
+        recs = [records[k] for k in keys if k in records]
+        index = build_index(stage_name, split, cfg, recs, skipped)
+        if not store.is_url(out):  # an empty split still has its folder (WebDataset clients list it)
+            os.makedirs(split_dir(out, stage_name, split), exist_ok=True)
+        index = write_split_index(stage_dir, index, {r.entry.name: r for r in recs}, so)
         result[split] = {"shards": len(index.shards), "samples": index.samples, "bytes": index.bytes}
-    table = sorted(rows.values(), key=lambda r: r["clip_id"])
-    _write_samples_table(samples_path(os.path.join(out, stage_name)), table)
     return result
 
 
@@ -215,6 +225,7 @@ def shard_stage(
     verify: bool = False,
 ) -> dict[str, Any]:
     """The whole job for one stage; returns its summary. Safe to rerun: finished shards are kept."""
+    from training.data import store
     from training.data.sample_format import SPLITS
     from training.data.shard_writer import group_shards, samples_per_shard, shard_is_done, write_shard
 
@@ -231,12 +242,13 @@ def shard_stage(
     plans, rows, est = plan_stage(clips, variants, root, stage_name, cfg, runner)
     per_shard = samples_per_shard(stage, est)
     shards = group_shards(plans, per_shard, cfg.seed)
-    removed = _clean_stale(out, stage_name, {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS})
+    planned = {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS}
+    removed = _clean_stale(out, stage_name, planned, cfg.storage_options)
 
     # 2. write missing or changed shards, one task each
     records, todo = {}, []
     for sh in shards:
-        rec = shard_is_done(sh, out, stage_name, verify)
+        rec = shard_is_done(sh, out, stage_name, verify, cfg.storage_options)
         if rec is None:
             todo.append(sh)
         else:
@@ -270,7 +282,7 @@ def shard_stage(
         "stale_removed": removed,
         "failed_shards": failed,
         "elapsed_s": round(time.time() - t0, 2),
-        "out": os.path.join(out, stage_name),
+        "out": store.join(out, stage_name),
     }
 
 

@@ -55,32 +55,53 @@ def _seed(*parts: int) -> int:
     return s
 
 
-def resolve_shards(
-    source: str | os.PathLike[str] | Sequence[str], split: str = "train"
-) -> tuple[list[str], ShardIndex | None]:
-    """Shard URLs and the index from a stage folder, a split folder, an index file, or URLs.
+def resolve_stage(
+    source: str | os.PathLike[str], split: str = "train", storage_options: dict[str, Any] | None = None
+) -> tuple[list[str], ShardIndex | None, str | None]:
+    """(shard URLs, index, stage folder) from a stage folder, a split folder or an index file,
+    local or an fsspec URL (s3://, gs://, hf://); other strings (brace patterns, `pipe:`) are
+    expanded into URLs without an index."""
+    from training.data import store
 
-    Local shards are read through their index (<stage>/__index__/<split>.json), so a stale file in
-    the folder is never picked up. Anything else (brace patterns, `pipe:` and object-store URLs) is
-    expanded and passed to webdataset as is, without an index.
-    """
-    if not isinstance(source, (str, os.PathLike)):
-        return [str(u) for u in source], None
-    p = Path(source)
-    if p.is_file() and p.suffix == ".json":
-        index = read_index(p)
-        stage_dir = p.parent.parent
+    src = os.fspath(source)
+    s = src.rstrip("/")
+
+    def up(path: str, n: int) -> str:
+        return path.rsplit("/", n)[0] if store.is_url(path) else str(Path(path).parents[n - 1])
+
+    if s.endswith(".json"):
+        index_file, stage_dir = s, up(s, 2)
+        index: ShardIndex | None = read_index(index_file, storage_options)
     else:
-        stage_dir = p.parent if p.name == split and Path(index_path(p.parent, split)).is_file() else p
-        index_file = Path(index_path(stage_dir, split))
-        index = read_index(index_file) if index_file.is_file() else None
+        parent = up(s, 1)
+        is_split = s.rsplit("/", 1)[-1] == split and store.exists(index_path(parent, split), storage_options)
+        stage_dir = parent if is_split else s
+        index_file = index_path(stage_dir, split)
+        index = read_index(index_file, storage_options) if store.exists(index_file, storage_options) else None
     if index is not None:
         if index.split != split:
             raise ValueError(f"{source}: the index is of split {index.split!r}, not {split!r}")
-        return [str(stage_dir / split / e.name) for e in index.shards], index
+        return [store.join(stage_dir, split, e.name) for e in index.shards], index, stage_dir
     from webdataset.shardlists import expand_urls
 
-    return list(expand_urls(str(source))), None  # brace patterns: one URL per shard
+    return list(expand_urls(src)), None, None  # brace patterns: one URL per shard
+
+
+def resolve_shards(
+    source: str | os.PathLike[str] | Sequence[str],
+    split: str = "train",
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[str], ShardIndex | None]:
+    """Shard URLs and the index from a stage folder, a split folder, an index file, or URLs.
+
+    Shards are read through their index (<stage>/__index__/<split>.json), so a stale file in the
+    folder is never picked up; that holds on object storage too (s3://bucket/prefix/stage1).
+    Brace patterns and `pipe:` URLs are expanded and passed on as they are, without an index.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return [str(u) for u in source], None
+    urls, index, _ = resolve_stage(source, split, storage_options)
+    return urls, index
 
 
 # ---- per-sample decoding ---------------------------------------------------------------------

@@ -217,8 +217,18 @@ class ShardEntry(_Model):
     plan_hash: str = Field(description="hash of the config and the samples planned for this shard")
 
 
+class SampleTableRef(_Model):
+    """The split's columnar sample table (training/data/sample_table.py), beside the index."""
+
+    format: Literal["videojp.sample_table.v1"] = "videojp.sample_table.v1"
+    name: str = Field(description="file in __index__/, e.g. train.samples.<sha256[:16]>.arrow")
+    rows: int = Field(description="one row per sample, shards in index order, samples in tar order")
+    bytes: int
+    sha256: str
+
+
 class ShardIndex(_Model):
-    """<stage>/__index__/<split>.json (schema shard_index.v1)."""
+    """<stage>/__index__/<split>.json (schema shard_index.v1): the commit record of a split."""
 
     schema_version: Literal["shard_index.v1"] = INDEX_SCHEMA
     format: Literal["videojp.sample.v1"] = FORMAT
@@ -241,6 +251,9 @@ class ShardIndex(_Model):
         default_factory=dict, description="clips of this split left out, by reason"
     )
     encode: dict[str, Any] | None = Field(None, description="precompute settings (latents only)")
+    sample_table: SampleTableRef | None = Field(
+        None, description="byte range of every sample (absent in indexes written before it existed)"
+    )
 
 
 class ShardRecord(_Model):
@@ -249,6 +262,10 @@ class ShardRecord(_Model):
     split: Literal["train", "eval"]
     entry: ShardEntry
     keys: list[str]
+    ranges: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="per key: byte offset of its first member header and bytes through its last member",
+    )
     skipped: dict[str, str] = Field(
         default_factory=dict, description="clip_id -> reason, found while writing"
     )
@@ -294,7 +311,15 @@ def json_schemas() -> dict[str, dict]:
     }
 
 
-def read_index(path: str | os.PathLike[str]) -> ShardIndex:
-    """A split's index (``<stage>/__index__/<split>.json``), validated against its model."""
-    with open(path, "rb") as f:
-        return ShardIndex.model_validate_json(f.read())
+def read_index(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> ShardIndex:
+    """A split's index (``<stage>/__index__/<split>.json``, a path or an fsspec URL), validated;
+    a missing or malformed index is an error naming the file."""
+    from pydantic import ValidationError
+
+    from training.data.store import read_bytes
+
+    data = read_bytes(os.fspath(path), storage_options)
+    try:
+        return ShardIndex.model_validate_json(data)
+    except ValidationError as e:
+        raise ValueError(f"{os.fspath(path)}: not a valid shard index ({e.error_count()} errors: {e})") from e

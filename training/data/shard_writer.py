@@ -23,10 +23,10 @@ import numpy as np
 
 from curation.atomic import atomic_output
 from curation.configfile import package_version
-from curation.ids import sha256_file
-from training.data import sample_format
+from training.data import sample_format, store
 from training.data.sample_format import (
     JSON,
+    META_DIR,
     MP4,
     SPLITS,
     TXT,
@@ -34,6 +34,7 @@ from training.data.sample_format import (
     CaptionVariant,
     ClipInfo,
     SampleMeta,
+    SampleTableRef,
     ShardEntry,
     ShardIndex,
     ShardRecord,
@@ -414,11 +415,11 @@ def estimate_sample_bytes(
 
 # ---- shards, records, index ------------------------------------------------------------------
 def split_dir(out: str, stage: str, split: str) -> str:
-    return os.path.join(out, stage, split)
+    return store.join(out, stage, split)
 
 
 def record_path(out: str, stage: str, split: str, name: str) -> str:
-    return sample_format.record_path(os.path.join(out, stage), split, name)
+    return store.join(out, stage, META_DIR, "records", split, name.removesuffix(".tar") + ".json")
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -426,28 +427,103 @@ def write_atomic(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def write_tar(path: str, samples: Iterable[Mapping[str, Any]]) -> tuple[int, list[str]]:
-    """Write samples to `path` via a temporary name + rename; returns (count, keys).
+@dataclass(frozen=True)
+class TarResult:
+    keys: list[str]
+    ranges: list[tuple[int, int]]  # per key: offset of its first member header, bytes through its last
+    bytes: int
+    sha256: str
 
-    webdataset's TarWriter writes members in sorted field order per sample; fixed mtime, owner
-    and mode make the bytes reproducible. A reader never sees a half-written shard.
+
+def _write_tar_file(path: str, samples: Iterable[Mapping[str, Any]]) -> TarResult:
+    """Write samples to a local file; each sample's byte range comes from the tar stream's own offset.
+
+    webdataset's TarWriter writes members in sorted field order per sample (ustar headers); fixed
+    mtime, owner and mode make the bytes reproducible.
     """
     from webdataset import TarWriter
 
     keys: list[str] = []
-    with (
-        atomic_output(path) as tmp,
-        open(tmp, "wb") as f,
-        TarWriter(f, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE) as tw,
-    ):
-        for s in samples:
-            tw.write(dict(s))
-            keys.append(s["__key__"])
-    return len(keys), keys
+    ranges: list[tuple[int, int]] = []
+    h = hashlib.sha256()
+
+    class _Hashing(io.RawIOBase):  # hash while writing: no second pass over the shard
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            h.update(b)
+            return self.f.write(b)
+
+    with open(path, "wb") as raw:
+        f = _Hashing(raw)
+        with TarWriter(
+            f, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE
+        ) as tw:
+            for s in samples:
+                start = tw.tarstream.offset  # logical offset: the stream buffers, tell() would lag
+                tw.write(dict(s))
+                keys.append(s["__key__"])
+                ranges.append((start, tw.tarstream.offset - start))
+    return TarResult(keys, ranges, os.path.getsize(path), h.hexdigest())
+
+
+def write_tar_indexed(
+    path: str, samples: Iterable[Mapping[str, Any]], storage_options: Mapping[str, Any] | None = None
+) -> TarResult:
+    """Write a shard under its final name, whole or not at all: locally through a temporary name +
+    rename, on a store into a local temporary file then one upload (an object PUT is atomic)."""
+    if not store.is_url(path):
+        with atomic_output(store.local_path(path)) as tmp:
+            return _write_tar_file(tmp, samples)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vjp-shard-") as d:
+        tmp = os.path.join(d, "shard.tar")
+        result = _write_tar_file(tmp, samples)
+        store.put_file(tmp, path, storage_options)
+    return result
+
+
+def write_tar(path: str, samples: Iterable[Mapping[str, Any]]) -> tuple[int, list[str]]:
+    """Write samples to a local `path` via a temporary name + rename; returns (count, keys)."""
+    r = write_tar_indexed(path, samples)
+    return len(r.keys), r.keys
+
+
+def write_shard_files(
+    out: str,
+    stage: str,
+    split: str,
+    name: str,
+    samples: Iterable[Mapping[str, Any]],
+    plan_hash: str,
+    skipped: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ShardRecord:
+    """A shard's tar, then its record (with every sample's byte range): the record is the proof
+    that the tar under that name is complete, so it is written second."""
+    path = store.join(split_dir(out, stage, split), name)
+    r = write_tar_indexed(path, samples, storage_options)
+    entry = ShardEntry(name=name, samples=len(r.keys), bytes=r.bytes, sha256=r.sha256, plan_hash=plan_hash)
+    record = ShardRecord(
+        split=split,  # type: ignore[arg-type]
+        entry=entry,
+        keys=r.keys,
+        ranges=r.ranges,
+        skipped=dict(skipped or {}),
+    )
+    store.write_bytes(
+        record_path(out, stage, split, name), dumps(record.model_dump(mode="json")), storage_options
+    )
+    return record
 
 
 def write_shard(shard: ShardPlan, root: str, out: str, stage_name: str, cfg: ShardConfig) -> ShardRecord:
-    """One task: render the shard's samples, write the tar atomically, then its record."""
+    """One task: render the shard's samples, write the tar (whole or not at all), then its record."""
     stage = cfg.stage(stage_name)
     skipped: dict[str, str] = {}
 
@@ -458,40 +534,76 @@ def write_shard(shard: ShardPlan, root: str, out: str, stage_name: str, cfg: Sha
             except Exception:
                 skipped[plan.key] = "decode_error"
 
-    path = os.path.join(split_dir(out, stage_name, shard.split), shard.name)
-    n, keys = write_tar(path, samples())
-    entry = ShardEntry(
-        name=shard.name,
-        samples=n,
-        bytes=os.path.getsize(path),
-        sha256=sha256_file(path),
-        plan_hash=shard.plan_hash,
+    return write_shard_files(
+        out, stage_name, shard.split, shard.name, samples(), shard.plan_hash, skipped, cfg.storage_options
     )
-    record = ShardRecord(split=shard.split, entry=entry, keys=keys, skipped=skipped)  # type: ignore[arg-type]
-    write_atomic(record_path(out, stage_name, shard.split, shard.name), dumps(record.model_dump(mode="json")))
-    return record
 
 
-def read_record(out: str, stage: str, split: str, name: str) -> ShardRecord | None:
+def read_record(
+    out: str, stage: str, split: str, name: str, storage_options: Mapping[str, Any] | None = None
+) -> ShardRecord | None:
     path = record_path(out, stage, split, name)
     try:
-        with open(path, "rb") as f:
-            return ShardRecord.model_validate_json(f.read())
+        return ShardRecord.model_validate_json(store.read_bytes(path, storage_options))
     except (OSError, ValueError):
         return None
 
 
-def shard_is_done(shard: ShardPlan, out: str, stage: str, verify: bool = False) -> ShardRecord | None:
+def shard_is_done(
+    shard: ShardPlan,
+    out: str,
+    stage: str,
+    verify: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ShardRecord | None:
     """The record of an identical finished shard, or None when it must be (re)written."""
-    rec = read_record(out, stage, shard.split, shard.name)
-    path = os.path.join(split_dir(out, stage, shard.split), shard.name)
-    if rec is None or rec.entry.plan_hash != shard.plan_hash or not os.path.exists(path):
+    rec = read_record(out, stage, shard.split, shard.name, storage_options)
+    path = store.join(split_dir(out, stage, shard.split), shard.name)
+    if rec is None or rec.entry.plan_hash != shard.plan_hash or not store.exists(path, storage_options):
         return None
-    if os.path.getsize(path) != rec.entry.bytes:
+    if store.size(path, storage_options) != rec.entry.bytes:
         return None
-    if verify and sha256_file(path) != rec.entry.sha256:
+    if verify and store.sha256_of(path, storage_options) != rec.entry.sha256:
         return None
     return rec
+
+
+def write_split_index(
+    stage_dir: str,
+    index: ShardIndex,
+    records: Mapping[str, ShardRecord],
+    storage_options: Mapping[str, Any] | None = None,
+) -> ShardIndex:
+    """The split's sample table, then its index (the commit record), both under final names.
+
+    `records` maps shard name -> record for every shard of `index`; a record written before
+    records had byte ranges is completed from its tar's headers (one scan, logged).
+    """
+    import logging
+
+    from training.data.sample_table import TableColumns, encode_table, scan_tar, table_name
+
+    parts = []
+    for i, entry in enumerate(index.shards):
+        rec = records[entry.name]
+        keys, ranges = rec.keys, list(rec.ranges)
+        if len(ranges) != len(keys):
+            url = store.join(stage_dir, index.split, entry.name)
+            logging.getLogger(__name__).warning("%s: record has no byte ranges; reading its tar headers", url)
+            keys, ranges = scan_tar(url, storage_options)  # type: ignore[assignment]
+        parts.append(TableColumns.of_shard(i, ranges, keys))
+    data = encode_table(TableColumns.concat(parts))
+    sha = hashlib.sha256(data).hexdigest()
+    name = table_name(index.split, sha)
+    store.write_bytes(store.join(stage_dir, META_DIR, name), data, storage_options)
+    ref = SampleTableRef(name=name, rows=index.samples, bytes=len(data), sha256=sha)
+    index = index.model_copy(update={"sample_table": ref})
+    store.write_bytes(
+        store.join(stage_dir, META_DIR, f"{index.split}.json"),
+        dumps(index.model_dump(mode="json")),
+        storage_options,
+    )
+    return index
 
 
 def build_index(

@@ -111,6 +111,18 @@ class ShardConfig(_Strict):
     captions: CaptionChoice = CaptionChoice()
     runner: RunnerConfig = RunnerConfig()
     encode: EncodeConfig = EncodeConfig()
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for --out/--shards URLs (endpoint_url, region, anon, profile); "
+        "credentials come from the environment, never from here",
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from training.data.store import check_storage_options
+
+        return check_storage_options(v)
 
     @model_validator(mode="after")
     def _stage_names(self) -> ShardConfig:
