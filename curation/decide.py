@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from curation.config import FilterConfig, SplitConfig
 from curation.scores.phash import near_duplicates
 
@@ -92,3 +96,88 @@ def decide_clips(
         r["status"] = "rejected" if r["failed_checks"] else "kept"
         r["reason"] = r["failed_checks"][0] if r["failed_checks"] else None
     return out
+
+
+# ---------------------------------------------------------------- columnar (corpus scale)
+
+
+def _col(table: pa.Table, name: str) -> np.ndarray:
+    """A float column as numpy with None -> NaN (NaN fails every comparison, like None above)."""
+    if name not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def failing_matrix(
+    table: pa.Table, width: np.ndarray, height: np.ndarray, split: SplitConfig, f: FilterConfig
+) -> np.ndarray:
+    """[rows, len(REASONS)] booleans, the vectorised twin of `failing_checks` (same rules, same
+    order; near_duplicate is left False here)."""
+    crop = {k: np.nan_to_num(_col(table, k)) for k in ("crop_left", "crop_right", "crop_top", "crop_bottom")}
+    cw = width * (1.0 - crop["crop_left"] - crop["crop_right"])
+    ch = height * (1.0 - crop["crop_top"] - crop["crop_bottom"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        aspect = np.where(ch > 0, cw / np.where(ch > 0, ch, 1.0), 0.0)
+    luma, motion = _col(table, "luma_mean"), _col(table, "motion")
+    checks = {
+        "too_short": _col(table, "duration_s") < split.min_clip_s - 1e-6,
+        "low_resolution": np.minimum(cw, ch) < f.min_short_side,
+        "bad_aspect": ~((f.min_aspect <= aspect) & (aspect <= f.max_aspect)),
+        "black": (luma < f.black_luma_max) & ~(_col(table, "dark_fraction") < f.black_dark_fraction_min),
+        "too_dark": (luma < f.dark_luma_max) & ~(_col(table, "luma_p99") >= f.dark_highlight_max),
+        "washed_out": (luma > f.washed_luma_min) & (_col(table, "luma_std") < f.washed_std_max),
+        "static": motion < f.static_motion_max,
+        "too_fast_or_shaky": motion > f.shaky_motion_min,
+        "blurry": _col(table, "sharpness") < f.blur_min,
+        "letterbox_too_large": _col(table, "border_fraction") > f.border_fraction_max,
+        "burnt_in_text": _col(table, "text_fraction") > f.text_fraction_max,
+    }
+    false = np.zeros(table.num_rows, dtype=bool)
+    return (
+        np.stack([checks.get(r, false) for r in REASONS], axis=1)
+        if table.num_rows
+        else np.zeros((0, len(REASONS)), dtype=bool)
+    )
+
+
+def _lists(mat: np.ndarray) -> pa.Array:
+    """Row-wise lists of the REASONS whose column is True (in REASONS order)."""
+    rows, cols = np.nonzero(mat)  # row-major: each row's reasons come out in REASONS order
+    offsets = np.zeros(mat.shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=mat.shape[0]), out=offsets[1:])
+    values = pa.array(np.asarray(REASONS, dtype=object)[cols], type=pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def decide_table(
+    scores: pa.Table, width: np.ndarray, height: np.ndarray, split: SplitConfig, f: FilterConfig
+) -> pa.Table:
+    """`decide_clips` for an Arrow table of score rows (width/height: the video's, per row).
+
+    Adds failed_checks, duplicate_of, status and reason; millions of rows without a dict per row.
+    """
+    mat = failing_matrix(scores, width, height, split, f)
+    ids = scores.column("clip_id").to_pylist()
+    passing = ~mat.any(axis=1)
+    ph = scores.column("phashes")
+    has_ph = (pc.list_value_length(ph).to_numpy(zero_copy_only=False) > 0) if len(ph) else passing
+    cand = np.nonzero(passing & has_ph)[0]
+    ph_lists = ph.take(pa.array(cand, type=pa.int64())).to_pylist()
+    dup_of = near_duplicates([(ids[i], ph_lists[k]) for k, i in enumerate(cand)], f.dedup_max_distance)
+    dup_col = REASONS.index("near_duplicate")
+    duplicate_of: list[str | None] = [None] * len(ids)
+    for i in cand:
+        d = dup_of.get(ids[i])
+        if d is not None:
+            mat[i, dup_col] = True
+            duplicate_of[i] = d
+    failed = mat.any(axis=1)
+    first = np.asarray(REASONS, dtype=object)[mat.argmax(axis=1)] if len(ids) else np.array([], dtype=object)
+    reason = pa.array(np.where(failed, first, None), type=pa.string())
+    status = pa.array(np.where(failed, "rejected", "kept").astype(object), type=pa.string())
+    return (
+        scores.append_column("failed_checks", _lists(mat))
+        .append_column("duplicate_of", pa.array(duplicate_of, type=pa.string()))
+        .append_column("status", status)
+        .append_column("reason", reason)
+    )

@@ -1,10 +1,13 @@
 """The per-video unit of work and the job-wide finalize step. No Ray in here: the same functions
 run in a unit test, in a thread pool and inside a Ray task.
 
-Output layout under OUT:
-  manifests/videos/<video_id>.parquet   one row per source video (written last: the commit marker)
-  manifests/scores/<video_id>.parquet   one row per candidate clip, scores only
-  manifests/thumbs/<video_id>.parquet   a small JPEG per candidate clip (contact sheets)
+Output layout under OUT (a local folder, or s3:// gs://... through fsspec):
+  manifests/videos/   one row per source video (a video's part is written last: its commit marker)
+  manifests/scores/   one row per candidate clip, scores only
+  manifests/thumbs/   a small JPEG per candidate clip (contact sheets)
+    each of these three: <video_id>.parquet parts while a step runs, compacted into
+    c-<gen>-<i>.parquet files + a _compact-<gen>.json record when it ends and on resume
+    (curation.manifest)
   manifests/clips/clips.parquet         every candidate with its verdict (finalize)
   staging/<clip_id>.mp4                 clips extracted but not (or no longer) kept
   clips/<clip_id>.mp4                   kept clips
@@ -17,17 +20,22 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
+from pyarrow.dataset import field as pc_field
 
-from curation import __version__
+from curation import __version__, atomic
 from curation.analyze import VideoAnalysis, analyze_clips, analyze_video, apply_transnet, clip_thumbnails
+from curation.atomic import join
 from curation.config import CurateConfig
-from curation.decide import content_size, decide_clips, failing_checks
+from curation.decide import decide_table, failing_checks, failing_matrix
 from curation.extract import ClipSpan, extract_clips
 from curation.ids import clip_id, sha256_file
 from curation.isolate import IsolatedError, run_isolated
@@ -36,8 +44,10 @@ from curation.manifest import (
     SCORES_SCHEMA,
     THUMB_SCHEMA,
     VIDEO_SCHEMA,
+    compact,
     read_one,
-    read_rows,
+    read_table,
+    write_parquet,
     write_table_atomic,
 )
 from curation.probe import ProbeError, probe
@@ -49,37 +59,41 @@ class Layout:
     out: str
 
     @property
+    def manifests(self) -> str:
+        return join(self.out, "manifests")
+
+    @property
     def videos(self) -> str:
-        return os.path.join(self.out, "manifests", "videos")
+        return join(self.out, "manifests", "videos")
 
     @property
     def scores(self) -> str:
-        return os.path.join(self.out, "manifests", "scores")
+        return join(self.out, "manifests", "scores")
 
     @property
     def clips_manifest(self) -> str:
-        return os.path.join(self.out, "manifests", "clips", "clips.parquet")
+        return join(self.out, "manifests", "clips", "clips.parquet")
 
     @property
     def staging(self) -> str:
-        return os.path.join(self.out, "staging")
+        return join(self.out, "staging")
 
     @property
     def clips(self) -> str:
-        return os.path.join(self.out, "clips")
+        return join(self.out, "clips")
 
     def video_part(self, vid: str) -> str:
-        return os.path.join(self.videos, f"{vid}.parquet")
+        return join(self.videos, f"{vid}.parquet")
 
     def scores_part(self, vid: str) -> str:
-        return os.path.join(self.scores, f"{vid}.parquet")
+        return join(self.scores, f"{vid}.parquet")
 
     @property
     def thumbs(self) -> str:
-        return os.path.join(self.out, "manifests", "thumbs")
+        return join(self.out, "manifests", "thumbs")
 
     def thumbs_part(self, vid: str) -> str:
-        return os.path.join(self.thumbs, f"{vid}.parquet")
+        return join(self.thumbs, f"{vid}.parquet")
 
 
 # ---------------------------------------------------------------- child-process work (decoding)
@@ -187,20 +201,33 @@ def _missing_files(rows: list[dict[str, Any]], layout: Layout) -> list[dict[str,
     return [
         r
         for r in rows
-        if not os.path.exists(os.path.join(layout.staging, f"{r['clip_id']}.mp4"))
-        and not os.path.exists(os.path.join(layout.clips, f"{r['clip_id']}.mp4"))
+        if not atomic.exists(join(layout.staging, f"{r['clip_id']}.mp4"))
+        and not atomic.exists(join(layout.clips, f"{r['clip_id']}.mp4"))
     ]
 
 
+def _stored_rows(folder: str, part: str, schema: Any, vid: str) -> list[dict[str, Any]]:
+    """One video's rows: its loose part if there is one, else the compacted files (filtered read)."""
+    rows = read_one(part)
+    if rows:
+        return rows
+    return read_table(folder, schema, filter=pc_field("video_id") == vid).to_pylist()
+
+
 def _resume_state(item: VideoItem, layout: Layout, cfg: CurateConfig) -> tuple[dict[str, Any] | None, list]:
-    """(video row of a previous run under the same analysis settings, clips it still lacks)."""
-    prev = read_one(layout.video_part(item.video_id))
+    """(video row of a previous run under the same analysis settings, clips it still lacks).
+
+    The driver computes this once for every video (ResumeIndex) and hands it over with the item;
+    reading it here is the fallback for a direct call."""
+    if item.resume is not None:
+        return item.resume
+    prev = _stored_rows(layout.videos, layout.video_part(item.video_id), VIDEO_SCHEMA, item.video_id)
     if not prev or prev[0]["analysis_hash"] != cfg.analysis_hash:
         return None, []
     video = prev[0]
     if video["status"] == "error":
         return video, []
-    scores = read_one(layout.scores_part(item.video_id))
+    scores = _stored_rows(layout.scores, layout.scores_part(item.video_id), SCORES_SCHEMA, item.video_id)
     return video, _missing_files(_locally_passing(scores, video, cfg), layout)
 
 
@@ -208,6 +235,77 @@ def needs_work(item: VideoItem, out: str, cfg: CurateConfig) -> bool:
     """False when a previous run finished this video under the same analysis settings."""
     video, todo = _resume_state(item, Layout(out), cfg)
     return video is None or bool(todo)
+
+
+def compact_manifests(out: str) -> dict[str, dict[str, int]]:
+    """Merge the per-video parts of videos/, scores/ and thumbs/ into few large files."""
+    layout = Layout(out)
+    return {
+        "videos": compact(layout.videos, VIDEO_SCHEMA, sort_by=("video_id",)),
+        "scores": compact(layout.scores, SCORES_SCHEMA, sort_by=("video_id", "clip_id")),
+        "thumbs": compact(layout.thumbs, THUMB_SCHEMA, sort_by=("video_id", "clip_id")),
+    }
+
+
+def _video_index(videos: pa.Table, scores: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """For each score row: the row of its video in `videos` (or -1), and whether the score row was
+    analysed under the same settings as that video row (a rerun killed between writing a video's
+    scores and its video row leaves them apart)."""
+    idx = pc.index_in(scores.column("video_id"), value_set=videos.column("video_id"))
+    pos = idx.to_numpy(zero_copy_only=False)
+    pos = np.where(np.isnan(pos.astype(np.float64)), -1, pos).astype(np.int64) if len(pos) else pos
+    hashes = videos.column("analysis_hash").take(pa.array(np.maximum(pos, 0)))
+    same = pc.equal(hashes, scores.column("analysis_hash")).to_numpy(zero_copy_only=False)
+    return pos, (pos >= 0) & same
+
+
+@dataclass
+class ResumeIndex:
+    """What earlier runs finished, computed once by the driver from the (compacted) manifests:
+    one read of each manifest and one listing of the clip folders, instead of per-video reads."""
+
+    finished: set[str]
+    partial: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]
+
+    @classmethod
+    def load(cls, out: str, cfg: CurateConfig) -> ResumeIndex:
+        layout = Layout(out)
+        compact_manifests(out)
+        videos = read_table(layout.videos, VIDEO_SCHEMA)
+        videos = videos.filter(pc.equal(videos.column("analysis_hash"), cfg.analysis_hash))
+        finished = set(videos.column("video_id").to_pylist())
+        ok = videos.filter(pc.equal(videos.column("status"), "ok"))
+        partial: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        if ok.num_rows:
+            scores = read_table(layout.scores, SCORES_SCHEMA)
+            pos, same = _video_index(ok, scores)
+            scores, pos = scores.filter(pa.array(same)), pos[same]
+            width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
+            height = ok.column("height").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
+            passing = ~failing_matrix(scores, width, height, cfg.split, cfg.filters).any(axis=1)
+            on_disk = set(atomic.listdir(layout.staging)) | set(atomic.listdir(layout.clips))
+            ids = scores.column("clip_id").to_pylist()
+            lacking = [i for i in np.nonzero(passing)[0].tolist() if f"{ids[i]}.mp4" not in on_disk]
+            if lacking:
+                rows = scores.take(pa.array(lacking, type=pa.int64())).to_pylist()
+                video_rows = {
+                    v["video_id"]: v
+                    for v in ok.filter(
+                        pc.is_in(ok.column("video_id"), value_set=pa.array({r["video_id"] for r in rows}))
+                    ).to_pylist()
+                }
+                for r in rows:
+                    partial.setdefault(r["video_id"], (video_rows[r["video_id"]], []))[1].append(r)
+        return cls(finished - set(partial), partial)
+
+    def pending(self, items: Iterable[VideoItem]) -> Iterator[VideoItem]:
+        """The items that still need work, each carrying its resume state for the worker."""
+        for item in items:
+            vid = item.video_id
+            if vid in self.finished:
+                continue
+            item.resume = self.partial.get(vid, (None, []))
+            yield item
 
 
 def _resolve_transnet(
@@ -336,6 +434,9 @@ def _extract(
         {"clip_id": r["clip_id"], "start_s": r["start_s"], "end_s": r["end_s"], "n_frames": r["n_frames"]}
         for r in todo
     ]
+    remote = atomic.is_url(layout.staging)
+    # On an object store clips are encoded locally, then each is uploaded under its final name.
+    target = tempfile.mkdtemp(prefix="vjp-clips-") if remote else layout.staging
     try:
         run_isolated(
             _extract_in_child,
@@ -344,12 +445,20 @@ def _extract(
             video["rotation"],
             video["fps"],
             spans,
-            layout.staging,
+            target,
             cfg.model_dump_json(),
             timeout=cfg.analysis.timeout_s,
         )
+        if remote:
+            for name in sorted(os.listdir(target)):
+                if not name.startswith("."):
+                    with atomic.atomic_output(join(layout.staging, name)) as tmp:
+                        shutil.move(os.path.join(target, name), tmp)
     except IsolatedError as e:
         return error_row({k: v for k, v in video.items() if k not in ("status", "error")}, "extract", str(e))
+    finally:
+        if remote:
+            shutil.rmtree(target, ignore_errors=True)
     return video
 
 
@@ -359,60 +468,107 @@ def _extract(
 def finalize(out: str, cfg: CurateConfig) -> dict[str, Any]:
     """Decide every clip of the job (deduplication included), publish kept clips, write the clip manifest.
 
-    Cheap and repeatable: it reads only manifests and renames files, so a threshold change takes
-    seconds. Clips that stop being kept go back to staging instead of being deleted.
+    Cheap and repeatable: it reads only manifests and moves files, so a threshold change takes
+    seconds. Clips that stop being kept go back to staging instead of being deleted. Columnar
+    (Arrow + numpy), so millions of clips need no Python dict each.
     """
     layout = Layout(out)
-    videos = {v["video_id"]: v for v in read_rows(layout.videos, VIDEO_SCHEMA) if v["status"] == "ok"}
-    scores = [r for r in read_rows(layout.scores, SCORES_SCHEMA) if r["video_id"] in videos]
-    decided = decide_clips(scores, videos, cfg.split, cfg.filters)
-    os.makedirs(layout.clips, exist_ok=True)
-    os.makedirs(layout.staging, exist_ok=True)
-    rows = []
-    for r in sorted(decided, key=lambda r: r["clip_id"]):
-        name = f"{r['clip_id']}.mp4"
-        published, staged = os.path.join(layout.clips, name), os.path.join(layout.staging, name)
-        if r["status"] == "kept":
-            if not os.path.exists(published) and os.path.exists(staged):
-                os.replace(staged, published)
-            if not os.path.exists(published):
-                r["status"], r["reason"] = "rejected", "extract_failed"
-                r["failed_checks"] = [*r["failed_checks"], "extract_failed"]
-        elif os.path.exists(published):
-            os.replace(published, staged)
-        cw, ch = content_size(r, r["width"], r["height"])
-        rows.append(
-            {
-                **r,
-                "clip_path": f"clips/{name}" if r["status"] == "kept" else None,
-                "content_width": cw,
-                "content_height": ch,
-                "decision_hash": cfg.decision_hash,
-            }
-        )
-    write_table_atomic(rows, CLIP_SCHEMA, layout.clips_manifest)
-    all_videos = read_rows(layout.videos, VIDEO_SCHEMA)
-    return summarize(all_videos, rows)
+    compact_manifests(out)
+    all_videos = read_table(layout.videos, VIDEO_SCHEMA)
+    videos = all_videos.filter(pc.equal(all_videos.column("status"), "ok"))
+    scores = read_table(layout.scores, SCORES_SCHEMA)
+    _, same = _video_index(videos, scores)
+    scores = scores.filter(pa.array(same))
+    scores = scores.take(pc.sort_indices(scores, [("clip_id", "ascending")]))
+    decided = _decide(scores, videos, cfg)
+    atomic.makedirs(layout.clips)
+    atomic.makedirs(layout.staging)
+    decided = _publish(decided, layout)
+    n = decided.num_rows
+    crop = {
+        k: decided.column(k).to_numpy(zero_copy_only=False)
+        for k in ("crop_left", "crop_right", "crop_top", "crop_bottom")
+    }
+    width = decided.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
+    height = decided.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
+    kept = pc.equal(decided.column("status"), "kept")
+    paths = pc.binary_join_element_wise("clips/", decided.column("clip_id"), ".mp4", "")
+    decided = (
+        decided.append_column("clip_path", pc.if_else(kept, paths, pa.scalar(None, pa.string())))
+        .append_column("content_width", pa.array(width * (1.0 - crop["crop_left"] - crop["crop_right"])))
+        .append_column("content_height", pa.array(height * (1.0 - crop["crop_top"] - crop["crop_bottom"])))
+        .append_column("decision_hash", pa.array([cfg.decision_hash] * n, type=pa.string()))
+    )
+    write_parquet(decided.select(CLIP_SCHEMA.names).cast(CLIP_SCHEMA), layout.clips_manifest)
+    return summarize(all_videos, decided)
 
 
-def summarize(videos: list[dict[str, Any]], clips: list[dict[str, Any]]) -> dict[str, Any]:
-    reasons: dict[str, int] = {}
-    for c in clips:
-        if c["status"] == "rejected":
-            reasons[c["reason"]] = reasons.get(c["reason"], 0) + 1
-    errors: dict[str, int] = {}
-    for v in videos:
-        if v["status"] == "error":
-            errors[v["error_stage"]] = errors.get(v["error_stage"], 0) + 1
-    kept = [c for c in clips if c["status"] == "kept"]
+def _decide(scores: pa.Table, videos: pa.Table, cfg: CurateConfig) -> pa.Table:
+    pos, _ = _video_index(videos, scores)
+    width = videos.column("width").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
+    height = videos.column("height").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
+    return decide_table(scores, width, height, cfg.split, cfg.filters)
+
+
+def _publish(decided: pa.Table, layout: Layout) -> pa.Table:
+    """Move kept clips into clips/ and no-longer-kept ones back to staging/ (one listing of each
+    folder, then only the moves that change something); kept clips without a file are rejected as
+    extract_failed."""
+    published, staged = set(atomic.listdir(layout.clips)), set(atomic.listdir(layout.staging))
+    ids = decided.column("clip_id").to_pylist()
+    kept = pc.equal(decided.column("status"), "kept").to_numpy(zero_copy_only=False)
+    failed: list[int] = []
+    for i in np.nonzero(kept)[0].tolist():
+        name = f"{ids[i]}.mp4"
+        if name not in published:
+            if name in staged:
+                atomic.move(join(layout.staging, name), join(layout.clips, name))
+            else:
+                failed.append(i)
+        elif name in staged:
+            atomic.remove(join(layout.staging, name))  # a move killed between copy and delete
+    for i in np.nonzero(~kept)[0].tolist():
+        name = f"{ids[i]}.mp4"
+        if name in published:
+            atomic.move(join(layout.clips, name), join(layout.staging, name))
+    if not failed:
+        return decided
+    status = decided.column("status").to_pylist()
+    reason = decided.column("reason").to_pylist()
+    checks = decided.column("failed_checks").to_pylist()
+    for i in failed:
+        status[i], reason[i], checks[i] = "rejected", "extract_failed", [*checks[i], "extract_failed"]
+    for name, values in (("status", status), ("reason", reason), ("failed_checks", checks)):
+        col = decided.column_names.index(name)
+        decided = decided.set_column(col, name, pa.array(values, type=decided.schema.field(name).type))
+    return decided
+
+
+def summarize(videos: pa.Table, clips: pa.Table) -> dict[str, Any]:
+    """summarize() over Arrow tables: counts without a dict per row."""
+
+    def counts(table: pa.Table, col: str) -> dict[str, int]:
+        if table.num_rows == 0:
+            return {}
+        vc = pc.value_counts(table.column(col)).to_pylist()
+        return dict(sorted((d["values"], d["counts"]) for d in vc if d["values"] is not None))
+
+    vstatus = counts(videos, "status")
+    errors = videos.filter(pc.equal(videos.column("status"), "error")) if videos.num_rows else videos
+    rejected = clips.filter(pc.equal(clips.column("status"), "rejected")) if clips.num_rows else clips
+    kept = clips.filter(pc.equal(clips.column("status"), "kept")) if clips.num_rows else clips
+
+    def total(table: pa.Table, col: str) -> float:
+        return float(pc.sum(table.column(col)).as_py() or 0.0) if table.num_rows else 0.0
+
     return {
-        "videos": len(videos),
-        "videos_ok": sum(v["status"] == "ok" for v in videos),
-        "videos_error": sum(v["status"] == "error" for v in videos),
-        "errors_by_stage": dict(sorted(errors.items())),
-        "clips": len(clips),
-        "clips_kept": len(kept),
-        "kept_seconds": round(sum(c["duration_s"] for c in kept), 3),
-        "source_seconds": round(sum(v["duration_s"] or 0 for v in videos), 3),
-        "rejected_by_reason": dict(sorted(reasons.items())),
+        "videos": videos.num_rows,
+        "videos_ok": vstatus.get("ok", 0),
+        "videos_error": vstatus.get("error", 0),
+        "errors_by_stage": counts(errors, "error_stage"),
+        "clips": clips.num_rows,
+        "clips_kept": kept.num_rows,
+        "kept_seconds": round(total(kept, "duration_s"), 3),
+        "source_seconds": round(total(videos, "duration_s"), 3),
+        "rejected_by_reason": counts(rejected, "reason"),
     }

@@ -6,14 +6,16 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
-from curation import __version__
+from curation import __version__, atomic
+from curation.atomic import join
 from curation.config import CurateConfig, parse_config
 from curation.configfile import add_set_argument, load_section
 from curation.manifest import VIDEO_SCHEMA, write_table_atomic
-from curation.pipeline import Layout, base_row, error_row, finalize, needs_work, process_video
+from curation.pipeline import Layout, ResumeIndex, base_row, error_row, finalize, process_video
 from curation.sources import open_source
 from curation.sources.base import VideoItem
 from jobs.runner import BatchSizer, init_ray, map_ray_batched, map_threads
@@ -27,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="pixabay:PATH_OR_URL | finevideo:PATH_OR_URL | files:'GLOB' | sample: (generated videos)",
     )
-    p.add_argument("--out", required=True, help="output folder (local or a shared file system)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: local, shared, or s3://BUCKET/PREFIX, gs://... (credentials from env)",
+    )
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
     p.add_argument(
         "--address", default=None, help="Ray address; default RAY_ADDRESS or an embedded local Ray"
@@ -42,7 +48,12 @@ def _source_spec(spec: str, out: str) -> str:
     if spec.startswith("sample:"):
         from curation.synth import write_sample_corpus
 
-        folder = os.path.join(out, "sample_videos")
+        # Generated deterministically, so with OUT on an object store a local cache does as well.
+        folder = (
+            os.path.join(tempfile.gettempdir(), "vjp-sample-videos")
+            if atomic.is_url(out)
+            else join(out, "sample_videos")
+        )
         if not os.path.isdir(folder):
             write_sample_corpus(folder)
         return f"files:{folder}/*.mp4"
@@ -60,9 +71,10 @@ def curate(
     source: str, out: str, cfg: CurateConfig, runner: str = "ray", address: str | None = None, limit: int = 0
 ) -> dict[str, Any]:
     """The whole job; returns its summary. Safe to rerun: finished videos are skipped."""
-    os.makedirs(out, exist_ok=True)
+    atomic.makedirs(out)
     src = open_source(_source_spec(source, out))
-    todo = (it for it in _limited(src.iter_items(), limit) if needs_work(it, out, cfg))
+    # One read of the (compacted) manifests says which videos are done; workers get the rest.
+    todo = ResumeIndex.load(out, cfg).pending(_limited(src.iter_items(), limit))
     if runner == "ray":
         init_ray(address)
         transnet = None
@@ -98,10 +110,10 @@ def curate(
         package_version=__version__,
         source=source,
     )
-    with open(os.path.join(out, "manifests", "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-    with open(os.path.join(out, "manifests", "config.json"), "w") as f:
-        f.write(cfg.model_dump_json(indent=2))
+    atomic.write_bytes(
+        join(out, "manifests", "summary.json"), json.dumps(summary, indent=2, sort_keys=True).encode()
+    )
+    atomic.write_bytes(join(out, "manifests", "config.json"), cfg.model_dump_json(indent=2).encode())
     return summary
 
 
@@ -125,7 +137,7 @@ def _progress(enabled: bool) -> Any:
 def run(args: argparse.Namespace) -> int:
     cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "curate", args.overrides))
     summary = curate(args.source, args.out, cfg, args.runner, args.address, args.limit)
-    if not args.no_report:
+    if not args.no_report and not atomic.is_url(args.out):  # the HTML report is written locally only
         from jobs.report import write_report
 
         summary["report"] = write_report(args.out)

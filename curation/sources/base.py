@@ -37,6 +37,9 @@ class VideoItem:
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable source metadata
     hints: list[SplitHint] = field(default_factory=list)
     error: str | None = None
+    # Set by the curate driver (curation.pipeline.ResumeIndex): (video row of an earlier run, clips
+    # it still lacks), or (None, []) for a video no run finished; None = not looked up.
+    resume: tuple[dict[str, Any] | None, list[dict[str, Any]]] | None = None
 
     @property
     def video_id(self) -> str:
