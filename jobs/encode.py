@@ -24,7 +24,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", required=True, help="a stage folder written by vjp shard (SHARDS/stage1)")
-    p.add_argument("--out", required=True, help="root of the derived shards (LATENTS)")
+    p.add_argument(
+        "--out", required=True, help="root of the derived shards (LATENTS), a folder or an fsspec URL"
+    )
     p.add_argument(
         "--config", default=None, help=f"YAML config, `encode` section (default: {DEFAULT_CONFIG})"
     )
@@ -47,11 +49,19 @@ class _EncodeActor:
 
         self.enc = Encoders(cfg)
 
-    def process(self, job: dict[str, Any], out: str, encode_hash: str) -> Any:
+    def process(self, job: dict[str, Any], out: str, encode_hash: str, storage_options: Any = None) -> Any:
         from training.data.encode import encode_shard
 
         return encode_shard(
-            job["src"], out, job["stage"], job["split"], job["name"], job["plan_hash"], self.enc, encode_hash
+            job["src"],
+            out,
+            job["stage"],
+            job["split"],
+            job["name"],
+            job["plan_hash"],
+            self.enc,
+            encode_hash,
+            storage_options,
         )
 
 
@@ -65,6 +75,7 @@ def encode_stage(
     workers: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
+    from training.data import store
     from training.data.encode import Encoders, encode_shard, plan_encode, write_latent_indexes
     from training.data.sample_format import index_path, read_index
     from training.data.shard_writer import read_record
@@ -79,12 +90,13 @@ def encode_stage(
     stage_hash = read_index(first).config_hash
     encode_hash = cfg.encode_hash(stage_hash)
     enc_cfg = cfg.encode
-    jobs = plan_encode(shards_dir, out, encode_hash, splits)
+    so = cfg.storage_options
+    jobs = plan_encode(shards_dir, out, encode_hash, splits, so)
     todo = [j for j in jobs if not j["done"]]
     records: dict[tuple[str, str], Any] = {}
     for j in jobs:
         if j["done"]:
-            records[(j["split"], j["name"])] = read_record(out, j["stage"], j["split"], j["name"])
+            records[(j["split"], j["name"])] = read_record(out, j["stage"], j["split"], j["name"], so)
     failed: list[str] = []
     tick = _progress(progress, len(todo))
     if todo and runner == "local":
@@ -92,7 +104,7 @@ def encode_stage(
         for j in todo:
             try:
                 rec = encode_shard(
-                    j["src"], out, stage, j["split"], j["name"], j["plan_hash"], enc, encode_hash
+                    j["src"], out, stage, j["split"], j["name"], j["plan_hash"], enc, encode_hash, so
                 )
                 records[(j["split"], j["name"])] = rec
             except Exception as e:  # one bad shard costs that shard; the rerun retries it
@@ -109,7 +121,7 @@ def encode_stage(
         actor = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1)(_EncodeActor)
         pool = ActorPool([actor.remote(enc_cfg) for _ in range(max(1, n))])
         for j in todo:
-            pool.submit(lambda a, job: a.process.remote(job, out, encode_hash), j)
+            pool.submit(lambda a, job: a.process.remote(job, out, encode_hash, so), j)
         while pool.has_next():
             try:
                 rec = pool.get_next_unordered()
@@ -117,7 +129,7 @@ def encode_stage(
             except Exception as e:  # the actor's error names the shard
                 failed.append(f"{type(e).__name__}: {e}")
             tick()
-    indexes = write_latent_indexes(shards_dir, out, enc_cfg, encode_hash, records)
+    indexes = write_latent_indexes(shards_dir, out, enc_cfg, encode_hash, records, so)
     return {
         "stage": stage,
         "encode_hash": encode_hash,
@@ -126,7 +138,7 @@ def encode_stage(
         "failed_shards": failed,
         **{s: {"shards": len(i.shards), "samples": i.samples, "bytes": i.bytes} for s, i in indexes.items()},
         "elapsed_s": round(time.time() - t0, 2),
-        "out": os.path.join(out, stage),
+        "out": store.join(out, stage),
     }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from curation.configfile import package_version
-from curation.ids import sha256_file
+from training.data import store
 from training.data.sample_format import (
     JSON,
     LATENT_MEMBERS,
@@ -42,13 +42,7 @@ from training.data.sample_format import (
     parse_meta,
     read_index,
 )
-from training.data.shard_writer import (
-    read_record,
-    record_path,
-    split_dir,
-    write_atomic,
-    write_tar,
-)
+from training.data.shard_writer import read_record, split_dir, write_shard_files, write_split_index
 from training.data.stages import EncodeConfig
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -167,23 +161,29 @@ def plan_hash(source: ShardEntry, encode_hash: str) -> str:
 
 
 def encode_shard(
-    src_path: str, out: str, stage: str, split: str, name: str, phash: str, enc: Encoders, encode_hash: str
+    src_path: str,
+    out: str,
+    stage: str,
+    split: str,
+    name: str,
+    phash: str,
+    enc: Encoders,
+    encode_hash: str,
+    storage_options: dict[str, Any] | None = None,
 ) -> ShardRecord:
-    """One derived shard: batches through the encoders, written atomically, then its record."""
+    """One derived shard: batches through the encoders, written whole or not at all (a folder or
+    an fsspec URL), then its record with every sample's byte range (the sample table's rows)."""
     samples = list(_raw_samples(src_path))
     derived = encode_samples(samples, enc, encode_hash) if samples else []
-    path = os.path.join(split_dir(out, stage, split), name)
-    n, keys = write_tar(path, derived)
-    entry = ShardEntry(
-        name=name, samples=n, bytes=os.path.getsize(path), sha256=sha256_file(path), plan_hash=phash
-    )
-    record = ShardRecord(split=split, entry=entry, keys=keys)  # type: ignore[arg-type]
-    write_atomic(record_path(out, stage, split, name), dumps(record.model_dump(mode="json")))
-    return record
+    return write_shard_files(out, stage, split, name, derived, phash, storage_options=storage_options)
 
 
 def plan_encode(
-    shards_dir: str, out: str, encode_hash: str, splits: Sequence[str] = SPLITS
+    shards_dir: str,
+    out: str,
+    encode_hash: str,
+    splits: Sequence[str] = SPLITS,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One job per source shard that has no identical derived shard yet (resume)."""
     stage = os.path.basename(os.path.normpath(shards_dir))
@@ -197,13 +197,13 @@ def plan_encode(
             raise ValueError(f"{path} indexes {index.kind} shards; encode reads video shards")
         for entry in index.shards:
             phash = plan_hash(entry, encode_hash)
-            rec = read_record(out, stage, split, entry.name)
-            done_path = os.path.join(split_dir(out, stage, split), entry.name)
+            rec = read_record(out, stage, split, entry.name, storage_options)
+            done_path = store.join(split_dir(out, stage, split), entry.name)
             done = (
                 rec is not None
                 and rec.entry.plan_hash == phash
-                and os.path.exists(done_path)
-                and os.path.getsize(done_path) == rec.entry.bytes
+                and store.exists(done_path, storage_options)
+                and store.size(done_path, storage_options) == rec.entry.bytes
             )
             jobs.append(
                 {
@@ -224,8 +224,10 @@ def write_latent_indexes(
     cfg: EncodeConfig,
     encode_hash: str,
     records: dict[tuple[str, str], ShardRecord],
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, ShardIndex]:
-    """The index per split of the derived shards, copying stage facts from the source index."""
+    """The sample table and index per split of the derived shards (index last: the commit record),
+    copying stage facts from the source index."""
     stage = os.path.basename(os.path.normpath(shards_dir))
     result = {}
     for split in SPLITS:
@@ -245,6 +247,6 @@ def write_latent_indexes(
                 "encode": {**cfg.model_dump(mode="json"), "encode_hash": encode_hash, "source": shards_dir},
             }
         )
-        write_atomic(index_path(os.path.join(out, stage), split), dumps(index.model_dump(mode="json")))
-        result[split] = index
+        recs = {e.name: records[(split, e.name)] for e in entries}
+        result[split] = write_split_index(store.join(out, stage), index, recs, storage_options)
     return result
