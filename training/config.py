@@ -146,6 +146,18 @@ class DataConfig(_Strict):
     prefetch_factor: int = Field(2, ge=1)
     decode_threads: int = Field(1, ge=1)
     pin_memory: bool = True
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for --shards URLs (s3://, gs://, hf://): endpoint_url, region, anon, "
+        "profile; credentials come from the environment, never from here (the config is copied into RUN/)",
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> DataConfig:
+        from training.data.store import check_storage_options
+
+        check_storage_options(self.storage_options, "data.storage_options")
+        return self
 
 
 class ParallelConfig(_Strict):
