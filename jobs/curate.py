@@ -109,7 +109,11 @@ def curate(
         config_hash=cfg.decision_hash,
         package_version=__version__,
         source=source,
+        # Paths the source matched but did not treat as videos (directories...), by reason.
+        inputs_skipped=dict(sorted(getattr(src, "skipped", {}).items())),
     )
+    if summary["inputs_skipped"]:
+        print(f"vjp curate: inputs skipped: {summary['inputs_skipped']}", file=sys.stderr)
     atomic.write_bytes(
         join(out, "manifests", "summary.json"), json.dumps(summary, indent=2, sort_keys=True).encode()
     )

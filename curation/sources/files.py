@@ -5,6 +5,8 @@ Also holds the small fsspec helpers the other sources share.
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,11 +69,35 @@ def find_videos(fs: AbstractFileSystem, root: str) -> list[str]:
     return sorted(p for p in fs.find(root) if is_video_name(p))
 
 
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def classify_link(path: str, root: str) -> tuple[str, str | None]:
+    """What a local symbolic link is: ("file", None) for a link to a file inside the source root
+    (it is read like the file), ("error", reason) for one that dangles or escapes the root (the
+    video gets an error row saying so), ("skip", reason) for a link to a directory."""
+    target = os.path.realpath(path)
+    dest = os.readlink(path)
+    if not os.path.exists(target):
+        return "error", f"dangling symbolic link: {path} -> {dest} (target does not exist)"
+    if not _under(target, os.path.realpath(root or os.sep)):
+        return "error", f"symbolic link escapes the source root {root}: {path} -> {target}"
+    if os.path.isdir(target):
+        return "skip", "link to a directory"
+    if not os.path.isfile(target):
+        return "skip", "link to something that is not a regular file"
+    return "file", None
+
+
 class FilesSource:
     """Video files named by a glob, or every video below a directory.
 
     Keys are paths relative to the glob's wildcard-free root, so the same corpus mounted or synced
-    elsewhere keeps its video ids.
+    elsewhere keeps its video ids. A symbolic link to a video inside the root is a video; one that
+    dangles or leads out of the root becomes an error item (an error row with the reason). Paths
+    that match but are not videos (directories, links to directories, sockets; in directory mode
+    also files without a video extension) are counted in `skipped` by reason, for the summary.
     """
 
     name = "files"
@@ -79,21 +105,44 @@ class FilesSource:
     def __init__(self, pattern: str, storage_options: dict[str, Any] | None = None) -> None:
         self.pattern = pattern
         self.storage_options = dict(storage_options or {})
+        self.skipped: Counter[str] = Counter()
 
     def iter_items(self) -> Iterator[VideoItem]:
+        self.skipped = Counter()
         fs, path = open_fs(self.pattern, self.storage_options)
-        root, paths = self._resolve(fs, path)
-        keyed = sorted((relative_to(p, root), p) for p in paths)
-        for key, p in keyed:
+        root, entries = self._resolve(fs, path)
+        keyed = sorted((relative_to(p, root), p, info) for p, info in entries)
+        for key, p, info in keyed:
             url = full_url(fs, p)
-            yield VideoItem(source=self.name, key=key, uri=url, path=url)
+            kind, reason = self._kind(fs, p, info, root)
+            if kind == "skip":
+                self.skipped[reason or "not a file"] += 1
+                continue
+            yield VideoItem(source=self.name, key=key, uri=url, path=url, error=reason)
 
     @staticmethod
-    def _resolve(fs: AbstractFileSystem, path: str) -> tuple[str, list[str]]:
+    def _kind(fs: AbstractFileSystem, path: str, info: dict[str, Any], root: str) -> tuple[str, str | None]:
+        if info.get("islink") and is_local(fs):
+            return classify_link(path, root)
+        kind = info.get("type")
+        if kind == "file":
+            return "file", None
+        if kind == "directory":
+            return "skip", "directory"
+        return "skip", "not a regular file"
+
+    def _resolve(self, fs: AbstractFileSystem, path: str) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
         if has_magic(path):
-            return glob_root(path), list_files(fs, path)
+            return glob_root(path), sorted(fs.glob(path, detail=True).items())
         if fs.isdir(path):
-            return path, find_videos(fs, path)
+            found = fs.find(path, detail=True)
+            videos = []
+            for p, info in sorted(found.items()):
+                if is_video_name(p):
+                    videos.append((p, info))
+                else:
+                    self.skipped["not a video file name"] += 1
+            return path, videos
         if fs.isfile(path):
-            return glob_root(path), [path]
+            return glob_root(path), [(path, fs.info(path))]
         raise FileNotFoundError(f"files source: nothing at {path}")
