@@ -155,7 +155,10 @@ def parse_sample(buf: bytes, where: str = "") -> tuple[str, dict[str, bytes]]:
                 if not m.isfile() or (kf := member_key(m.name)) is None:
                     continue
                 if key is not None and kf[0] != key:
-                    raise ValueError(f"two samples ({key}, {kf[0]}) in one indexed byte range")
+                    raise ValueError(
+                        f"{where}: two samples ({key}, {kf[0]}) in one indexed byte range (shard "
+                        "rewritten after its index? re-run vjp shard / vjp encode)"
+                    )
                 key = kf[0]
                 fields[kf[1]] = buf[m.offset_data : m.offset_data + m.size]
     except tarfile.TarError as e:
