@@ -1,26 +1,32 @@
 """Caption manifest: row model, Parquet part files, reading clips and earlier captions.
 
-OUT/manifests/captions/ is a Parquet dataset of part files, one per batch, each written to a
-hidden temp name and renamed (pyarrow.dataset skips names starting with '.' or '_'). Nothing is
-rewritten: a rerun adds parts, and readers keep the latest row per (clip_id, caption_type) — use
-`read_captions(..., latest=True)`.
+OUT/manifests/captions/ is a manifest folder (curation.manifest): one part file per batch while
+captioning runs (atomic: temp name + rename locally, one PUT on an object store), compacted into
+few large files when a run ends and when the next one starts. Nothing is rewritten in place: a
+rerun adds parts, compaction keeps every row, and readers keep the latest row per
+(clip_id, caption_type) — use `read_captions(..., latest=True)`. OUT may be local or a URL
+(s3://, gs://): paths are then strings, not pathlib.Path.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from captioning.config import CaptionConfig
-from curation.atomic import atomic_output
+from curation import atomic
+from curation.manifest import committed_files, compact, dataset_schema, read_table, write_parquet
 
 SCHEMA_VERSION = "caption_row.v1"
 CLIP_COLUMNS = [
@@ -141,11 +147,28 @@ def new_run_id() -> str:
 
 
 # ---- layout -----------------------------------------------------------------------------------
-def resolve_layout(clips_arg: str | Path) -> tuple[Path, Path, Path]:
+def resolve_layout(clips_arg: str | Path) -> tuple[Any, Any, Any]:
     """(OUT, clips manifest dir, captions manifest dir) from `--clips`.
 
-    Accepts OUT/manifests (the documented form), OUT/manifests/clips, or OUT itself.
+    Accepts OUT/manifests (the documented form), OUT/manifests/clips, or OUT itself. Local
+    folders come back as Path, URLs (s3://...) as strings.
     """
+    if atomic.is_url(clips_arg):
+        u = str(clips_arg).rstrip("/")
+        base = posixpath.basename(u)
+        if base == "clips" and posixpath.basename(posixpath.dirname(u)) == "manifests":
+            manifests = posixpath.dirname(u)
+        elif base == "manifests" and atomic.listdir(atomic.join(u, "clips")):
+            manifests = u
+        elif atomic.listdir(atomic.join(u, "manifests", "clips")):
+            manifests = atomic.join(u, "manifests")
+        else:
+            raise FileNotFoundError(f"no clip manifest at {u} (expected OUT/manifests with a clips/ dataset)")
+        return (
+            posixpath.dirname(manifests),
+            atomic.join(manifests, "clips"),
+            atomic.join(manifests, "captions"),
+        )
     p = Path(clips_arg)
     if (p / "clips").is_dir() and p.name == "manifests":
         manifests = p
@@ -159,46 +182,81 @@ def resolve_layout(clips_arg: str | Path) -> tuple[Path, Path, Path]:
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def _dataset(path: Path) -> ds.Dataset | None:
-    if not path.is_dir() or not any(path.glob("*.parquet")):
-        return None
-    return ds.dataset(str(path), format="parquet")
-
-
-def read_kept_clips(clips_dir: Path) -> list[dict[str, Any]]:
+def read_kept_clips(clips_dir: str | Path) -> list[dict[str, Any]]:
     """Kept clip rows (the columns captioning relies on; missing optional ones become None)."""
-    dset = _dataset(clips_dir)
-    if dset is None:
+    folder = os.fspath(clips_dir)
+    names = committed_files(folder)
+    if not names:
         raise FileNotFoundError(f"no parquet parts in {clips_dir}")
-    cols = [c for c in CLIP_COLUMNS if c in dset.schema.names]
+    schema = dataset_schema(folder)
+    cols = [c for c in CLIP_COLUMNS if c in schema.names]
     missing = {"clip_id", "status", "clip_path"} - set(cols)
     if missing:
         raise ValueError(f"clip manifest {clips_dir} lacks columns {sorted(missing)}")
-    table = dset.to_table(columns=cols, filter=ds.field("status") == "kept")
-    rows = table.to_pylist()
+    table = read_table(folder, columns=cols, group_key=None, filter=ds.field("status") == "kept")
+    rows = table.sort_by("clip_id").to_pylist()
     for r in rows:
         for c in CLIP_COLUMNS:
             r.setdefault(c, None)
-    rows.sort(key=lambda r: r["clip_id"])
     return rows
 
 
-def read_captions(captions_dir: Path, latest: bool = True) -> pa.Table:
+def read_captions(captions_dir: str | Path, latest: bool = True) -> pa.Table:
     """All caption rows, or (latest=True) the newest row per (clip_id, caption_type)."""
-    dset = _dataset(captions_dir)
-    if dset is None:
-        return ARROW_SCHEMA.empty_table()
-    table = dset.to_table()
+    table = read_table(os.fspath(captions_dir), ARROW_SCHEMA, group_key=None)
     if not latest or table.num_rows == 0:
         return table
     table = table.sort_by(
         [("clip_id", "ascending"), ("caption_type", "ascending"), ("created_at", "descending")]
     )
-    keys = list(
-        zip(table.column("clip_id").to_pylist(), table.column("caption_type").to_pylist(), strict=True)
+    cid, ctype = table.column("clip_id").combine_chunks(), table.column("caption_type").combine_chunks()
+    # First row of each (clip, type) run in sorted order: where either key differs from the previous row.
+    first = np.ones(table.num_rows, dtype=bool)
+    if table.num_rows > 1:
+        same = pc.and_(
+            pc.equal(cid.slice(1), cid.slice(0, len(cid) - 1)),
+            pc.equal(ctype.slice(1), ctype.slice(0, len(ctype) - 1)),
+        )
+        first[1:] = ~same.to_numpy(zero_copy_only=False)
+    return table.filter(pa.array(first))
+
+
+def compact_captions(captions_dir: str | Path) -> dict[str, int]:
+    """Merge the per-batch parts into few large files (every row kept, history included)."""
+    return compact(
+        os.fspath(captions_dir),
+        ARROW_SCHEMA,
+        group_key=None,
+        sort_by=("clip_id", "caption_type", "created_at"),
     )
-    keep = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
-    return table.take(pa.array(keep, type=pa.int64()))
+
+
+def pending_mask(
+    clip_ids: pa.Array | pa.ChunkedArray,
+    captions: pa.Table,
+    caption_types: Iterable[str],
+    retry_rejected: bool,
+    current_hash: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Per caption type, which clips still need it (Arrow hash joins: millions of clips, no dicts).
+
+    Done = latest row ok (or rejected, unless retry_rejected). Errors and missing types are redone.
+    With current_hash, rows written under another config hash (model, prompts, ...) are redone too.
+    """
+    done_status = pa.array(["ok"] if retry_rejected else ["ok", "rejected"])
+    out: dict[str, np.ndarray] = {}
+    for t in caption_types:
+        if captions.num_rows == 0:
+            out[t] = np.ones(len(clip_ids), dtype=bool)
+            continue
+        cond = pc.and_(
+            pc.equal(captions.column("caption_type"), t), pc.is_in(captions.column("status"), done_status)
+        )
+        if current_hash is not None:
+            cond = pc.and_(cond, pc.equal(captions.column("config_hash"), current_hash))
+        done = captions.column("clip_id").filter(cond)
+        out[t] = ~pc.is_in(clip_ids, value_set=done.combine_chunks()).to_numpy(zero_copy_only=False)
+    return out
 
 
 def pending_work(
@@ -208,27 +266,13 @@ def pending_work(
     retry_rejected: bool,
     current_hash: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Clips that still need captions, each with `caption_types` = the types to (re)do.
-
-    Done = latest row ok (or rejected, unless retry_rejected). Errors and missing types are redone.
-    With current_hash, rows written under another config hash (model, prompts, ...) are redone too.
-    """
-    done_status = {"ok"} if retry_rejected else {"ok", "rejected"}
-    done: set[tuple[str, str]] = set()
-    if captions.num_rows:
-        for cid, ctype, st, h in zip(
-            captions.column("clip_id").to_pylist(),
-            captions.column("caption_type").to_pylist(),
-            captions.column("status").to_pylist(),
-            captions.column("config_hash").to_pylist(),
-            strict=True,
-        ):
-            if st in done_status and (current_hash is None or h == current_hash):
-                done.add((cid, ctype))
+    """Clips that still need captions, each with `caption_types` = the types to (re)do."""
     types = list(caption_types)
+    ids = pa.array([c["clip_id"] for c in clips], type=pa.string())
+    masks = pending_mask(ids, captions, types, retry_rejected, current_hash)
     out = []
-    for clip in clips:
-        todo = [t for t in types if (clip["clip_id"], t) not in done]
+    for i, clip in enumerate(clips):
+        todo = [t for t in types if masks[t][i]]
         if todo:
             out.append({**clip, "caption_types": todo})
     return out
@@ -239,11 +283,14 @@ def rows_to_table(rows: list[CaptionRow]) -> pa.Table:
     return pa.Table.from_pylist([r.model_dump() for r in rows], schema=ARROW_SCHEMA)
 
 
-def write_part(rows: list[CaptionRow], captions_dir: Path, run_id: str, batch_key: str) -> Path | None:
-    """Write one part file atomically (temp name + rename). Returns its path, or None if no rows."""
+def write_part(
+    rows: list[CaptionRow], captions_dir: str | Path, run_id: str, batch_key: str
+) -> str | Path | None:
+    """Write one part file atomically (local: temp name + rename; object store: one PUT under its
+    final, unique name). Returns its path, or None if no rows."""
     if not rows:
         return None
-    final = captions_dir / f"part-{run_id}-{batch_key}.parquet"
-    with atomic_output(final) as tmp:
-        pq.write_table(rows_to_table(rows), tmp)
+    name = f"part-{run_id}-{batch_key}.parquet"
+    final = captions_dir / name if isinstance(captions_dir, Path) else atomic.join(captions_dir, name)
+    write_parquet(rows_to_table(rows), os.fspath(final))
     return final

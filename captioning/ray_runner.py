@@ -58,7 +58,7 @@ def prep_frames_batch(batch: pa.Table, cfg_json: str, out_dir: str) -> pa.Table:
     cfg = CaptionConfig.model_validate_json(cfg_json)
     out = []
     for rec in batch.to_pylist():
-        work = prepare_clip(json.loads(rec["clip_json"]), Path(out_dir), cfg)
+        work = prepare_clip(json.loads(rec["clip_json"]), out_dir, cfg)
         row: dict[str, Any] = {"clip_json": rec["clip_json"], "error": work.error}
         if work.frames is not None:
             row.update(work.frames.to_record())
@@ -74,8 +74,9 @@ class CaptionActor:
 
         self.cfg = CaptionConfig.model_validate_json(cfg_json)
         self.backend = make_backend(backend_name, self.cfg)
-        self.out_dir = Path(out_dir)
-        self.captions_dir = Path(captions_dir)
+        # Strings, not Path: OUT may be a URL (s3://...), which Path would mangle.
+        self.out_dir = out_dir
+        self.captions_dir = captions_dir
         self.ctx = RunContext(**ctx)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -140,8 +141,8 @@ def run_ray(
     backend_name: str,
     cfg: CaptionConfig,
     ctx: RunContext,
-    out_dir: Path,
-    captions_dir: Path,
+    out_dir: str | Path,
+    captions_dir: str | Path,
     address: str | None = None,
 ) -> RunStats:
     import time

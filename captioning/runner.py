@@ -9,6 +9,7 @@ max_tries become status=rejected rows with the reasons. Nothing is dropped.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from captioning.frames import FrameError, FrameSample, sample_frames
 from captioning.manifest import CaptionRow, now_utc, write_part
 from captioning.prompts import build_messages, hint_lines
 from captioning.qa import QAResult, evaluate, postprocess
+from curation import atomic
 from curation.configfile import package_version
 
 
@@ -43,25 +45,31 @@ class RunContext:
     package_version: str = field(default_factory=package_version)
 
 
-def prepare_clip(clip: dict[str, Any], out_dir: Path, cfg: CaptionConfig) -> ClipWork:
-    """Frame sampling for one clip; never raises (a bad clip becomes an error row later)."""
-    if not clip.get("clip_path"):
+def prepare_clip(clip: dict[str, Any], out_dir: str | Path, cfg: CaptionConfig) -> ClipWork:
+    """Frame sampling for one clip; never raises (a bad clip becomes an error row later).
+
+    A clip on an object store (OUT = s3://...) is downloaded to a temporary file first."""
+    path = clip_abspath(clip, out_dir)
+    if path is None:
         return ClipWork(clip, error="frames: clip_path is empty")
-    path = Path(clip["clip_path"])
-    path = path if path.is_absolute() else out_dir / path
     try:
-        return ClipWork(clip, frames=sample_frames(path, cfg.frames))
+        with atomic.local_file(path) as local:
+            return ClipWork(clip, frames=sample_frames(local, cfg.frames))
     except FrameError as e:
         return ClipWork(clip, error=f"frames: {e}")
+    except FileNotFoundError:
+        return ClipWork(clip, error=f"frames: clip file not found: {path}")
     except Exception as e:  # belt and braces: nothing in one clip may stop the batch
         return ClipWork(clip, error=f"frames: {type(e).__name__}: {e}"[:500])
 
 
-def clip_abspath(clip: dict[str, Any], out_dir: Path) -> str | None:
+def clip_abspath(clip: dict[str, Any], out_dir: str | Path) -> str | None:
     if not clip.get("clip_path"):
         return None
-    p = Path(clip["clip_path"])
-    return str(p if p.is_absolute() else out_dir / p)
+    p = str(clip["clip_path"])
+    if atomic.is_url(p) or os.path.isabs(p):
+        return p
+    return atomic.join(os.fspath(out_dir), p)
 
 
 @dataclass
@@ -83,7 +91,7 @@ class _Task:
 
 
 def caption_batch(
-    works: list[ClipWork], backend: CaptionBackend, cfg: CaptionConfig, ctx: RunContext, out_dir: Path
+    works: list[ClipWork], backend: CaptionBackend, cfg: CaptionConfig, ctx: RunContext, out_dir: str | Path
 ) -> list[CaptionRow]:
     """Caption a batch of prepared clips; one row per (clip, caption type) it asks for."""
     tasks: list[_Task] = []
@@ -254,8 +262,8 @@ def run_local(
     backend: CaptionBackend,
     cfg: CaptionConfig,
     ctx: RunContext,
-    out_dir: Path,
-    captions_dir: Path,
+    out_dir: str | Path,
+    captions_dir: str | Path,
     batch_size: int,
     progress: bool = True,
     on_batch: Callable[[list[CaptionRow]], None] | None = None,

@@ -82,7 +82,7 @@ _MODELS = {
 }
 
 
-def _write_parquet(table: pa.Table, path: str) -> None:
+def write_parquet(table: pa.Table, path: str) -> None:
     with atomic.atomic_output(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
@@ -96,7 +96,7 @@ def write_table_atomic(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: 
     model = _MODELS.get(id(schema))
     if model is not None:
         rows = [model.model_validate(r).model_dump() for r in rows]
-    _write_parquet(pa.Table.from_pylist(list(rows), schema=schema), path)
+    write_parquet(pa.Table.from_pylist(list(rows), schema=schema), path)
 
 
 # ---------------------------------------------------------------- resolving a manifest folder
@@ -139,6 +139,12 @@ def _dataset(folder: str, names: Sequence[str], schema: pa.Schema | None) -> ds.
             [atomic.get_fs(p)[1] for p in paths], format="parquet", schema=schema, filesystem=fs
         )
     return ds.dataset(paths, format="parquet", schema=schema)
+
+
+def dataset_schema(folder: str) -> pa.Schema | None:
+    """The unified schema of a manifest folder's committed files (None when it has none)."""
+    names = committed_files(folder)
+    return _dataset(folder, names, None).schema if names else None
 
 
 def _latest_groups(table: pa.Table, key: str, rank: np.ndarray) -> pa.Table:
@@ -249,7 +255,7 @@ def compact(
         step = _rows_per_file(table, rows_per_file, bytes_per_file)
         for i, start in enumerate(range(0, max(rows, 1), step)):
             name = f"c-{gen:06d}-{i:05d}.parquet"
-            _write_parquet(table.slice(start, step), atomic.join(folder, name))
+            write_parquet(table.slice(start, step), atomic.join(folder, name))
             written.append(name)
         del table
     record = {"gen": gen, "files": written, "rows": rows, "replaces": sorted(set(files) - set(written))}

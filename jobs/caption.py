@@ -24,7 +24,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "caption.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clips", required=True, help="OUT/manifests (holding the clips/ Parquet dataset)")
+    parser.add_argument(
+        "--clips",
+        required=True,
+        help="OUT/manifests (holding the clips/ Parquet dataset); OUT may be s3://...",
+    )
     parser.add_argument("--backend", choices=["vllm", "openai", "transformers"], default="vllm")
     parser.add_argument("--model", default=None, help="hub id or local dir (overrides model.id)")
     parser.add_argument("--revision", default=None, help="model revision to pin (overrides model.revision)")
@@ -74,11 +78,19 @@ def caption_clips(
 ) -> dict[str, Any]:
     """Caption every pending kept clip of OUT/manifests; returns the run's counts. Raises
     FileNotFoundError (no clip manifest) and captioning.ray_runner.ResourceError."""
-    from captioning.manifest import new_run_id, pending_work, read_captions, read_kept_clips, resolve_layout
+    from captioning.manifest import (
+        compact_captions,
+        new_run_id,
+        pending_work,
+        read_captions,
+        read_kept_clips,
+        resolve_layout,
+    )
     from captioning.runner import RunContext, RunStats
 
     out_dir, clips_dir, captions_dir = resolve_layout(clips_arg)
     clips = read_kept_clips(clips_dir)
+    compact_captions(captions_dir)  # a killed run's parts: merged before reading them
     work = pending_work(
         clips,
         read_captions(captions_dir),
@@ -116,6 +128,8 @@ def caption_clips(
             stats = run_local(work, gen, cfg, ctx, out_dir, captions_dir, batch, progress=progress)
         finally:
             gen.close()
+    if work:
+        compact_captions(captions_dir)  # this run's per-batch parts -> few large files
     return {
         "run_id": ctx.run_id,
         "kept_clips": len(clips),
