@@ -26,10 +26,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return make_tiny_shards(tmp_path_factory.mktemp("train"), n=4, encode=True)
 
 
-def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _safetensors(path: Path, weights: str = "ema") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(path / "export" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    export = path / "export" / ("raw" if weights == "raw" else "")
+    return load_file(str(export / "transformer" / "diffusion_pytorch_model.safetensors"))
 
 
 OVERFIT = {
@@ -242,10 +243,11 @@ def test_stage2_starts_from_stage1_weights(data: dict[str, Any], tmp_path: Path)
     )
     summary = train(load_train_config(s2), str(root / "shards" / "s2"), str(tmp_path / "stage2"))
     assert summary["latent_shape"] == [4, 4, 4, 6] and summary["steps"] == 1
-    a = _safetensors(tmp_path / "stage1" / "checkpoints" / "step_000003")
-    b = _safetensors(Path(summary["checkpoint"]))
+    # The stage-1 trained weights, carried over (the EMA restarts its warmup on them).
+    a = _safetensors(tmp_path / "stage1" / "checkpoints" / "step_000003", "raw")
+    b = _safetensors(Path(summary["checkpoint"]), "raw")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)  # the stage-1 weights, carried over
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
     scratch = tiny_config(tmp_path / "s3.yaml", data["models"], steps=1, checkpoint__every=1, optim__lr=1e-9)
     c = _safetensors(
         Path(

@@ -1,4 +1,4 @@
-"""The trainer: one config, components from small factories, one flat loop.
+"""The trainer: one config, components from small factories, one flat step function, one loop.
 
     torchrun --nproc_per_node 8 -m training.train --config jobs/configs/train.yaml \
         --shards SHARDS/stage1 --out RUN
@@ -19,6 +19,7 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +27,25 @@ from typing import Any
 import torch
 
 from training import flow
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state, write_json
-from training.config import TrainConfig, load_train_config
+from training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    write_json,
+)
+from training.config import FlowConfig, TrainConfig, load_train_config
 from training.ema import EMA
-from training.metrics import StepLog, matmul_params, peak_tflops, train_flops_per_sample
-from training.modeling import VAE, TextEncoder, build_transformer, joint_mask, pad_text
+from training.metrics import MatmulParams, StepLog, matmul_params, peak_tflops, train_flops_per_sample
+from training.modeling import (
+    VAE,
+    TextEncoder,
+    attention_kwargs,
+    build_transformer,
+    pad_text,
+    resolve_attention,
+)
 from training.parallel import Dist, compute_dtype, full_tensor, init_distributed, parallelize
 from training.stream import RankStream, SampleTable, make_loader, resume_consumed
 
@@ -106,6 +121,23 @@ def build_conditioning(
     )
 
 
+@dataclass
+class Micro:
+    """One micro-batch, ready for the model: x1 [B, F, C, H, W], text [B, L, D] + mask [B, L],
+    noise x0 like x1 and times t [B] (0 = noise, 1 = data)."""
+
+    x1: torch.Tensor
+    emb: torch.Tensor
+    mask: torch.Tensor
+    x0: torch.Tensor
+    t: torch.Tensor
+
+    def split(self, n: int) -> list[Micro]:
+        """n equal slices along the batch (the test that accumulation equals one larger batch)."""
+        parts = [torch.chunk(getattr(self, k), n) for k in ("x1", "emb", "mask", "x0", "t")]
+        return [Micro(*p) for p in zip(*parts, strict=True)]
+
+
 def prepare(
     cond: Conditioning, batch: dict[str, Any], cfg: TrainConfig, gen: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,34 +158,232 @@ def prepare(
     return x1.float(), emb.float(), mask
 
 
-def flow_step_loss(
-    model: torch.nn.Module,
+def make_micro(
     x1: torch.Tensor,
     emb: torch.Tensor,
     mask: torch.Tensor,
-    cfg: TrainConfig,
+    flow_cfg: FlowConfig,
     alpha: float,
     gen: torch.Generator,
-    dtype: torch.dtype,
-    autocast: bool,
+) -> Micro:
+    """Draw the flow's noise and times for a prepared batch (from the step's generator)."""
+    x0 = torch.randn(x1.shape, generator=gen).to(x1.device)
+    t = flow.sample_t(x1.shape[0], flow_cfg, alpha, gen).to(x1.device)
+    return Micro(x1, emb, mask, x0, t)
+
+
+def micro_loss(
+    model: torch.nn.Module, m: Micro, attention: str | None, dtype: torch.dtype, autocast: bool
 ) -> torch.Tensor:
-    device = x1.device
-    x0 = torch.randn(x1.shape, generator=gen).to(device)
-    t = flow.sample_t(x1.shape[0], cfg.flow, alpha, gen).to(device)
-    xt = flow.interpolate(x0, x1, t)
-    f, _, h, w = x1.shape[1:]
+    """The flow-matching loss of one micro-batch; attention = flex | sdpa (padding masked) or None."""
+    f, _, h, w = m.x1.shape[1:]
     p = model.config.patch_size
-    kwargs = {"attention_mask": joint_mask(mask, f * (h // p) * (w // p))} if cfg.text.mask_padding else None
-    ctx = torch.autocast(device.type, dtype=dtype) if autocast else nullcontext()
+    kwargs = attention_kwargs(attention, m.mask, f * (h // p) * (w // p)) if attention else None
+    ctx = torch.autocast(m.x1.device.type, dtype=dtype) if autocast else nullcontext()
     with ctx:
         v = model(
-            hidden_states=xt.to(dtype),
-            encoder_hidden_states=emb.to(dtype),
-            timestep=flow.model_timestep(t),
+            hidden_states=flow.interpolate(m.x0, m.x1, m.t).to(dtype),
+            encoder_hidden_states=m.emb.to(dtype),
+            timestep=flow.model_timestep(m.t),
             attention_kwargs=kwargs,
             return_dict=False,
         )[0]
-    return flow.flow_loss(v, x0, x1)
+    return flow.flow_loss(v, m.x0, m.x1)
+
+
+class Feed:
+    """Micro-batches from the rank's loader, with the step's randomness: counts the samples taken
+    (the stream position a checkpoint saves) and the time spent waiting for data."""
+
+    def __init__(
+        self,
+        batches: Iterator[dict[str, Any]],
+        cond: Conditioning,
+        cfg: TrainConfig,
+        alpha: float,
+        d: Dist,
+        consumed: int,
+    ) -> None:
+        self.batches, self.cond, self.cfg, self.alpha, self.d = batches, cond, cfg, alpha, d
+        self.consumed, self.wait = consumed, 0.0
+
+    def micros(self, step: int) -> Iterator[Micro]:
+        cfg = self.cfg
+        for i in range(cfg.grad_accum):
+            tw = time.perf_counter()
+            batch = next(self.batches)
+            self.wait += time.perf_counter() - tw
+            self.consumed += cfg.data.batch_size
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.d.rank, step, i))
+            x1, emb, mask = prepare(self.cond, batch, cfg, gen, self.d.device)
+            yield make_micro(x1, emb, mask, cfg.flow, self.alpha, gen)
+
+
+# ---- components --------------------------------------------------------------------------------
+@dataclass
+class Trainer:
+    """The parts one optimizer step needs (built by the factories below)."""
+
+    d: Dist
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA
+    dtype: torch.dtype
+    attention: str | None  # flex | sdpa, None = padding attends (text.mask_padding false)
+    grad_clip: float
+
+    @property
+    def fsdp(self) -> bool:
+        return hasattr(self.model, "set_requires_gradient_sync")
+
+    @property
+    def autocast(self) -> bool:  # FSDP casts through its mixed-precision policy instead
+        return self.dtype != torch.float32 and not self.fsdp
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    finite: bool
+    lr: float
+
+
+def train_step(tr: Trainer, micros: Iterable[Micro], n_micro: int, step: int) -> StepResult:
+    """One optimizer step over n_micro micro-batches (gradient accumulation; under FSDP only the last
+    one reduce-scatters). A non-finite loss or gradient skips the update but advances the schedule."""
+    loss_sum = torch.zeros((), device=tr.d.device)
+    for i, m in enumerate(micros):
+        if tr.fsdp:
+            tr.model.set_requires_gradient_sync(i == n_micro - 1)
+        loss = micro_loss(tr.model, m, tr.attention, tr.dtype, tr.autocast)
+        (loss / n_micro).backward()
+        loss_sum += loss.detach()
+    grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.grad_clip))
+    loss_mean = tr.d.all_mean(loss_sum / n_micro)
+    finite = bool(torch.isfinite(loss_mean).item() and torch.isfinite(grad_norm).item())
+    if finite:
+        tr.optimizer.step()
+        tr.ema.update(step + 1)
+    tr.optimizer.zero_grad(set_to_none=True)
+    lr = tr.scheduler.get_last_lr()[0]
+    with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        tr.scheduler.step()
+    return StepResult(float(loss_mean.item()), float(grad_norm.item()), finite, lr)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only. Norm weights, biases (1-D), embedding tables and
+    the patch/positional embeddings are not decayed (decaying them pulls scales and offsets to 0)."""
+    no_decay_modules = {
+        id(p)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Embedding) or "patch_embed" in name or "pos_embed" in name
+        for p in m.parameters(recurse=False)
+    }
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or id(p) in no_decay_modules else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    cfg: TrainConfig, model: torch.nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, foreach=True
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+
+def build_model(
+    cfg: TrainConfig, text_dim: int, latent_shape: tuple[int, int, int, int], d: Dist
+) -> tuple[torch.nn.Module, dict[str, Any], MatmulParams]:
+    """The DiT with the same initial weights on every rank, then AC, compile and FSDP."""
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank before FSDP shards them
+    model = build_transformer(cfg, text_dim, latent_shape)
+    model_config, params = dict(model.config), matmul_params(model)
+    model.train()
+    return parallelize(model.to(d.device), cfg.parallel, d), model_config, params
+
+
+def build_trainer(cfg: TrainConfig, model: torch.nn.Module, d: Dist) -> Trainer:
+    dtype = compute_dtype(cfg.parallel, d.device)
+    attention = resolve_attention(cfg.model.attention, d.device) if cfg.text.mask_padding else None
+    if attention == "flex" and d.device.type != "cuda":
+        raise ValueError("model.attention=flex trains on CUDA only (no FlexAttention backward on the CPU)")
+    o = cfg.optim
+    ema = EMA(model, o.ema_decay, o.ema_start_step, o.ema_warmup)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    return Trainer(d, model, optimizer, scheduler, ema, dtype, attention, o.grad_clip)
+
+
+def build_stream(cfg: TrainConfig, shards: str, out: str, d: Dist) -> RankStream:
+    """This rank's view of the split: rank 0 builds (or fetches) the sample table first, the others
+    then open the same file."""
+    cache, so = os.path.join(out, "stream"), cfg.data.storage_options
+    table = SampleTable.build(shards, cfg.data.split, cache, so) if d.is_main else None
+    d.barrier()
+    if table is None:
+        table = SampleTable.build(shards, cfg.data.split, cache, so)
+    return RankStream(table, cfg.seed, d.rank, d.world_size, cfg.data.decode_threads)
+
+
+def open_run_dir(cfg: TrainConfig, out: str, resume: bool, d: Dist) -> str | None:
+    """The run folder: its latest checkpoint (an error without --resume), config.json written."""
+    os.makedirs(out, exist_ok=True)
+    ckpt = latest_checkpoint(out)
+    if ckpt and not resume:
+        raise FileExistsError(
+            f"{out} has checkpoints ({os.path.basename(ckpt)}): pass --resume or a new --out"
+        )
+    if d.is_main:
+        write_json(os.path.join(out, "config.json"), cfg.model_dump(mode="json"))
+    return ckpt
+
+
+def restore(cfg: TrainConfig, tr: Trainer, ckpt: str | None, stream: RankStream) -> tuple[int, int, int]:
+    """(step, consumed samples, skipped steps) after loading the run's checkpoint or init_from."""
+    d = tr.d
+    if ckpt:
+        meta = load_checkpoint(d, ckpt, tr.model, tr.optimizer, tr.ema)
+        tr.scheduler.load_state_dict(meta["scheduler"])
+        consumed = resume_consumed(meta["rank_state"]["position"], stream, cfg.parallel.allow_reshard)
+        if meta["world_size"] == d.world_size:
+            set_rng_state(meta["rank_state"]["rng"])
+        if d.is_main:
+            print(f"resumed from {ckpt} at step {meta['step']}", flush=True)
+        return int(meta["step"]), consumed, int(meta.get("skipped_steps", 0))
+    if cfg.model.init_from:
+        src = resolve_checkpoint(cfg.model.init_from)
+        optimizer = None if cfg.model.reset_optimizer else tr.optimizer
+        meta = load_checkpoint(d, src, tr.model, optimizer, tr.ema)
+        if d.is_main:
+            print(f"initialised from {src} (step {meta['step']})", flush=True)
+    return 0, 0, 0
+
+
+def export_meta(cfg: TrainConfig, cond: Conditioning, alpha: float) -> dict[str, Any]:
+    """What the sampler needs beside the weights (export/videojp.json)."""
+    return {
+        "text": cfg.text.model_dump(mode="json"),
+        "vae": cfg.vae.model_dump(mode="json"),
+        "flow": cfg.flow.model_dump(mode="json"),
+        "sample": cfg.sample.model_dump(mode="json"),
+        "latent_shape": list(cond.latent_shape),
+        "latent_scale": cond.latent_scale,
+        "pixel_shape": list(cond.pixel_shape),
+        "fps": cond.fps,
+        "shift": alpha,
+    }
 
 
 def _peak_mem_gb(device: torch.device) -> float:
@@ -173,152 +403,68 @@ def train(cfg: TrainConfig, shards: str, out: str, resume: bool = False) -> dict
 
 def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> dict[str, Any]:
     t_start = time.time()
-    os.makedirs(out, exist_ok=True)
-    ckpt = latest_checkpoint(out)
-    if ckpt and not resume:
-        raise FileExistsError(
-            f"{out} has checkpoints ({os.path.basename(ckpt)}): pass --resume or a new --out"
-        )
-    if d.is_main:
-        write_json(os.path.join(out, "config.json"), cfg.model_dump(mode="json"))
-    # The sample table: rank 0 reads the tar headers once, the others take its cache.
-    cache = os.path.join(out, "stream")
-    table = SampleTable.build(shards, cfg.data.split, cache) if d.is_main else None
-    d.barrier()
-    if table is None:
-        table = SampleTable.build(shards, cfg.data.split, cache)
-    stream = RankStream(table, cfg.seed, d.rank, d.world_size, cfg.data.decode_threads)
-    dtype = compute_dtype(cfg.parallel, d.device)
-    cond = build_conditioning(cfg, stream, d.device, dtype)
+    ckpt = open_run_dir(cfg, out, resume, d)
+    stream = build_stream(cfg, shards, out, d)
+    cond = build_conditioning(cfg, stream, d.device, compute_dtype(cfg.parallel, d.device))
     alpha = flow.resolve_shift(cfg.flow, cond.latent_shape)
+    model, model_config, params = build_model(cfg, cond.text_dim, cond.latent_shape, d)
+    tr = build_trainer(cfg, model, d)
+    step, consumed, skipped_total = restore(cfg, tr, ckpt, stream)
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank before FSDP shards them
-    model = build_transformer(cfg, cond.text_dim, cond.latent_shape)
-    model_config = dict(model.config)
-    n_linear = matmul_params(model)
-    model.train()
-    model = parallelize(model.to(d.device), cfg.parallel, d)
-    fsdp = hasattr(model, "set_requires_gradient_sync")
-    autocast = dtype != torch.float32 and not fsdp
-    ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_start_step)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=o.lr,
-        betas=o.betas,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        foreach=True,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-
-    step, consumed, skipped_total = 0, 0, 0
-    if ckpt:
-        meta = load_checkpoint(d, ckpt, model, optimizer, ema)
-        step, skipped_total = int(meta["step"]), int(meta.get("skipped_steps", 0))
-        scheduler.load_state_dict(meta["scheduler"])
-        consumed = resume_consumed(meta["rank_state"]["position"], stream, cfg.parallel.allow_reshard)
-        if meta["world_size"] == d.world_size:
-            set_rng_state(meta["rank_state"]["rng"])
-        if d.is_main:
-            print(f"resumed from {ckpt} at step {step}", flush=True)
-    elif cfg.model.init_from:
-        from training.checkpoint import resolve_checkpoint
-
-        src = resolve_checkpoint(cfg.model.init_from)
-        meta = load_checkpoint(d, src, model, None if cfg.model.reset_optimizer else optimizer, ema)
-        if d.is_main:
-            print(f"initialised from {src} (step {meta['step']})", flush=True)
-
-    per_step = cfg.data.batch_size * cfg.grad_accum
     dc = cfg.data
     loader = make_loader(stream, consumed, dc.batch_size, dc.num_workers, dc.prefetch_factor, dc.pin_memory)
-    batches = iter(loader)
+    feed = Feed(iter(loader), cond, cfg, alpha, d, consumed)
     log = StepLog(out, cfg.log.every, cfg.log.tensorboard, cfg.log.progress, cfg.steps, step, d.is_main)
     f_, _, h_, w_ = cond.latent_shape
     p = model_config["patch_size"]
     video_tokens = f_ * (h_ // p) * (w_ // p)
-    flops = train_flops_per_sample(model_config, n_linear, video_tokens, cfg.text.max_length)
+    flops = train_flops_per_sample(model_config, params, video_tokens, cfg.text.max_length)
     peak = peak_tflops(cfg.log.peak_tflops)
-    export_meta = {
-        "text": cfg.text.model_dump(mode="json"),
-        "vae": cfg.vae.model_dump(mode="json"),
-        "flow": cfg.flow.model_dump(mode="json"),
-        "sample": cfg.sample.model_dump(mode="json"),
-        "latent_shape": list(cond.latent_shape),
-        "latent_scale": cond.latent_scale,
-        "pixel_shape": list(cond.pixel_shape),
-        "fps": cond.fps,
-        "shift": alpha,
-    }
+    meta_out = export_meta(cfg, cond, alpha) if cfg.checkpoint.export else None
     in_a_row, last_loss, last_ckpt = 0, float("nan"), ckpt
     while step < cfg.steps:
-        t0, wait = time.perf_counter(), 0.0
-        loss_sum = torch.zeros((), device=d.device)
-        for micro in range(cfg.grad_accum):
-            tw = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - tw
-            consumed += cfg.data.batch_size
-            gen = torch.Generator().manual_seed(step_seed(cfg.seed, d.rank, step, micro))
-            x1, emb, mask = prepare(cond, batch, cfg, gen, d.device)
-            if fsdp:
-                model.set_requires_gradient_sync(micro == cfg.grad_accum - 1)
-            loss = flow_step_loss(model, x1, emb, mask, cfg, alpha, gen, dtype, autocast)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip))
-        loss_mean = d.all_mean(loss_sum / cfg.grad_accum)
-        finite = bool(torch.isfinite(loss_mean).item() and torch.isfinite(grad_norm).item())
-        if finite:
-            optimizer.step()
-            ema.update(step + 1)
-            in_a_row = 0
-        else:
-            skipped_total += 1
-            in_a_row += 1
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-            warnings.simplefilter("ignore", UserWarning)
-            scheduler.step()
+        t0, wait0 = time.perf_counter(), feed.wait
+        r = train_step(tr, feed.micros(step), cfg.grad_accum, step)
         step += 1
+        skipped_total += not r.finite
+        in_a_row = 0 if r.finite else in_a_row + 1
         dt = time.perf_counter() - t0
-        samples_s = per_step * d.world_size / dt
-        last_loss = float(loss_mean.item())
+        samples_s = cfg.data.batch_size * cfg.grad_accum * d.world_size / dt
+        last_loss = r.loss
         log.log(
             {
                 "step": step,
-                "loss": last_loss,
-                "lr": lr,
-                "grad_norm": float(grad_norm.item()),
+                "loss": r.loss,
+                "lr": r.lr,
+                "grad_norm": r.grad_norm,
                 "samples_per_s": samples_s,
                 "tokens_per_s": samples_s * (video_tokens + cfg.text.max_length),
-                "data_wait": wait / dt,
+                "data_wait": (feed.wait - wait0) / dt,
                 "peak_mem_gb": _peak_mem_gb(d.device),
                 "mfu": flops * samples_s / (peak * 1e12 * d.world_size) if peak else None,
-                "skipped": not finite,
+                "skipped": not r.finite,
                 "skipped_total": skipped_total,
                 "step_time": dt,
             }
         )
         if in_a_row >= cfg.max_nonfinite_in_a_row:
             raise NonFiniteError(
-                f"{in_a_row} non-finite steps in a row up to step {step} (loss {last_loss}, grad norm "
-                f"{float(grad_norm.item())}): lower optim.lr, check the data, or use parallel.precision=fp32"
+                f"{in_a_row} non-finite steps in a row up to step {step} (loss {r.loss}, grad norm "
+                f"{r.grad_norm}): lower optim.lr, check the data, or use parallel.precision=fp32"
             )
         if step % cfg.checkpoint.every == 0 or step == cfg.steps:
             last_ckpt = save_checkpoint(
                 d,
                 out,
                 step,
-                model,
-                optimizer,
-                ema,
-                stream.position(consumed).to_json(),
-                {"skipped_steps": skipped_total, "scheduler": scheduler.state_dict(), "seed": cfg.seed},
-                export_meta if cfg.checkpoint.export else None,
+                tr.model,
+                tr.optimizer,
+                tr.ema,
+                stream.position(feed.consumed).to_json(),
+                {"skipped_steps": skipped_total, "scheduler": tr.scheduler.state_dict(), "seed": cfg.seed},
+                meta_out,
                 cfg.checkpoint.keep_last,
+                export_raw=cfg.checkpoint.export_raw,
             )
     log.close()
     summary = {
