@@ -13,18 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from training.ray_util import init_ray  # noqa: F401  (moved below jobs/; the jobs import it from here)
+
 T = TypeVar("T")
 H = TypeVar("H")
-
-
-def init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # With no address, ray.init() joins RAY_ADDRESS or a job's cluster when set (`ray job
-    # submit`), and otherwise starts an embedded local Ray: the same code runs everywhere.
-    ray.init(address=address or None, log_to_driver=False, include_dashboard=False if not address else None)
 
 
 _END = object()

@@ -64,7 +64,7 @@ def train_from_config(
         if gpus_per_worker is None:
             import ray
 
-            from jobs.runner import init_ray
+            from training.ray_util import init_ray
 
             init_ray(address)
             gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0

@@ -83,7 +83,7 @@ def run_ray(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.runner import init_ray
+    from training.ray_util import init_ray
 
     init_ray(address)
     out, shards = os.path.abspath(out), shards if "://" in shards else os.path.abspath(shards)
