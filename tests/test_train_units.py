@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +65,25 @@ def test_shift_moves_samples_towards_noise() -> None:
     assert ts[0] == 0 and ts[-1] == 1 and bool((ts[1:] > ts[:-1]).all())
 
 
-def test_euler_follows_a_straight_flow_exactly() -> None:
-    x0, x1 = torch.randn(2, 5), torch.randn(2, 5)
-    x = x0.clone()
-    ts = flow.euler_times(7, 2.0)
-    for a, b in itertools.pairwise(ts):
-        x = x + (b - a) * (x1 - x0)  # the ideal velocity field of rectified flow
-    assert torch.allclose(x, x1, atol=1e-5)
-    assert flow.flow_loss(x1 - x0, x0, x1).item() == 0.0
-
-
-def test_logit_normal_is_centred() -> None:
+def test_logit_normal_puts_a_positive_mean_on_the_noise_side() -> None:
+    # SD3's logit-normal is on the noise level s = 1 - t: a positive logit mean means noisier t
+    # (t < 0.5 here), and the median sits at 1 - sigmoid(mean). A flipped direction fails both.
     g = torch.Generator().manual_seed(1)
-    t = flow.sample_t(20000, FlowConfig(timestep_sampling="logit_normal"), 1.0, g)
-    assert t.min() > 0.0 and t.max() < 1.0 and abs(t.median().item() - 0.5) < 0.02
+    t = flow.sample_t(20000, FlowConfig(timestep_sampling="logit_normal", logit_mean=1.0), 1.0, g)
+    assert t.min() > 0.0 and t.max() < 1.0
+    assert abs(t.median().item() - (1 - torch.sigmoid(torch.tensor(1.0)).item())) < 0.01
+    shifted = flow.sample_t(20000, FlowConfig(timestep_sampling="logit_normal"), 3.0, g)
+    assert shifted.median().item() < 0.3  # the resolution shift also moves towards noise (t=0)
+    assert flow.flow_loss(torch.ones(2), torch.zeros(2), torch.ones(2)).item() == 0.0
+
+
+def test_defaults_are_the_recipe() -> None:
+    cfg = TrainConfig()
+    assert cfg.flow.timestep_sampling == "logit_normal" and cfg.flow.shift == "auto"
+    assert cfg.optim.ema_warmup and cfg.checkpoint.export_raw and cfg.model.attention == "auto"
+    for name in ("stage1", "stage2", "train"):
+        shipped = load_train_config(REPO / "jobs" / "configs" / f"{name}.yaml")
+        assert (shipped.flow.timestep_sampling, shipped.flow.shift) == ("logit_normal", "auto"), name
 
 
 # ---- the DiT with masked joint attention ---------------------------------------------------------
@@ -116,6 +120,84 @@ def test_padding_does_not_leak_into_attention() -> None:
         a, b = out(pad_a, mask), out(pad_b, mask)
         assert torch.allclose(a, b, atol=1e-6)  # masked: what sits in the padding does not matter
         assert not torch.allclose(out(pad_a, None), out(pad_b, None), atol=1e-4)  # unmasked it would
+
+
+def test_flex_attention_equals_the_masked_sdpa_reference() -> None:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from training.modeling import attention_kwargs, padding_block_mask
+
+    # The block mask built from per-block counts is create_block_mask's, also with ragged blocks.
+    valid = torch.ones(3, 300, dtype=torch.bool)
+    valid[0, 3:8] = False
+    valid[1, 5:140] = False
+    valid[2, 1:256] = False
+    ours = padding_block_mask(valid)
+    ref = create_block_mask(lambda b, h, q, kv: valid[b, kv], 3, None, 300, 300, device="cpu")
+    assert torch.equal(ours.to_dense(), ref.to_dense())
+    assert ours.full_kv_num_blocks[:, 0, 0].tolist() == [1, 0, 0]  # a block with no padding: no mask work
+    assert ours.kv_num_blocks[2, 0, 0] == 2  # its middle block is all padding: skipped
+
+    model = _tiny_dit(max_len=8)
+    x = torch.randn(2, 2, 4, 4, 4)
+    emb = torch.randn(2, 8, 16)
+    mask = torch.tensor([[True] * 3 + [False] * 5, [True] * 6 + [False] * 2])
+    t = torch.tensor([500.0, 20.0])
+
+    def out(mode: str) -> torch.Tensor:
+        kw = attention_kwargs(mode, mask, 8)
+        return model(
+            hidden_states=x, encoder_hidden_states=emb, timestep=t, attention_kwargs=kw, return_dict=False
+        )[0]
+
+    with torch.no_grad():
+        flex, sdpa = out("flex"), out("sdpa")
+        torch.testing.assert_close(flex, sdpa, rtol=1e-5, atol=1e-5)
+        unmasked = model(hidden_states=x, encoder_hidden_states=emb, timestep=t, return_dict=False)[0]
+        assert not torch.allclose(flex, unmasked, atol=1e-4)  # the mask is applied, not ignored
+
+
+def test_mfu_formula_matches_torch_flop_counter() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.metrics import matmul_params, train_flops_per_sample
+    from training.modeling import attention_kwargs, build_transformer
+
+    tc = {"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 32, "time_embed_dim": 128,
+          "in_channels": 4, "out_channels": 4}  # fmt: skip
+    cfg = parse_train_config({"text": {"max_length": 16}, "model": {"transformer_config": tc}})
+    torch.manual_seed(0)
+    model = build_transformer(cfg, 64, (4, 4, 8, 8))
+    params = matmul_params(model)
+    assert params.sample > params.joint  # adaLN + time embedding: most weights of this tiny config
+    b, video = 2, 4 * 4 * 4
+    x, emb = torch.randn(b, 4, 4, 8, 8), torch.randn(b, 16, 64)
+    mask = torch.ones(b, 16, dtype=torch.bool)
+    mask[:, 5:] = False
+    # The math SDPA path decomposes into bmm, which the counter sees (it has no CPU flash formula).
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+        v = model(hidden_states=x, encoder_hidden_states=emb, timestep=torch.tensor([3.0, 500.0]),
+                  attention_kwargs=attention_kwargs("sdpa", mask, video), return_dict=False)[0]  # fmt: skip
+        v.square().mean().backward()
+    counted = fc.get_total_flops() / b
+    ours = train_flops_per_sample(dict(model.config), params, video, 16)
+    assert abs(ours / counted - 1) < 0.05, (ours, counted)
+    every_linear_per_token = ours + 6 * params.sample * (video + 16 - 1)  # the former formula
+    assert every_linear_per_token / counted > 1.5
+
+
+def test_full_size_mfu_counts_adaln_once_per_sample() -> None:
+    from training.metrics import matmul_params, train_flops_per_sample
+    from training.modeling import build_transformer
+
+    cfg = TrainConfig()
+    with torch.device("meta"):
+        model = build_transformer(cfg, 2048, (12, 16, 32, 32))
+    p = matmul_params(model)
+    assert 340e6 < p.sample < 370e6 and 1.6e9 < p.total < 1.75e9  # the issue's 357M of 1,688M
+    flops = train_flops_per_sample(dict(model.config), p, 3072, 226)
+    assert 33e12 < flops < 35e12  # ~33.8 TFLOP per stage-1 sample, not 40.9
 
 
 def test_transformer_config_is_cogvideox_2b_sized_to_the_text_encoder() -> None:
