@@ -200,6 +200,172 @@ def test_full_size_mfu_counts_adaln_once_per_sample() -> None:
     assert 33e12 < flops < 35e12  # ~33.8 TFLOP per stage-1 sample, not 40.9
 
 
+# ---- the step, EMA, optimizer groups, AC, FSDP ---------------------------------------------------
+def grad_config(fsdp: str = "off", **parallel: Any) -> TrainConfig:
+    """The tiny DiT (text 8 x 16) for step-level tests; also used by tests/fsdp_grad_worker.py."""
+    from training.tiny import TINY_TRANSFORMER
+
+    return parse_train_config(
+        {
+            "text": {"max_length": 8},
+            "model": {"transformer_config": TINY_TRANSFORMER},
+            "optim": {"lr": 1e-2, "warmup_steps": 0},
+            "parallel": {"fsdp": fsdp, "precision": "fp32", **parallel},
+        }
+    )
+
+
+def fixed_micro(b: int = 4) -> Any:
+    """A fixed batch of b latents [2, 4, 4, 4] with padded captions, noise and times."""
+    from training.train import Micro
+
+    g = torch.Generator().manual_seed(7)
+    mask = torch.zeros(b, 8, dtype=torch.bool)
+    for i in range(b):
+        mask[i, : 2 + i % 6] = True
+    return Micro(
+        torch.randn(b, 2, 4, 4, 4, generator=g),
+        torch.randn(b, 8, 16, generator=g) * mask[..., None],
+        mask,
+        torch.randn(b, 2, 4, 4, 4, generator=g),
+        torch.rand(b, generator=g),
+    )
+
+
+def _trainer(cfg: TrainConfig) -> Any:
+    from training.parallel import init_distributed
+    from training.train import build_model, build_trainer
+
+    d = init_distributed(cfg.parallel)
+    model, _, _ = build_model(cfg, 16, (2, 4, 4, 4), d)
+    return build_trainer(cfg, model, d)
+
+
+def _grads_at_step(tr: Any) -> list[list[torch.Tensor]]:
+    """The gradients the optimizer steps with (a pre-step hook: train_step clears them after)."""
+    seen: list[list[torch.Tensor]] = []
+    tr.optimizer.register_step_pre_hook(
+        lambda opt, *_: seen.append([p.grad.clone() for g in opt.param_groups for p in g["params"]])
+    )
+    return seen
+
+
+def test_grad_accumulation_of_two_halves_equals_one_full_batch() -> None:
+    from training.train import train_step
+
+    m = fixed_micro(4)
+    one, two, half = _trainer(grad_config()), _trainer(grad_config()), _trainer(grad_config())
+    ga, gb, gc = _grads_at_step(one), _grads_at_step(two), _grads_at_step(half)
+    a = train_step(one, [m], 1, 0)
+    b = train_step(two, m.split(2), 2, 0)
+    assert a.finite and b.finite and len(ga) == len(gb) == 1
+    assert b.loss == pytest.approx(a.loss, rel=1e-5)
+    assert b.grad_norm == pytest.approx(a.grad_norm, rel=1e-4)
+    for x, y in zip(ga[0], gb[0], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-7)
+    train_step(half, [m.split(2)[0]], 1, 0)  # half the batch alone: other gradients
+    assert any(not torch.allclose(x, y, rtol=1e-3, atol=1e-6) for x, y in zip(ga[0], gc[0], strict=True))
+
+
+def test_ema_warmup_follows_the_weights_and_names_ignore_wrappers() -> None:
+    from training.ema import EMA, ema_decay_at
+
+    assert ema_decay_at(0.9999, 0, True) == pytest.approx(0.1)
+    assert ema_decay_at(0.9999, 90, True) == pytest.approx(0.91)
+    assert ema_decay_at(0.9999, 10**6, True) == 0.9999 and ema_decay_at(0.9999, 0, False) == 0.9999
+    lin = torch.nn.Linear(4, 4)
+    init = lin.weight.detach().clone()
+    warm, cold = EMA(lin, 0.9999), EMA(lin, 0.9999, warmup=False)
+    with torch.no_grad():
+        lin.weight.add_(1.0)  # "training" moved the weights by 1
+    for step in range(1, 51):
+        warm.update(step)
+        cold.update(step)
+    moved = {"warm": warm.state_dict()["weight"] - init, "cold": cold.state_dict()["weight"] - init}
+    assert moved["warm"].min() > 0.8  # 50 updates with warmup: within 20% of the weights
+    assert moved["cold"].max() < 0.01  # without: still 99.5% the init
+
+    cfg = grad_config(activation_checkpointing=True, ac_every=2)
+    tr = _trainer(cfg)
+    wrapped = [type(b).__name__ for b in tr.model.transformer_blocks]
+    assert wrapped == ["CheckpointWrapper", "CogVideoXBlock"]  # partial AC: every 2nd block
+    plain = _tiny_dit()
+    assert tr.ema.names == [n for n, _ in plain.named_parameters()]  # export names: no wrapper prefix
+
+
+def test_activation_checkpointing_changes_no_gradient() -> None:
+    from training.train import micro_loss
+
+    m = fixed_micro(2)
+    grads = []
+    for ac in (False, True):
+        tr = _trainer(grad_config(activation_checkpointing=ac))
+        micro_loss(tr.model, m, "sdpa", torch.float32, False).backward()
+        grads.append([p.grad.clone() for p in tr.model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
+    from training.train import param_groups
+
+    model = _tiny_dit()
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    assert "transformer_blocks.0.attn1.to_q.weight" in decayed and "proj_out.weight" in decayed
+    assert "transformer_blocks.0.attn1.to_q.bias" in kept and "norm_final.weight" in kept
+    assert "transformer_blocks.0.norm1.norm.weight" in kept and "patch_embed.proj.weight" in kept
+    assert not any("bias" in n or "norm.weight" in n or "patch_embed" in n for n in decayed)
+    assert decayed | kept == set(names.values())
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_ranks_gives_the_one_process_gradients(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from training.train import build_model, micro_loss
+
+    out = tmp_path / "grads.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tests.fsdp_grad_worker", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    fsdp = load_file(str(out))
+    from training.parallel import init_distributed
+
+    cfg = grad_config()
+    model, _, _ = build_model(cfg, 16, (2, 4, 4, 4), init_distributed(cfg.parallel))
+    micro_loss(model, fixed_micro(), "sdpa", torch.float32, False).backward()
+    one = {n: p.grad for n, p in model.named_parameters()}
+    assert fsdp.keys() == one.keys()
+    for k in one:
+        torch.testing.assert_close(fsdp[k], one[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_on_the_cpu() -> None:
+    from training.train import train_step
+
+    # Inductor builds C++ kernels on the CPU here (gcc); the GPU check runs the same path on CUDA.
+    m = fixed_micro(2)
+    eager = _trainer(grad_config(activation_checkpointing=True))
+    compiled = _trainer(grad_config(activation_checkpointing=True, compile=True))
+    assert all(b._compiled_call_impl is not None for b in compiled.model.transformer_blocks)
+    for step in range(2):
+        a, b = train_step(eager, [m], 1, step), train_step(compiled, [m], 1, step)
+        assert b.loss == pytest.approx(a.loss, rel=1e-4) and b.grad_norm == pytest.approx(
+            a.grad_norm, rel=1e-3
+        )
+
+
 def test_transformer_config_is_cogvideox_2b_sized_to_the_text_encoder() -> None:
     from training.modeling import transformer_config
 
