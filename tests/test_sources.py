@@ -579,3 +579,33 @@ def test_pixabay_duplicate_member_keeps_first(tmp_path: Path) -> None:
     found = items(f"pixabay:{tmp_path}")
     assert [(i.key, i.data) for i in found] == [("folder_01.tar.gz::folder_01/dup.mp4", blob(1))]
     assert found[0].meta["release"] == "v1.1.0"
+
+
+def _link_tree(tmp_path: Path) -> Path:
+    """A folder of symbolic links: to videos inside the root, out of it, nowhere, to a folder."""
+    root, store, outside = tmp_path / "links", tmp_path / "links" / "store", tmp_path / "outside"
+    store.mkdir(parents=True)
+    outside.mkdir()
+    (store / "real.mp4").write_bytes(b"video bytes")
+    (outside / "far.mp4").write_bytes(b"video bytes")
+    (root / "a.mp4").symlink_to("store/real.mp4")
+    (root / "b.mp4").symlink_to(store / "real.mp4")  # absolute target, still inside
+    (root / "escape.mp4").symlink_to(outside / "far.mp4")
+    (root / "dangling.mp4").symlink_to("store/missing.mp4")
+    (root / "dir_link").symlink_to("store")
+    return root
+
+
+def test_symbolic_links_are_followed_or_recorded_never_dropped(tmp_path: Path) -> None:
+    root = _link_tree(tmp_path)
+    src = open_source(f"files:{root}/*")
+    items = {i.key: i for i in src.iter_items()}
+    assert set(items) == {"a.mp4", "b.mp4", "escape.mp4", "dangling.mp4"}
+    for key in ("a.mp4", "b.mp4"):
+        assert items[key].error is None
+        with open(items[key].path, "rb") as f:  # the link path itself opens the video
+            assert f.read() == b"video bytes"
+    assert "escapes the source root" in items["escape.mp4"].error
+    assert "dangling symbolic link" in items["dangling.mp4"].error
+    # What matched but is no video is counted by reason (the store folder and the folder link).
+    assert dict(src.skipped) == {"directory": 1, "link to a directory": 1}

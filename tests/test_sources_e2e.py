@@ -105,3 +105,23 @@ def test_finevideo_parquet_scene_hints_become_cuts(tmp_path: Path, corpus_dir: P
     assert v["cuts"] == [pytest.approx(12 * 24, abs=1)]
     clips = parquet_rows(Layout(str(out)).clips_manifest)
     assert all(c["end_frame"] <= 12 * 24 or c["start_frame"] >= 12 * 24 for c in clips)
+
+
+def test_a_folder_of_symbolic_links_is_curated(tmp_path: Path, corpus_dir: Path) -> None:
+    """Links to videos are videos; a dangling link is an error row; a folder is counted as skipped."""
+    root = tmp_path / "links"
+    (root / "store").mkdir(parents=True)
+    for name in ("short", "duplicate"):
+        (root / "store" / f"{name}.mp4").write_bytes((corpus_dir / f"{name}.mp4").read_bytes())
+        (root / f"{name}.mp4").symlink_to(f"store/{name}.mp4")
+    (root / "gone.mp4").symlink_to("store/gone.mp4")
+    summary = curate(f"files:{root}/*", str(tmp_path / "out"), CFG, runner="local")
+    rows = {r["source_key"]: r for r in read_rows(Layout(str(tmp_path / "out")).videos)}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "short.mp4": "ok",
+        "duplicate.mp4": "ok",
+        "gone.mp4": "error",
+    }
+    assert "dangling symbolic link" in rows["gone.mp4"]["error"]
+    assert summary["videos_ok"] == 2 and summary["clips_kept"] >= 1
+    assert summary["inputs_skipped"] == {"directory": 1}
