@@ -80,8 +80,9 @@ def _death(code: int | None) -> str:
 class Worker:
     """One long-lived child; `call` runs fn(*args) there and returns its result."""
 
-    def __init__(self, max_calls: int = MAX_CALLS) -> None:
-        self.max_calls = max_calls
+    def __init__(self, max_calls: int | None = None) -> None:
+        # VJP_ISOLATE_MAX_CALLS=1 gives a fresh child per call (the former behaviour: benchmarks).
+        self.max_calls = max_calls or int(os.environ.get("VJP_ISOLATE_MAX_CALLS") or MAX_CALLS)
         self.calls = 0  # calls served by the current child
         self.started = 0  # children started over this worker's life (1 + replacements)
         self.child_cpu_s = 0.0  # CPU seconds the children spent inside calls (for benchmarks)
