@@ -23,29 +23,18 @@ class SplitConfig(_Strict):
 
     detector: Literal["hardcut", "adaptive", "content", "transnetv2", "fused"] = Field(
         "hardcut",
-        description="hardcut: three cheap cues (default); adaptive/content: PySceneDetect; transnetv2: the "
-        "learned detector (~1 CPU s per video s, GPU when present); fused: hardcut or transnetv2",
+        description="hardcut: a learned combiner of cheap cues (default); adaptive/content: PySceneDetect; "
+        "transnetv2: the learned network (~1 CPU s per video s, GPU when present); fused: either one's cuts",
     )
     adaptive_threshold: float = Field(
-        3.0, gt=0, description="content change over its neighbours' mean (AdaptiveDetector, hardcut)"
+        3.0, gt=0, description="content change over its neighbours' mean (AdaptiveDetector)"
     )
     min_content_val: float = Field(
-        15.0, ge=0, description="minimum content change of a cut (AdaptiveDetector, hardcut)"
+        15.0, ge=0, description="minimum content change of a cut (AdaptiveDetector)"
     )
     content_threshold: float = Field(27.0, gt=0, description="ContentDetector threshold")
-    window_frames: int = Field(2, ge=1, description="hardcut: neighbours on each side a cue is compared with")
-    hist_distance_min: float = Field(
-        0.05, ge=0, le=1, description="hardcut: colour-histogram change (1 - cosine) of a cut in fast action"
-    )
-    hist_ratio: float = Field(8.0, gt=0, description="hardcut: ... and its ratio to the neighbours' mean")
-    dark_value_max: float = Field(
-        48.0, ge=0, le=255, description="hardcut: pairs of frames no brighter than this use the dark rule"
-    )
-    dark_changed_min: float = Field(
-        0.001, ge=0, le=1, description="hardcut dark rule: share of pixels changing strongly (title on black)"
-    )
-    dark_ratio: float = Field(
-        5.0, gt=0, description="hardcut dark rule: ... and its ratio to the neighbours' mean"
+    hardcut_threshold: float = Field(
+        0.0, description="hardcut: log-odds a boundary needs (0 = probability 0.5; higher, fewer cuts)"
     )
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 cut probability")
     transnet_device: Literal["auto", "cpu", "cuda"] = Field(

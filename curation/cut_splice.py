@@ -109,12 +109,12 @@ def _add_shot(out: list[Shot], data: dict, lab: cut_eval.CutLabels, a: int, b: i
 class Footage:
     """Frames of one source video (fit inside WORK_WxWORK_H, RGB), memory-mapped from the cache."""
 
-    def __init__(self, name: str, folder: Path = SHARED) -> None:
+    def __init__(self, name: str, folder: Path = SHARED, work: tuple[int, int] = (WORK_W, WORK_H)) -> None:
         path = folder / name
         if not path.exists():
             raise FileNotFoundError(f"{path}: source footage not found (the shared videos folder is needed)")
         st = path.stat()
-        key = hashlib.sha1(f"{name}:{st.st_size}:{WORK_W}x{WORK_H}".encode()).hexdigest()[:12]
+        key = hashlib.sha1(f"{name}:{st.st_size}:{work[0]}x{work[1]}".encode()).hexdigest()[:12]
         base = cache_dir() / "sources"
         npy, thumbs = base / f"{key}.npy", base / f"{key}.thumbs.npy"
         if not (npy.exists() and thumbs.exists()):
@@ -122,7 +122,7 @@ class Footage:
             info = probe(str(path))
             frames = []
             for _, _, frame in iter_frames(str(path), info.stream_index, False):
-                w, h = _fit(frame.width, frame.height, WORK_W, WORK_H)
+                w, h = _fit(frame.width, frame.height, *work)
                 frames.append(frame.to_ndarray(width=w, height=h, format="rgb24"))
             arr = np.stack(frames)
             gray = [
@@ -485,6 +485,7 @@ def generate(
     parts: tuple[str, ...] = ("tune", "heldout"),
     folder: Path = SHARED,
     out_dir: Path | None = None,
+    work: tuple[int, int] = (WORK_W, WORK_H),
 ) -> list[Generated]:
     """The set for `seed` (cached): `n_videos[part]` videos per part, same plans whatever `parts` asks."""
     counts = n_videos or {"tune": 50, "heldout": 50}
@@ -503,7 +504,7 @@ def generate(
             mp4, js = out_dir / f"{name}.mp4", out_dir / f"{name}.json"
             for s in part_shots:
                 if s.source not in feet:
-                    feet[s.source] = Footage(s.source, folder)
+                    feet[s.source] = Footage(s.source, folder, work)
             plan = plan_video(rng, name, part, part_shots, feet)
             if not (mp4.exists() and js.exists()):
                 labels = render(plan, part_shots, feet, mp4)
@@ -520,12 +521,13 @@ def render_pieces(
     size: tuple[int, int] = (256, 144),
     rate: Fraction = Fraction(25),
     folder: Path = SHARED,
+    work: tuple[int, int] = (WORK_W, WORK_H),
 ) -> Labels:
     """A small video from explicit pieces (source file, start frame, length, Piece options): for tests.
 
     Consecutive pieces of the same file and the option `"jump": True` are one shot (a jump cut).
     """
-    feet = {name: Footage(name, folder) for name, _, _, _ in pieces}
+    feet = {name: Footage(name, folder, work) for name, _, _, _ in pieces}
     shots: list[Shot] = []
     plist: list[Piece] = []
     for name, start, length, opts in pieces:

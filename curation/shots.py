@@ -54,15 +54,37 @@ def _neighbour_ratio(x: np.ndarray, window: int, eps: float) -> np.ndarray:
     return out
 
 
+# Structure thumbnails: gray, THUMB_W x THUMB_H, compared over shifts of up to one thumbnail pixel
+# (camera motion) by normalised correlation, which ignores gain and offset (flashes, fades).
+THUMB_W, THUMB_H = 32, 18
+BLACK_VALUE = 30  # HSV value of "black" pixels (limited-range black is 16)
+TITLE_BLACK = 0.8  # a title card on black: at least this share of black pixels
+LAGS = 5  # each frame is compared with the 5 before it (a flash of up to 4 frames is looked across)
+_SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=-1, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-3)
+
+
 class CueTracker:
-    """Per-frame cues of the hardcut detector; four floats a frame, decisions at the end."""
+    """Per-frame cues of the hardcut detector: a few floats a frame, decisions at the end."""
 
     def __init__(self) -> None:
         self.content: list[float] = []  # mean |HSV change|, PySceneDetect's content_val
         self.strong: list[float] = []  # share of pixels whose value changes by > STRONG_CHANGE
         self.hist: list[float] = []  # 1 - cosine similarity of 512-bin colour histograms
         self.value: list[float] = []  # mean HSV value (brightness) of the frame
+        self.contrast: list[float] = []  # std of the gray thumbnail
+        self.black: list[float] = []  # share of pixels no brighter than BLACK_VALUE
+        self.strong_lag: list[list[float]] = []  # strong-change share against frame i-1-k, k < LAGS
+        self._vals: list[np.ndarray] = []  # HSV value planes of the last LAGS frames
+        self.struct: list[list[float]] = []  # 1 - best shifted correlation with frame i-1-k, k < LAGS
+        self.hist_lag: list[list[float]] = []  # 1 - histogram cosine with frame i-1-k, k < LAGS
         self._prev: tuple[np.ndarray, np.ndarray] | None = None
+        self._centres: list[np.ndarray] = []  # unit centre crops of the last LAGS thumbnails
+        self._hists: list[np.ndarray] = []
 
     def push(self, bgr: np.ndarray) -> None:
         # cv2 reductions rather than numpy ones: this runs on every decoded frame.
@@ -70,6 +92,24 @@ class CueTracker:
         hist = cv2.calcHist([bgr], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
         hist /= max(cv2.norm(hist), 1e-9)
         self.value.append(cv2.mean(hsv)[2])
+        val = cv2.extractChannel(hsv, 2)
+        self.black.append(1.0 - cv2.countNonZero(cv2.compare(val, BLACK_VALUE, cv2.CMP_GT)) / val.size)
+        lagged = [
+            cv2.countNonZero(cv2.compare(cv2.absdiff(val, p), STRONG_CHANGE, cv2.CMP_GT)) / val.size
+            for p in self._vals[::-1]
+        ]
+        self.strong_lag.append(lagged + [0.0] * (LAGS - len(lagged)))
+        self._vals = [*self._vals, val][-LAGS:]
+        thumb = cv2.resize(
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA
+        )
+        thumb = thumb.astype(np.float32)
+        self.contrast.append(float(thumb.std()))
+        h, w = THUMB_H - 2, THUMB_W - 2
+        shifted = _unit(
+            np.stack([thumb[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w].ravel() for dy, dx in _SHIFTS])
+        )
+        centre = shifted[4]
         if self._prev is None:
             self.content.append(0.0)
             self.strong.append(0.0)
@@ -81,27 +121,161 @@ class CueTracker:
             dv = cv2.extractChannel(diff, 2)
             self.strong.append(cv2.countNonZero(cv2.compare(dv, STRONG_CHANGE, cv2.CMP_GT)) / dv.size)
             self.hist.append(max(0.0, 1.0 - float(hist @ p_hist)))
+        sims = (shifted @ np.stack(self._centres[::-1]).T).max(axis=0) if self._centres else np.ones(0)
+        hs = np.stack(self._hists[::-1]) @ hist if self._hists else np.ones(0)
+        pad = [1.0] * (LAGS - len(sims))
+        self.struct.append([float(1 - x) for x in sims] + [0.0] * len(pad))
+        self.hist_lag.append([float(max(0.0, 1 - x)) for x in hs] + [0.0] * len(pad))
+        self._centres = [*self._centres, centre][-LAGS:]
+        self._hists = [*self._hists, hist][-LAGS:]
         self._prev = (hsv, hist)
 
-    def cuts(self, cfg: SplitConfig) -> list[int]:
-        """Frames that start a new shot, by the three rules, before the minimum-gap filter."""
-        c, s, h, v = (
-            np.asarray(x, dtype=np.float64) for x in (self.content, self.strong, self.hist, self.value)
-        )
-        n = len(c)
+    def cuts(self, cfg: SplitConfig, gap: int = 1) -> list[int]:
+        """Frames that start a new shot: the learned combiner's peaks no closer than `gap` frames,
+        plus the title-on-black rule."""
+        n = len(self.content)
         if n < 2:
             return []
-        w = cfg.window_frames
-        rc = _neighbour_ratio(c, w, 1e-3)
-        rh = _neighbour_ratio(h, w, 1e-3)
-        rs = _neighbour_ratio(s, w, 3e-4)
-        brighter = np.maximum(v, np.concatenate([[v[0]], v[:-1]]))  # of the two frames of each pair
-        content = (c >= cfg.min_content_val) & (rc >= cfg.adaptive_threshold)
-        colour = (c >= cfg.min_content_val) & (h >= cfg.hist_distance_min) & (rh >= cfg.hist_ratio)
-        dark = (brighter <= cfg.dark_value_max) & (s >= cfg.dark_changed_min) & (rs >= cfg.dark_ratio)
-        hit = content | colour | dark
+        z = cue_features(self) @ COEF + BIAS
+        z[0] = -np.inf
+        # Strongest first, so a flash's two edges or a cut's neighbour never outrank the cut.
+        peak = (z >= cfg.hardcut_threshold) & (z >= np.maximum(np.roll(z, 1), np.roll(z, -1)))
+        out: list[int] = []
+        for i in sorted(np.flatnonzero(peak), key=lambda i: -z[i]):
+            if all(abs(i - j) >= gap for j in out):
+                out.append(int(i))
+        return sorted(set(out) | set(self._titles_on_black()))
+
+    def _titles_on_black(self) -> list[int]:
+        """Black to a title card (or back, or card to card): few pixels change, each by a lot, between
+        mostly black frames. No footage of the tuning part has it, so it is a rule, not a learned weight;
+        both frames must be mostly black pixels (TITLE_BLACK), which dimmed shots with motion are not."""
+        s, bk = (np.asarray(x, np.float64) for x in (self.strong, self.black))
+        prev_bk = np.concatenate([[bk[0]], bk[:-1]])
+        rs = _neighbour_ratio(s, 2, 3e-4)
+        hit = np.minimum(bk, prev_bk) >= TITLE_BLACK
+        hit &= (s >= 0.001) & (rs >= 5)
+        # A flash or flicker in a dark shot: the pixels that jumped are back within 4 frames.
+        sl = np.asarray(self.strong_lag, np.float64)
+        n = len(s)
+        back = np.full(n, np.inf)
+        for lag in range(1, LAGS):
+            fwd = np.full(n, np.inf)
+            fwd[: n - lag] = sl[lag:, lag]
+            bwd = np.where(np.arange(n) > lag, sl[:, lag], np.inf)
+            back = np.minimum(back, np.minimum(fwd, bwd))
+        hit &= back > 0.25 * s
         hit[0] = False
         return [int(i) for i in np.flatnonzero(hit)]
+
+
+def _neighbour_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Mean of x at i-window..i+window without i (frame 0 excluded)."""
+    n = len(x)
+    i = np.arange(n)
+    lo, hi = np.maximum(1, i - window), np.minimum(n, i + window + 1)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    k = hi - lo - 1
+    return np.where(k > 0, (csum[hi] - csum[lo] - x) / np.maximum(k, 1), x)
+
+
+FEATURES = (
+    "content",
+    "content_ratio",
+    "hist",
+    "hist_ratio",
+    "strong",
+    "strong_ratio",
+    "struct",
+    "struct_ratio",
+    "struct_return",
+    "hist_return",
+    "dim",
+    "contrast",
+    "value_step",
+    "struct_dim",
+    "struct_flat",
+)
+
+
+# The combiner's weights, fitted by `benchmarks/split_bench.py --fit` on the tuning part of the
+# generated set (curation/cut_splice.py); the held-out part never entered the fit.
+COEF = np.array(
+    [
+        0.2794,  # content
+        0.8839,  # content_ratio
+        0.8471,  # hist
+        0.5024,  # hist_ratio
+        0.1679,  # strong
+        0.4518,  # strong_ratio
+        4.9215,  # struct
+        1.1526,  # struct_ratio
+        -0.7316,  # struct_return
+        0.6902,  # hist_return
+        -0.1205,  # dim
+        0.1602,  # contrast
+        -8.3289,  # value_step
+        1.4041,  # struct_dim
+        -0.6155,  # struct_flat
+    ]
+)
+BIAS = -7.4684
+
+
+def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
+    """Per frame i, the cues of the boundary between frames i-1 and i (row 0 is all zeros)."""
+    c, s, h, v, sd = (np.asarray(x, np.float64) for x in (t.content, t.strong, t.hist, t.value, t.contrast))
+    n = len(c)
+    if n == 0:
+        return np.zeros((0, len(FEATURES)))
+    d = np.asarray(t.struct, np.float64)  # d[i, k]: frame i against frame i-1-k
+    hl = np.asarray(t.hist_lag, np.float64)
+    d1 = d[:, 0]
+
+    def lr(x: np.ndarray, eps: float) -> np.ndarray:
+        return np.log((x + eps) / (_neighbour_mean(x, window) + eps))
+
+    # The content before the boundary comes back within 4 frames (a flash, a flicker): compare
+    # frame i-1 with frames i+1..i+4, and frames i-2..i-5 with frame i.
+    big = 2.0
+    ret = np.full(n, big)
+    hret = np.full(n, big)
+    for lag in range(1, LAGS):
+        fwd = np.full(n, big)
+        fwd[: n - lag] = d[lag:, lag]
+        hfwd = np.full(n, big)
+        hfwd[: n - lag] = hl[lag:, lag]
+        bwd = np.where(np.arange(n) > lag, d[:, lag], big)
+        hbwd = np.where(np.arange(n) > lag, hl[:, lag], big)
+        ret = np.minimum(ret, np.minimum(fwd, bwd))
+        hret = np.minimum(hret, np.minimum(hfwd, hbwd))
+    prev_v = np.concatenate([[v[0]], v[:-1]])
+    prev_sd = np.concatenate([[sd[0]], sd[:-1]])
+    lo_sd = np.log1p(np.minimum(sd, prev_sd))
+    dim = np.clip((40 - np.maximum(v, prev_v)) / 40, 0, 1)
+    f = np.stack(
+        [
+            np.log1p(c),
+            lr(c, 1.0),
+            np.sqrt(h),
+            lr(h, 1e-3),
+            np.log(s + 1e-4),
+            lr(s, 3e-4),
+            d1,
+            lr(d1, 0.02),
+            np.log((np.minimum(ret, big) + 0.02) / (d1 + 0.02)),
+            np.log((np.minimum(hret, big) + 1e-3) / (h + 1e-3)),
+            dim,
+            lo_sd,
+            np.abs(v - prev_v) / 255,
+            d1 * dim,
+            # Correlation means little on a nearly flat frame (black, the bottom of a fade).
+            d1 * np.clip((4 - np.minimum(sd, prev_sd)) / 4, 0, 1),
+        ],
+        axis=1,
+    )
+    f[0] = 0.0
+    return f
 
 
 def min_gap(cuts: Sequence[int], gap: int) -> list[int]:
@@ -170,7 +344,7 @@ class ShotDetector:
             for tc in self._sd.post_process(FrameTimecode(self._last, self.fps)):
                 self.cuts.append(tc.frame_num)
             return sorted({c for c in self.cuts if 0 < c <= self._last})
-        cue_cuts = self._cues.cuts(self.cfg) if self._cues is not None else []
+        cue_cuts = self._cues.cuts(self.cfg, self._gap) if self._cues is not None else []
         if self._keep is not None:
             self.deferred_frames = np.stack(self._keep) if self._keep else np.zeros((0, 27, 48, 3), np.uint8)
             self._keep = None

@@ -28,11 +28,11 @@ def _detect(frames: list[np.ndarray], **split: object) -> list[int]:
 
 
 def _texture(seed: int, shift: int = 0) -> np.ndarray:
-    """A smooth colour texture (blurred noise), panned by `shift` pixels: motion, not a cut."""
+    """A smooth colour texture (blurred noise), panned by `shift` pixels (up to 100): motion, not a cut."""
     rng = np.random.default_rng(seed)
-    big = cv2.GaussianBlur(rng.integers(0, 256, (SIZE[0] + 40, SIZE[1] + 40, 3), dtype=np.uint8), (0, 0), 4)
+    big = cv2.GaussianBlur(rng.integers(0, 256, (SIZE[0] + 40, SIZE[1] + 100, 3), dtype=np.uint8), (0, 0), 4)
     big = cv2.normalize(big, None, 0, 255, cv2.NORM_MINMAX)
-    return np.ascontiguousarray(big[20 : 20 + SIZE[0], 20 - shift % 20 : 20 - shift % 20 + SIZE[1]])
+    return np.ascontiguousarray(big[20 : 20 + SIZE[0], shift : shift + SIZE[1]])
 
 
 def _card(text: str) -> np.ndarray:
