@@ -16,6 +16,7 @@ cleanly when moto or s3fs is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,9 @@ def s3_server() -> Iterator[str]:
     """The endpoint URL of a moto S3 server on loopback, for the whole session."""
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = _free_port()
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -82,7 +86,5 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
     yield env
     fs = env.fs()
     for b in env.buckets:
-        try:
+        with contextlib.suppress(FileNotFoundError, OSError):
             fs.rm(b, recursive=True)
-        except (FileNotFoundError, OSError):
-            pass
