@@ -15,7 +15,7 @@ def main(out: str) -> int:
     from tests.test_train_units import fixed_micro, grad_config
     from training.ema import clean_name
     from training.parallel import full_tensor, init_distributed
-    from training.train import build_model, micro_loss
+    from training.step import build_model, micro_loss
 
     cfg = grad_config(fsdp="on")
     d = init_distributed(cfg.parallel)

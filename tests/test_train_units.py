@@ -217,7 +217,7 @@ def grad_config(fsdp: str = "off", **parallel: Any) -> TrainConfig:
 
 def fixed_micro(b: int = 4) -> Any:
     """A fixed batch of b latents [2, 4, 4, 4] with padded captions, noise and times."""
-    from training.train import Micro
+    from training.step import Micro
 
     g = torch.Generator().manual_seed(7)
     mask = torch.zeros(b, 8, dtype=torch.bool)
@@ -234,7 +234,7 @@ def fixed_micro(b: int = 4) -> Any:
 
 def _trainer(cfg: TrainConfig) -> Any:
     from training.parallel import init_distributed
-    from training.train import build_model, build_trainer
+    from training.step import build_model, build_trainer
 
     d = init_distributed(cfg.parallel)
     model, _, _ = build_model(cfg, 16, (2, 4, 4, 4), d)
@@ -251,7 +251,7 @@ def _grads_at_step(tr: Any) -> list[list[torch.Tensor]]:
 
 
 def test_grad_accumulation_of_two_halves_equals_one_full_batch() -> None:
-    from training.train import train_step
+    from training.step import train_step
 
     m = fixed_micro(4)
     one, two, half = _trainer(grad_config()), _trainer(grad_config()), _trainer(grad_config())
@@ -294,7 +294,7 @@ def test_ema_warmup_follows_the_weights_and_names_ignore_wrappers() -> None:
 
 
 def test_activation_checkpointing_changes_no_gradient() -> None:
-    from training.train import micro_loss
+    from training.step import micro_loss
 
     m = fixed_micro(2)
     grads = []
@@ -307,7 +307,7 @@ def test_activation_checkpointing_changes_no_gradient() -> None:
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
-    from training.train import param_groups
+    from training.step import param_groups
 
     model = _tiny_dit()
     decay, no_decay = param_groups(model, 0.01)
@@ -330,7 +330,7 @@ def test_fsdp_on_two_ranks_gives_the_one_process_gradients(tmp_path: Path) -> No
 
     from safetensors.torch import load_file
 
-    from training.train import build_model, micro_loss
+    from training.step import build_model, micro_loss
 
     out = tmp_path / "grads.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -344,7 +344,9 @@ def test_fsdp_on_two_ranks_gives_the_one_process_gradients(tmp_path: Path) -> No
     cfg = grad_config()
     model, _, _ = build_model(cfg, 16, (2, 4, 4, 4), init_distributed(cfg.parallel))
     micro_loss(model, fixed_micro(), "sdpa", torch.float32, False).backward()
-    one = {n: p.grad for n, p in model.named_parameters()}
+    from training.ema import clean_name
+
+    one = {clean_name(n): p.grad for n, p in model.named_parameters()}
     assert fsdp.keys() == one.keys()
     for k in one:
         torch.testing.assert_close(fsdp[k], one[k], rtol=1e-4, atol=1e-6, msg=k)
@@ -352,18 +354,67 @@ def test_fsdp_on_two_ranks_gives_the_one_process_gradients(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager_on_the_cpu() -> None:
-    from training.train import train_step
+    from training.step import train_step
 
     # Inductor builds C++ kernels on the CPU here (gcc); the GPU check runs the same path on CUDA.
+    # One step of a one-block DiT keeps the compile to about a minute on 2 cores.
     m = fixed_micro(2)
-    eager = _trainer(grad_config(activation_checkpointing=True))
-    compiled = _trainer(grad_config(activation_checkpointing=True, compile=True))
+    one_block = {"transformer_config": {**_tiny_transformer(), "num_layers": 1}}
+    eager = _trainer(grad_config(activation_checkpointing=True).model_copy(
+        update={"model": grad_config().model.model_copy(update=one_block)}))  # fmt: skip
+    cfg = grad_config(activation_checkpointing=True, compile=True)
+    compiled = _trainer(cfg.model_copy(update={"model": cfg.model.model_copy(update=one_block)}))
     assert all(b._compiled_call_impl is not None for b in compiled.model.transformer_blocks)
-    for step in range(2):
-        a, b = train_step(eager, [m], 1, step), train_step(compiled, [m], 1, step)
-        assert b.loss == pytest.approx(a.loss, rel=1e-4) and b.grad_norm == pytest.approx(
-            a.grad_norm, rel=1e-3
-        )
+    a, b = train_step(eager, [m], 1, 0), train_step(compiled, [m], 1, 0)
+    assert b.loss == pytest.approx(a.loss, rel=1e-4)
+    assert b.grad_norm == pytest.approx(a.grad_norm, rel=1e-3)
+    for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+def _tiny_transformer() -> dict[str, Any]:
+    from training.tiny import TINY_TRANSFORMER
+
+    return dict(TINY_TRANSFORMER)
+
+
+def test_train_bench_dry_run_writes_a_row_per_mode(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.train_bench import main
+
+    out = tmp_path / "rows.jsonl"
+    assert main(["--dry-run", "--attention", "flex,sdpa,none", "--ac", "on,off", "--json", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["attention"], r["ac"]) for r in rows] == [
+        (a, ac) for ac in (True, False) for a in ("flex", "sdpa", "none")
+    ]
+    for r in rows:
+        assert r["loss_finite"] is True
+        if r["attention"] == "flex":  # forward only on the CPU
+            assert r["forward_only"]
+        else:
+            assert r["samples_per_s"] > 0 and r["tflop_per_sample"] >= 0 and r["mfu"] is None
+
+
+@pytest.mark.slow
+def test_gpu_check_script_dry_run_writes_one_json(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "check.json"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_GROUPS": "stage1_attention,stage2_ac"}
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] and report["device"] == "cpu" and report["torch"] == torch.__version__
+    shapes = [(x["shape"], x["attention"]) for x in report["rows"]]
+    assert shapes == [("stage1", "flex"), ("stage1", "sdpa"), ("stage1", "none"),
+                      ("stage2", "flex"), ("stage2", "sdpa")]  # fmt: skip
+    assert all("error" not in x for x in report["rows"])
 
 
 def test_transformer_config_is_cogvideox_2b_sized_to_the_text_encoder() -> None:

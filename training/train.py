@@ -13,14 +13,11 @@ position, so a resumed run repeats an uninterrupted one step for step.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import sys
 import time
-import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +32,22 @@ from training.checkpoint import (
     set_rng_state,
     write_json,
 )
-from training.config import FlowConfig, TrainConfig, load_train_config
-from training.ema import EMA
-from training.metrics import MatmulParams, StepLog, matmul_params, peak_tflops, train_flops_per_sample
+from training.config import TrainConfig, load_train_config
+from training.metrics import StepLog, peak_tflops, train_flops_per_sample
 from training.modeling import (
     VAE,
     TextEncoder,
-    attention_kwargs,
-    build_transformer,
     pad_text,
-    resolve_attention,
 )
-from training.parallel import Dist, compute_dtype, full_tensor, init_distributed, parallelize
+from training.parallel import Dist, compute_dtype, init_distributed
+from training.step import (
+    Micro,
+    Trainer,
+    build_model,
+    build_trainer,
+    make_micro,
+    train_step,
+)
 from training.stream import RankStream, SampleTable, make_loader, resume_consumed
 
 
@@ -59,20 +60,6 @@ def step_seed(*parts: int) -> int:
     for p in parts:
         s = (s * 1_000_003 + int(p)) & 0x7FFF_FFFF_FFFF
     return s
-
-
-def lr_lambda(cfg: TrainConfig) -> Any:
-    o = cfg.optim
-
-    def f(step: int) -> float:
-        if o.warmup_steps and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
 
 
 @dataclass
@@ -121,23 +108,6 @@ def build_conditioning(
     )
 
 
-@dataclass
-class Micro:
-    """One micro-batch, ready for the model: x1 [B, F, C, H, W], text [B, L, D] + mask [B, L],
-    noise x0 like x1 and times t [B] (0 = noise, 1 = data)."""
-
-    x1: torch.Tensor
-    emb: torch.Tensor
-    mask: torch.Tensor
-    x0: torch.Tensor
-    t: torch.Tensor
-
-    def split(self, n: int) -> list[Micro]:
-        """n equal slices along the batch (the test that accumulation equals one larger batch)."""
-        parts = [torch.chunk(getattr(self, k), n) for k in ("x1", "emb", "mask", "x0", "t")]
-        return [Micro(*p) for p in zip(*parts, strict=True)]
-
-
 def prepare(
     cond: Conditioning, batch: dict[str, Any], cfg: TrainConfig, gen: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,39 +126,6 @@ def prepare(
         emb = torch.where(d[:, None, None], cond.uncond[0].to(device, emb.dtype), emb)
         mask = torch.where(d[:, None], cond.uncond[1].to(device), mask)
     return x1.float(), emb.float(), mask
-
-
-def make_micro(
-    x1: torch.Tensor,
-    emb: torch.Tensor,
-    mask: torch.Tensor,
-    flow_cfg: FlowConfig,
-    alpha: float,
-    gen: torch.Generator,
-) -> Micro:
-    """Draw the flow's noise and times for a prepared batch (from the step's generator)."""
-    x0 = torch.randn(x1.shape, generator=gen).to(x1.device)
-    t = flow.sample_t(x1.shape[0], flow_cfg, alpha, gen).to(x1.device)
-    return Micro(x1, emb, mask, x0, t)
-
-
-def micro_loss(
-    model: torch.nn.Module, m: Micro, attention: str | None, dtype: torch.dtype, autocast: bool
-) -> torch.Tensor:
-    """The flow-matching loss of one micro-batch; attention = flex | sdpa (padding masked) or None."""
-    f, _, h, w = m.x1.shape[1:]
-    p = model.config.patch_size
-    kwargs = attention_kwargs(attention, m.mask, f * (h // p) * (w // p)) if attention else None
-    ctx = torch.autocast(m.x1.device.type, dtype=dtype) if autocast else nullcontext()
-    with ctx:
-        v = model(
-            hidden_states=flow.interpolate(m.x0, m.x1, m.t).to(dtype),
-            encoder_hidden_states=m.emb.to(dtype),
-            timestep=flow.model_timestep(m.t),
-            attention_kwargs=kwargs,
-            return_dict=False,
-        )[0]
-    return flow.flow_loss(v, m.x0, m.x1)
 
 
 class Feed:
@@ -217,113 +154,6 @@ class Feed:
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.d.rank, step, i))
             x1, emb, mask = prepare(self.cond, batch, cfg, gen, self.d.device)
             yield make_micro(x1, emb, mask, cfg.flow, self.alpha, gen)
-
-
-# ---- components --------------------------------------------------------------------------------
-@dataclass
-class Trainer:
-    """The parts one optimizer step needs (built by the factories below)."""
-
-    d: Dist
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: EMA
-    dtype: torch.dtype
-    attention: str | None  # flex | sdpa, None = padding attends (text.mask_padding false)
-    grad_clip: float
-
-    @property
-    def fsdp(self) -> bool:
-        return hasattr(self.model, "set_requires_gradient_sync")
-
-    @property
-    def autocast(self) -> bool:  # FSDP casts through its mixed-precision policy instead
-        return self.dtype != torch.float32 and not self.fsdp
-
-
-@dataclass
-class StepResult:
-    loss: float
-    grad_norm: float
-    finite: bool
-    lr: float
-
-
-def train_step(tr: Trainer, micros: Iterable[Micro], n_micro: int, step: int) -> StepResult:
-    """One optimizer step over n_micro micro-batches (gradient accumulation; under FSDP only the last
-    one reduce-scatters). A non-finite loss or gradient skips the update but advances the schedule."""
-    loss_sum = torch.zeros((), device=tr.d.device)
-    for i, m in enumerate(micros):
-        if tr.fsdp:
-            tr.model.set_requires_gradient_sync(i == n_micro - 1)
-        loss = micro_loss(tr.model, m, tr.attention, tr.dtype, tr.autocast)
-        (loss / n_micro).backward()
-        loss_sum += loss.detach()
-    grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.grad_clip))
-    loss_mean = tr.d.all_mean(loss_sum / n_micro)
-    finite = bool(torch.isfinite(loss_mean).item() and torch.isfinite(grad_norm).item())
-    if finite:
-        tr.optimizer.step()
-        tr.ema.update(step + 1)
-    tr.optimizer.zero_grad(set_to_none=True)
-    lr = tr.scheduler.get_last_lr()[0]
-    with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-        warnings.simplefilter("ignore", UserWarning)
-        tr.scheduler.step()
-    return StepResult(float(loss_mean.item()), float(grad_norm.item()), finite, lr)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices only. Norm weights, biases (1-D), embedding tables and
-    the patch/positional embeddings are not decayed (decaying them pulls scales and offsets to 0)."""
-    no_decay_modules = {
-        id(p)
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Embedding) or "patch_embed" in name or "pos_embed" in name
-        for p in m.parameters(recurse=False)
-    }
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or id(p) in no_decay_modules else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_optimizer(
-    cfg: TrainConfig, model: torch.nn.Module
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, foreach=True
-    )
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-
-
-def build_model(
-    cfg: TrainConfig, text_dim: int, latent_shape: tuple[int, int, int, int], d: Dist
-) -> tuple[torch.nn.Module, dict[str, Any], MatmulParams]:
-    """The DiT with the same initial weights on every rank, then AC, compile and FSDP."""
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank before FSDP shards them
-    model = build_transformer(cfg, text_dim, latent_shape)
-    model_config, params = dict(model.config), matmul_params(model)
-    model.train()
-    return parallelize(model.to(d.device), cfg.parallel, d), model_config, params
-
-
-def build_trainer(cfg: TrainConfig, model: torch.nn.Module, d: Dist) -> Trainer:
-    dtype = compute_dtype(cfg.parallel, d.device)
-    attention = resolve_attention(cfg.model.attention, d.device) if cfg.text.mask_padding else None
-    if attention == "flex" and d.device.type != "cuda":
-        raise ValueError("model.attention=flex trains on CUDA only (no FlexAttention backward on the CPU)")
-    o = cfg.optim
-    ema = EMA(model, o.ema_decay, o.ema_start_step, o.ema_warmup)
-    optimizer, scheduler = build_optimizer(cfg, model)
-    return Trainer(d, model, optimizer, scheduler, ema, dtype, attention, o.grad_clip)
 
 
 def build_stream(cfg: TrainConfig, shards: str, out: str, d: Dist) -> RankStream:
