@@ -22,7 +22,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -187,6 +187,33 @@ def read_table(
     ]
     t = _latest_groups(t, group_key, rank)
     return t.drop_columns(["__filename", *extra])
+
+
+def is_compact(folder: str) -> bool:
+    """True when the committed files are one compaction's (or a single file): no key repeats, and
+    rows come in the compaction's sort order."""
+    names = committed_files(folder)
+    return len(names) <= 1 or all(_COMPACTED.match(n) for n in names)
+
+
+def iter_batches(folder: str, schema: pa.Schema, batch_rows: int = 65_536) -> Iterator[pa.Table]:
+    """The committed rows in read order, a batch at a time (for a compact folder: see is_compact)."""
+    for name in committed_files(folder):
+        path = atomic.join(folder, name)
+        with atomic.local_file(path) as local:
+            pf = pq.ParquetFile(local)
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+
+
+def write_batches(tables: Iterable[pa.Table], schema: pa.Schema, path: str) -> int:
+    """Stream tables into one Parquet file that appears whole or not at all; returns its row count."""
+    rows = 0
+    with atomic.atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+        for t in tables:
+            w.write_table(t.cast(schema), row_group_size=ROW_GROUP_ROWS)
+            rows += t.num_rows
+    return rows
 
 
 def read_rows(folder: str, schema: pa.Schema | None = None) -> list[dict[str, Any]]:

@@ -45,9 +45,11 @@ from curation.manifest import (
     THUMB_SCHEMA,
     VIDEO_SCHEMA,
     compact,
+    is_compact,
+    iter_batches,
     read_one,
     read_table,
-    write_parquet,
+    write_batches,
     write_table_atomic,
 )
 from curation.probe import ProbeError, probe
@@ -277,7 +279,8 @@ class ResumeIndex:
         ok = videos.filter(pc.equal(videos.column("status"), "ok"))
         partial: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         if ok.num_rows:
-            scores = read_table(layout.scores, SCORES_SCHEMA)
+            cols = [*DECISION_COLUMNS, "start_s", "end_s", "n_frames"]  # what extraction needs
+            scores = read_table(layout.scores, SCORES_SCHEMA, columns=cols)
             pos, same = _video_index(ok, scores)
             scores, pos = scores.filter(pa.array(same)), pos[same]
             width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
@@ -476,31 +479,63 @@ def finalize(out: str, cfg: CurateConfig) -> dict[str, Any]:
     compact_manifests(out)
     all_videos = read_table(layout.videos, VIDEO_SCHEMA)
     videos = all_videos.filter(pc.equal(all_videos.column("status"), "ok"))
-    scores = read_table(layout.scores, SCORES_SCHEMA)
-    _, same = _video_index(videos, scores)
-    scores = scores.filter(pa.array(same))
-    scores = scores.take(pc.sort_indices(scores, [("clip_id", "ascending")]))
-    decided = _decide(scores, videos, cfg)
+    # Pass 1 on the columns the decision needs; pass 2 streams the full rows into the manifest.
+    key = read_table(layout.scores, SCORES_SCHEMA, columns=DECISION_COLUMNS)
+    _, same = _video_index(videos, key)
+    keep = np.nonzero(same)[0]
+    order = keep[pc.sort_indices(key.column("clip_id").take(pa.array(keep))).to_numpy()]
+    decided = _decide(key.take(pa.array(order, type=pa.int64())), videos, cfg)
+    del key
     atomic.makedirs(layout.clips)
     atomic.makedirs(layout.staging)
     decided = _publish(decided, layout)
-    n = decided.num_rows
-    crop = {
-        k: decided.column(k).to_numpy(zero_copy_only=False)
-        for k in ("crop_left", "crop_right", "crop_top", "crop_bottom")
-    }
+    crop = {k: decided.column(k).to_numpy(zero_copy_only=False) for k in _CROPS}
     width = decided.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
     height = decided.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
     kept = pc.equal(decided.column("status"), "kept")
     paths = pc.binary_join_element_wise("clips/", decided.column("clip_id"), ".mp4", "")
-    decided = (
-        decided.append_column("clip_path", pc.if_else(kept, paths, pa.scalar(None, pa.string())))
-        .append_column("content_width", pa.array(width * (1.0 - crop["crop_left"] - crop["crop_right"])))
-        .append_column("content_height", pa.array(height * (1.0 - crop["crop_top"] - crop["crop_bottom"])))
-        .append_column("decision_hash", pa.array([cfg.decision_hash] * n, type=pa.string()))
+    verdict = pa.table(
+        {
+            "status": decided.column("status"),
+            "reason": decided.column("reason"),
+            "failed_checks": decided.column("failed_checks"),
+            "duplicate_of": decided.column("duplicate_of"),
+            "clip_path": pc.if_else(kept, paths, pa.scalar(None, pa.string())),
+            "content_width": pa.array(width * (1.0 - crop["crop_left"] - crop["crop_right"])),
+            "content_height": pa.array(height * (1.0 - crop["crop_top"] - crop["crop_bottom"])),
+            "decision_hash": pa.array([cfg.decision_hash] * decided.num_rows, type=pa.string()),
+        }
     )
-    write_parquet(decided.select(CLIP_SCHEMA.names).cast(CLIP_SCHEMA), layout.clips_manifest)
+    write_batches(_clip_rows(layout, same, order, verdict), CLIP_SCHEMA, layout.clips_manifest)
     return summarize(all_videos, decided)
+
+
+_CROPS = ("crop_left", "crop_right", "crop_top", "crop_bottom")
+DECISION_COLUMNS = [
+    "clip_id", "video_id", "analysis_hash", "duration_s", "width", "height", *_CROPS, "luma_mean",
+    "luma_std", "luma_p99", "dark_fraction", "motion", "sharpness", "border_fraction", "text_fraction",
+    "phashes",
+]  # fmt: skip
+
+
+def _clip_rows(layout: Layout, same: np.ndarray, order: np.ndarray, verdict: pa.Table) -> Iterator[pa.Table]:
+    """Full score rows joined with their verdicts, in clip id order. A compacted manifest is already
+    in that order, so it streams batch by batch; otherwise (small, uncompacted) it is read whole."""
+    if is_compact(layout.scores) and bool(np.all(np.diff(order) > 0)):
+        start = done = 0
+        for batch in iter_batches(layout.scores, SCORES_SCHEMA):
+            rows = batch.filter(pa.array(same[start : start + batch.num_rows]))
+            start += batch.num_rows
+            part = verdict.slice(done, rows.num_rows)
+            done += rows.num_rows
+            for name in verdict.column_names:
+                rows = rows.append_column(name, part.column(name))
+            yield rows.select(CLIP_SCHEMA.names)
+        return
+    rows = read_table(layout.scores, SCORES_SCHEMA).take(pa.array(order, type=pa.int64()))
+    for name in verdict.column_names:
+        rows = rows.append_column(name, verdict.column(name))
+    yield rows.select(CLIP_SCHEMA.names)
 
 
 def _decide(scores: pa.Table, videos: pa.Table, cfg: CurateConfig) -> pa.Table:
