@@ -10,11 +10,12 @@
 2. Memory: real processes as one training node has them: --ranks rank processes (each computes
    its epoch slice, as the sampler does) and --ranks x --workers worker processes (each gets the
    pickled RankStream as a DataLoader worker does, and reads the table rows of its share of the
-   epoch). Once all of them have read their rows, each reports the growth of its Pss and of its
-   private (unique) memory from /proc/self/smaps_rollup since before it opened the table; Pss
-   splits shared page-cache pages between the processes mapping them, so their sum is what the
-   node holds. Baseline in the same run: the old stream's per-sample dicts, measured with
-   tracemalloc on 100k samples, times (1 + workers) x ranks copies.
+   epoch). Once all of them have read their rows, each reports (/proc/self/smaps) the Pss of its
+   mappings of the table file (Pss splits page-cache pages between the processes mapping them, so
+   the sum over the node is one copy) and the growth of its private memory since before it opened
+   the table (the rank slices, buffers). Node memory = the sum of both over all processes.
+   Baseline in the same run: the old stream's per-sample dicts, measured with tracemalloc on 100k
+   samples, times (1 + workers) x ranks copies.
 3. Permutation: one epoch's rank slice (numpy permutation of all samples, sliced). Seek: a fresh
    stream's first index at positions in epochs 0, 1 and 7 (one slice each, whatever the offset)
    and the following index (arithmetic only).
@@ -47,19 +48,34 @@ from training.stream import RankStream, SampleTable, rank_slice  # noqa: E402
 SEED = 0
 
 
-def smaps() -> dict[str, int]:
-    """Rss, Pss and private bytes of this process (Linux)."""
-    out: dict[str, int] = {}
-    with open("/proc/self/smaps_rollup") as f:
+def smaps(table_file: str | None = None) -> dict[str, int]:
+    """This process's memory (Linux /proc/self/smaps): the Pss of the table file's mappings, and
+    the private (unique) bytes of everything else, the anonymous memory (slices, buffers) included.
+
+    Pss of the whole process would also move when other processes map the same libraries, so the
+    table is measured per mapping and the rest by its private bytes, which nothing else shares.
+    """
+    table_pss = table_private = rss = private = 0
+    current = ""
+    with open("/proc/self/smaps") as f:
         for line in f:
+            head = line.split(None, 5)
+            if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                current = head[5].strip() if len(head) > 5 else ""
+                continue
             k, _, v = line.partition(":")
-            if v.strip().endswith("kB"):
-                out[k] = int(v.split()[0]) * 1024
-    return {
-        "rss": out["Rss"],
-        "pss": out["Pss"],
-        "private": out.get("Private_Clean", 0) + out.get("Private_Dirty", 0),
-    }
+            if not v.strip().endswith("kB"):
+                continue
+            b = int(v.split()[0]) * 1024
+            mine = table_file is not None and current == table_file
+            if k == "Rss":
+                rss += b
+            elif k == "Pss" and mine:
+                table_pss += b
+            elif k in ("Private_Clean", "Private_Dirty"):
+                private += b
+                table_private += b if mine else 0
+    return {"rss": rss, "table_pss": table_pss, "other_private": private - table_private}
 
 
 def synthetic_records(n: int, per_shard: int) -> tuple[ShardIndex, dict[str, ShardRecord]]:
@@ -138,10 +154,11 @@ def _rank_proc(stage: str, warm: str, rank: int, world: int, q: Any, barrier: An
     _warm(warm)
     base = smaps()
     table = SampleTable.build(stage, "train")
+    path = table.path
     stream = RankStream(table, SEED, rank, world)
     stream.global_index(0)  # the sampler's slice of epoch 0 (the only per-rank array)
     barrier.wait()  # everyone has read its rows: now Pss splits the shared pages between all
-    now = smaps()
+    now = smaps(path)
     q.put(("rank", rank, {k: now[k] - base[k] for k in now}))
     barrier.wait()
 
@@ -159,7 +176,7 @@ def _worker_proc(blob: bytes, warm: str, idx: np.ndarray, rank: int, q: Any, bar
         checksum ^= int(np.bitwise_xor.reduce(cols.key_hash[chunk])) if len(chunk) else 0
     del idx
     barrier.wait()
-    now = smaps()
+    now = smaps(stream.table.path)
     q.put(("worker", rank, {**{k: now[k] - base[k] for k in now}, "checksum": checksum % 997}))
     barrier.wait()
 
@@ -190,14 +207,16 @@ def node_memory(stage: str, warm: str, ranks: int, workers: int) -> dict[str, An
     for p in procs:
         p.join(timeout=600)
     per = {"rank": [r[2] for r in rows if r[0] == "rank"], "worker": [r[2] for r in rows if r[0] == "worker"]}
+    every = per["rank"] + per["worker"]
     return {
         "processes": len(rows),
-        "pss_node_bytes": sum(r["pss"] for rs in per.values() for r in rs),
-        "private_node_bytes": sum(r["private"] for rs in per.values() for r in rs),
-        "rank_pss_max": max(r["pss"] for r in per["rank"]),
-        "rank_private_max": max(r["private"] for r in per["rank"]),
-        "worker_pss_max": max(r["pss"] for r in per["worker"]),
-        "worker_private_max": max(r["private"] for r in per["worker"]),
+        "table_pss_node_bytes": sum(r["table_pss"] for r in every),
+        "other_private_node_bytes": sum(r["other_private"] for r in every),
+        "node_bytes": sum(r["table_pss"] + r["other_private"] for r in every),
+        "rank_table_pss_max": max(r["table_pss"] for r in per["rank"]),
+        "rank_private_max": max(r["other_private"] for r in per["rank"]),
+        "worker_table_pss_max": max(r["table_pss"] for r in per["worker"]),
+        "worker_private_max": max(r["other_private"] for r in per["worker"]),
         "worker_rss_max": max(r["rss"] for r in per["worker"]),
     }
 
@@ -250,7 +269,7 @@ def main() -> int:
         warm = os.path.join(tmp, "warm")
         write_split_index(warm, *synthetic_records(10, 10))
         res.update(node_memory(stage, warm, args.ranks, args.workers))
-    res["node_bytes_per_sample"] = res["pss_node_bytes"] / n
+    res["node_bytes_per_sample"] = res["node_bytes"] / n
     res["old_bytes_per_sample_per_copy"] = old_bytes_per_sample()
     copies = args.ranks * (1 + args.workers)
     res["old_node_bytes_per_sample"] = res["old_bytes_per_sample_per_copy"] * copies
@@ -272,13 +291,17 @@ def main() -> int:
         f"(table file {mib(r['table_bytes'])}, {r['table_bytes'] / n:.1f} B/sample)"
     )
     print(
-        f"memory per node (sum of Pss growth, {r['processes']} processes): {mib(r['pss_node_bytes'])} "
-        f"= {r['node_bytes_per_sample']:.1f} B/sample; private sum {mib(r['private_node_bytes'])}"
+        f"memory per node ({r['processes']} processes): {mib(r['node_bytes'])} = "
+        f"{r['node_bytes_per_sample']:.1f} B/sample: table mappings (Pss) {mib(r['table_pss_node_bytes'])} "
+        f"+ private growth {mib(r['other_private_node_bytes'])}"
     )
-    print(f"  per rank process (max): Pss {mib(r['rank_pss_max'])}, private {mib(r['rank_private_max'])}")
     print(
-        f"  per worker process (max): Pss {mib(r['worker_pss_max'])}, private "
-        f"{mib(r['worker_private_max'])}, Rss {mib(r['worker_rss_max'])} (Rss counts the shared map in full)"
+        f"  per rank process (max): table Pss {mib(r['rank_table_pss_max'])}, "
+        f"private growth {mib(r['rank_private_max'])}"
+    )
+    print(
+        f"  per worker process (max): table Pss {mib(r['worker_table_pss_max'])}, private growth "
+        f"{mib(r['worker_private_max'])}, Rss {mib(r['worker_rss_max'])} (Rss counts shared pages in full)"
     )
     old = r["old_node_bytes_per_sample"]
     print(
