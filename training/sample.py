@@ -8,7 +8,14 @@ It loads a checkpoint's export/ (EMA weights as a diffusers transformer folder p
 which names the text encoder and VAE and holds the training shape, shift and sampler defaults).
 Defaults are the released VideoJP model's: 25 steps, guidance 2.5, the training size (256x256,
 48 frames at 24 fps in stage 1). The unconditional branch is the empty caption, as in training's
-caption dropout; a negative prompt replaces it. A fixed seed gives the same video.
+caption dropout; a negative prompt replaces it.
+
+Reproducibility: each video's noise comes from its own seed. Float results on the CPU (and kernel
+choice on a GPU) depend on the batch shape and on torch's intra-op thread count, and one flipped
+rounding changes the encoded mp4. With `batch_size=1` (the default: every video is its own
+forward, cond and uncond together) under a fixed thread count (`fixed_threads`), a seed gives the
+same video whatever else is generated with it and whichever process generates it (`vjp eval`
+does this; a Ray actor starts with OMP_NUM_THREADS set to its CPU count).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -83,7 +91,7 @@ class Sampler:
         frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
-        batch_size: int = 4,
+        batch_size: int = 1,
     ) -> list[np.ndarray]:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -146,6 +154,20 @@ class Sampler:
         video = self.vae.decode(x)  # [B, T, C, H, W] in ~[-1, 1]
         frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
         return [v.cpu().numpy() for v in frames]
+
+
+@contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count is `n` inside the block (0: left as it is), restored after."""
+    if n <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_mp4(frames: np.ndarray, path: str, fps: float, crf: int = 18) -> None:

@@ -34,7 +34,19 @@ class GenerateConfig(_Strict):
     steps: int | None = Field(None, ge=1, description="None = the sampler's setting")
     guidance: float | None = Field(None, ge=0, description="None = the sampler's setting")
     negative_prompt: str | None = Field(None, description="None = the sampler's setting")
-    batch_size: int = Field(4, ge=1, description="prompts per Sampler.generate call")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="prompts per task (the unit of resume and of Ray dispatch); every video is still "
+        "its own forward pass, so its pixels do not depend on the batch it lands in",
+    )
+    threads: int = Field(
+        1,
+        ge=0,
+        description="torch intra-op threads while generating, the same in every process (CPU float "
+        "results depend on it; a Ray actor starts with OMP_NUM_THREADS=its CPUs); 0 = torch's own "
+        "setting, and a video may then differ between executors",
+    )
     device: str = Field("auto", description="auto = cuda when available, else cpu")
     runner: Literal["local", "ray"] = Field("local", description="ray: one sampler actor per GPU")
     workers: int = Field(0, ge=0, description="Ray actors (0 = one per GPU, else 1)")

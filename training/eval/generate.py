@@ -4,9 +4,16 @@ Resumable: beside every video, generated/<key>.json records the hash of everythi
 (the checkpoint, the requested settings, the prompt and the seed). A rerun generates only the
 keys whose mp4 is missing or whose hash changed, in batches; prompts.jsonl (the current
 selection's prompts, seeds and files) is rewritten after every batch, so a killed run loses at
-most one batch. Locally the sampler loads in this process; with
-`generate.runner: ray` one sampler actor per GPU takes batches and the frames come back to the
-driver, which writes them (no shared file system needed).
+most one batch.
+
+Same seed, same video: a batch here is only the unit of work. Each video is its own forward pass
+(Sampler.generate with batch_size=1) under a fixed torch thread count (`generate.threads`), so its
+pixels do not depend on which videos share its batch, on a rerun's different batches, or on
+whether the driver or a Ray actor (started with OMP_NUM_THREADS=1) makes it. Each record holds the
+sha256 of the frames before encoding (x264 is not bit-reproducible across processes).
+
+Locally the sampler loads in this process; with `generate.runner: ray` one sampler actor per GPU
+takes batches and the frames come back to the driver, which writes them (no shared file system needed).
 """
 
 from __future__ import annotations
@@ -79,8 +86,26 @@ def generation_kwargs(cfg: GenerateConfig, stage: dict[str, float]) -> dict[str,
     return kw
 
 
-def job_hash(checkpoint: str, kwargs: dict[str, Any], job: Job) -> str:
-    return config_hash({"checkpoint": checkpoint, "kwargs": kwargs, "prompt": job.prompt, "seed": job.seed})
+def job_hash(checkpoint: str, kwargs: dict[str, Any], job: Job, threads: int = 1) -> str:
+    # forward_batch/threads: videos of the batch-dependent generation of earlier versions are redone.
+    return config_hash(
+        {
+            "checkpoint": checkpoint,
+            "kwargs": kwargs,
+            "prompt": job.prompt,
+            "seed": job.seed,
+            "forward_batch": 1,
+            "threads": threads,
+        }
+    )
+
+
+def generate_videos(sampler: Any, jobs: list[Job], kwargs: dict[str, Any], threads: int) -> list[np.ndarray]:
+    """One video per job, each its own forward pass under a fixed thread count (see the module doc)."""
+    from training.sample import fixed_threads
+
+    with fixed_threads(threads):
+        return sampler.generate([j.prompt for j in jobs], [j.seed for j in jobs], batch_size=1, **kwargs)
 
 
 def read_prompts(out: str) -> dict[str, dict[str, Any]]:
@@ -117,6 +142,13 @@ def _read_record(out: str, key: str) -> dict[str, Any] | None:
         return None
 
 
+def frames_digest(video: np.ndarray) -> str:
+    """sha256 of uint8 frames and their shape, before encoding."""
+    h = hashlib.sha256(str(video.shape).encode())
+    h.update(np.ascontiguousarray(video, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
 def video_path(out: str, key: str) -> str:
     return os.path.join(out, GENERATED, f"{key}.mp4")
 
@@ -143,9 +175,10 @@ class _SamplerActor:
     def settings(self) -> dict[str, Any]:
         return dict(self.sampler.settings)
 
-    def generate(self, jobs: list[Job], kwargs: dict[str, Any]) -> tuple[list[Job], list[np.ndarray]]:
-        videos = self.sampler.generate([j.prompt for j in jobs], [j.seed for j in jobs], **kwargs)
-        return jobs, videos
+    def generate(
+        self, jobs: list[Job], kwargs: dict[str, Any], threads: int
+    ) -> tuple[list[Job], list[np.ndarray]]:
+        return jobs, generate_videos(self.sampler, jobs, kwargs, threads)
 
 
 def _device(cfg: GenerateConfig) -> str | None:
@@ -162,7 +195,7 @@ def _local_batches(
     def run() -> Iterator[tuple[list[Job], list[np.ndarray] | None, str | None]]:
         for batch in _batches(todo, cfg.batch_size):
             try:
-                videos = sampler.generate([j.prompt for j in batch], [j.seed for j in batch], **kwargs)
+                videos = generate_videos(sampler, batch, kwargs, cfg.threads)
             except Exception as e:  # a failing batch costs that batch; the rerun retries it
                 yield batch, None, f"{type(e).__name__}: {e}"
                 continue
@@ -191,7 +224,7 @@ def _ray_batches(
 
     def run() -> Iterator[tuple[list[Job], list[np.ndarray] | None, str | None]]:
         for b in batches:
-            pool.submit(lambda a, batch: a.generate.remote(batch, kwargs), b)
+            pool.submit(lambda a, batch: a.generate.remote(batch, kwargs, cfg.threads), b)
         done: set[str] = set()
         while pool.has_next():
             try:
@@ -220,7 +253,7 @@ def generate_all(
     kwargs = generation_kwargs(cfg, stage)
     order = [j.key for j in jobs]
     ident = f"{checkpoint}#{identity}"
-    hashes = {j.key: job_hash(ident, kwargs, j) for j in jobs}
+    hashes = {j.key: job_hash(ident, kwargs, j, cfg.threads) for j in jobs}
     rows: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
     for j in jobs:
@@ -240,6 +273,7 @@ def generate_all(
         start = _ray_batches if cfg.runner == "ray" else _local_batches
         settings, batches = start(checkpoint, cfg, todo, kwargs)
         effective = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
+        effective |= {"forward_batch": 1, "threads": cfg.threads}
         with atomic_output(settings_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump({"checkpoint": checkpoint, "kwargs": kwargs, "effective": effective}, f, sort_keys=True)
         fps = float(effective.get("fps") or stage["fps"])
@@ -248,8 +282,9 @@ def generate_all(
                 failed.update({j.key: error or "failed" for j in batch})
                 continue
             for j, v in zip(batch, videos, strict=True):
+                v = np.ascontiguousarray(v)
                 try:
-                    write_video(np.asarray(v), video_path(out, j.key), fps)
+                    write_video(v, video_path(out, j.key), fps)
                 except Exception as e:
                     failed[j.key] = f"writing the mp4 failed: {type(e).__name__}: {e}"
                     continue
@@ -259,7 +294,10 @@ def generate_all(
                     "seed": j.seed,
                     "file": f"{GENERATED}/{j.key}.mp4",
                     "hash": hashes[j.key],
-                    "shape": list(np.asarray(v).shape),
+                    "shape": list(v.shape),
+                    # The generator's own output: x264 is not bit-reproducible (the same frames can
+                    # encode to different bytes across processes), so identity is checked here.
+                    "frames_sha256": frames_digest(v),
                 }
                 with atomic_output(_record_path(out, j.key)) as tmp, open(tmp, "w", encoding="utf-8") as f:
                     json.dump(rows[j.key], f, ensure_ascii=False, sort_keys=True)
