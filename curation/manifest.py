@@ -19,7 +19,9 @@ themselves.
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import types
 import typing
 from collections.abc import Iterable, Iterator, Sequence
@@ -274,22 +276,98 @@ def compact(
     gens = [int(m.group(1)) for n in names if (m := _COMPACTED.match(n) or _RECORD.match(n))]
     gen = max(gens, default=0) + 1
     if files:
-        table = read_table(folder, schema, group_key=group_key)
-        keys = [k for k in sort_by if k in table.column_names]
-        if keys:
-            table = table.sort_by([(k, "ascending") for k in keys])
-        rows = table.num_rows
-        step = _rows_per_file(table, rows_per_file, bytes_per_file)
-        for i, start in enumerate(range(0, max(rows, 1), step)):
-            name = f"c-{gen:06d}-{i:05d}.parquet"
-            write_parquet(table.slice(start, step), atomic.join(folder, name))
-            written.append(name)
-        del table
+        rows, written = _merge(folder, files, schema, group_key, sort_by, rows_per_file, bytes_per_file, gen)
     record = {"gen": gen, "files": written, "rows": rows, "replaces": sorted(set(files) - set(written))}
     record_name = f"_compact-{gen:06d}.json"
     atomic.write_bytes(atomic.join(folder, record_name), json.dumps(record).encode())
     _finish(folder, [n for n in names if n not in written and n != record_name], record)
     return {"read": len(files), "written": len(written), "rows": rows}
+
+
+def _read_file(
+    folder: str, name: str, schema: pa.Schema | None, columns: list[str] | None = None
+) -> pa.Table:
+    return _dataset(folder, [name], schema).to_table(columns=columns)
+
+
+def _merge(
+    folder: str,
+    files: list[str],
+    schema: pa.Schema | None,
+    group_key: str | None,
+    sort_by: Sequence[str],
+    rows_per_file: int,
+    bytes_per_file: int,
+    gen: int,
+) -> tuple[int, list[str]]:
+    """Write the committed rows as globally sorted files of bounded size, in bounded memory.
+
+    An external sort by range: (1) read only the key columns of every file, drop superseded groups
+    and compute each row's position in the sorted order; (2) read each file once and spill its rows
+    to the local temporary of the output file their position falls in; (3) sort each temporary by
+    position and write it. Memory: the key columns plus one file, never the whole manifest (the
+    thumbnails of millions of clips are tens of GB)."""
+    first = _read_file(folder, files[0], schema)
+    names = first.column_names
+    keys = [k for k in sort_by if k in names]
+    gk = group_key if group_key in names else None
+    kcols = list(dict.fromkeys([*keys, *([gk] if gk else [])]))
+    step = _rows_per_file(first, rows_per_file, bytes_per_file)
+    del first
+    blocks = [_read_file(folder, n, schema, kcols) if kcols else None for n in files]
+    sizes = np.array([b.num_rows if b is not None else _read_file(folder, n, schema).num_rows
+                      for b, n in zip(blocks, files, strict=True)], dtype=np.int64)  # fmt: skip
+    total = int(sizes.sum())
+    keep = np.ones(total, dtype=bool)
+    kt = pa.concat_tables(blocks) if kcols else None
+    del blocks
+    if gk is not None and kt is not None and len(files) > 1:
+        keep = _latest_mask(kt.column(gk), np.repeat(np.arange(len(files)), sizes))
+    kept = np.nonzero(keep)[0]
+    if keys and kt is not None:
+        sub = kt.select(keys).take(pa.array(kept, type=pa.int64()))
+        kept = kept[pc.sort_indices(sub, [(k, "ascending") for k in keys]).to_numpy()]
+    del kt
+    rows = len(kept)
+    pos = np.full(total, -1, dtype=np.int64)
+    pos[kept] = np.arange(rows)
+    n_out = max(1, -(-rows // step))
+    written = [f"c-{gen:06d}-{i:05d}.parquet" for i in range(n_out)]
+    with tempfile.TemporaryDirectory(prefix="vjp-compact-") as tmp:
+        writers: dict[int, pq.ParquetWriter] = {}
+        start = 0
+        try:
+            for name, size in zip(files, sizes.tolist(), strict=True):
+                p = pos[start : start + size]
+                start += size
+                if not (p >= 0).any():
+                    continue
+                t = _read_file(folder, name, schema).append_column("__pos", pa.array(p))
+                out = np.where(p >= 0, p // step, -1)
+                for j in np.unique(out[out >= 0]).tolist():
+                    piece = t.filter(pa.array(out == j))
+                    if j not in writers:
+                        writers[j] = pq.ParquetWriter(os.path.join(tmp, f"{j}.parquet"), piece.schema)
+                    writers[j].write_table(piece)
+        finally:
+            for w in writers.values():
+                w.close()
+        for j, name in enumerate(written):
+            spill = os.path.join(tmp, f"{j}.parquet")
+            if os.path.exists(spill):
+                t = pq.read_table(spill).sort_by("__pos").drop_columns(["__pos"])
+                os.remove(spill)
+            else:  # an empty manifest still gets one (empty) file
+                t = (schema or _read_file(folder, files[0], None).schema).empty_table()
+            write_parquet(t, atomic.join(folder, name))
+    return rows, written
+
+
+def _latest_mask(keys: pa.ChunkedArray, rank: np.ndarray) -> np.ndarray:
+    codes = pc.dictionary_encode(keys).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    best = np.full(int(codes.max()) + 1 if len(codes) else 0, -1, dtype=np.int64)
+    np.maximum.at(best, codes, rank)
+    return rank == best[codes]
 
 
 def _finish(folder: str, remove: Sequence[str], record: dict[str, Any] | None) -> None:

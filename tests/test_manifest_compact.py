@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curation.config import FilterConfig, SplitConfig
@@ -34,7 +35,7 @@ def _ids(folder: Path) -> set[str]:
 
 
 def test_parts_compact_into_few_files_with_the_same_rows(tmp_path: Path) -> None:
-    for i in range(30):
+    for i in random.Random(2).sample(range(30), 30):
         _thumbs(tmp_path, f"v{i:03d}", 3)
     before = _ids(tmp_path)
     stats = compact(str(tmp_path), THUMB_SCHEMA, sort_by=("video_id", "clip_id"), rows_per_file=40)
@@ -42,6 +43,11 @@ def test_parts_compact_into_few_files_with_the_same_rows(tmp_path: Path) -> None
     assert committed_files(str(tmp_path)) == [f"c-000001-0000{i}.parquet" for i in range(3)]
     assert sorted(os.listdir(tmp_path)) == ["_compact-000001.json", *committed_files(str(tmp_path))]
     assert _ids(tmp_path) == before
+    # Globally sorted across the files (an external sort: the files were written in any order).
+    order = [
+        r["clip_id"] for n in committed_files(str(tmp_path)) for r in pq.read_table(tmp_path / n).to_pylist()
+    ]
+    assert order == sorted(before)
     assert compact(str(tmp_path), THUMB_SCHEMA)["written"] == 0  # nothing new: nothing rewritten
 
 
