@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.configfile import ConfigError, add_set_argument, apply_overrides
-from jobs.run_config import STEPS, RunConfig, load_run_config, parse_run_config
+from jobs.run_config import STEPS, RunConfig, load_run_config, missing_requirements, parse_run_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -424,6 +424,17 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(f"vjp run: {msg}", file=sys.stderr, flush=True)
 
+    missing = missing_requirements(cfg, raw, pipe.steps)
+    if missing:  # fail before any step starts (and before an image build or a Slurm job goes on)
+        raise ConfigError(
+            "\n".join(
+                [
+                    f"{args.config}: this environment lacks what the config needs:",
+                    *missing,
+                    "  (bash jobs/deploy/install.sh installs them; see README, On a cluster)",
+                ]
+            )
+        )
     if args.check:
         log(f"config ok; steps {', '.join(pipe.steps)} -> {pipe.out}")
         return 0

