@@ -131,6 +131,60 @@ def test_resume_on_another_world_size_is_refused(
     assert code == 2  # one process cannot continue a 2-rank stream exactly
 
 
+@pytest.mark.slow
+def test_allow_reshard_continues_a_two_rank_run_on_one(
+    data: dict[str, Any], uninterrupted: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    from training.train import main
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted["run"], run)
+    (run / "checkpoints" / "latest").write_text("step_000020\n")
+    for name in ("step_000030", "step_000040"):
+        shutil.rmtree(run / "checkpoints" / name)
+    args = ["--config", str(uninterrupted["config"]), "--shards", str(data["shards"]), "--out", str(run)]
+    assert main([*args, "--resume", "--set", "parallel.allow_reshard=true"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 40
+    a, b = losses(uninterrupted["run"]), losses(run)
+    assert sorted(b) == list(range(1, 41))
+    assert all(b[s] == a[s] for s in range(1, 21))  # the 2-rank steps are kept as they were
+    # The one rank continued from the 2-rank weights: its losses stay at the trained level, far
+    # below a fresh model's first steps (the overfit run's first losses).
+    first = np.mean([a[s] for s in range(1, 6)])
+    assert np.mean([b[s] for s in range(21, 41)]) < 0.6 * first
+    rank0 = json.loads((run / "checkpoints" / "step_000040" / "ranks" / "rank_00000.json").read_text())
+    assert not (run / "checkpoints" / "step_000040" / "ranks" / "rank_00001.json").exists()
+    assert rank0["position"]["consumed"] > 20 * 2  # it took up the stream past its share of 20 steps
+
+
+def test_exported_ema_tracks_the_trained_weights(data: dict[str, Any], tmp_path: Path) -> None:
+    from training.modeling import build_transformer
+    from training.train import train
+
+    config = tiny_config(tmp_path / "t.yaml", data["models"], steps=12, checkpoint__every=12,
+                         optim__ema_decay=0.9999, parallel__activation_checkpointing=False)  # fmt: skip
+    cfg = load_train_config(config)
+    summary = train(cfg, str(data["latents"]), str(tmp_path / "run"))
+    ckpt = Path(summary["checkpoint"])
+    ema, raw = _safetensors(ckpt), _safetensors(ckpt, "raw")
+    torch.manual_seed(cfg.seed)  # the trainer's initial weights
+    init = build_transformer(cfg, 64, tuple(summary["latent_shape"])).state_dict()
+    assert ema.keys() == raw.keys() == init.keys()
+
+    def dist(x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> float:
+        return float(sum(((x[k] - y[k]) ** 2).sum() for k in x) ** 0.5)
+
+    moved = dist(raw, init)
+    assert moved > 0.1  # training moved the weights
+    # 0.9999 without warmup would leave the EMA at 99.9% init; with it the EMA is near the weights.
+    assert dist(ema, raw) < 0.35 * moved and dist(ema, init) > 0.65 * moved
+    meta = json.loads((ckpt / "export" / "raw" / "videojp.json").read_text())
+    assert meta["weights"] == "raw" and meta["step"] == 12
+
+
 def test_a_run_folder_with_checkpoints_needs_resume(
     data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -366,6 +420,51 @@ def test_a_fixed_seed_gives_the_same_video(checkpoint: Path) -> None:
     assert not np.array_equal(a, b)
     [c] = s.generate(["海辺の波"], [3], steps=3, guidance=7.0)
     assert not np.array_equal(a, c)  # guidance acts
+
+
+def test_vjp_sample_raw_weights(checkpoint: Path) -> None:
+    from jobs.sample import export_folder
+    from training.sample import Sampler
+
+    ema = Sampler(export_folder(str(checkpoint), "ema"))
+    raw = Sampler(export_folder(str(checkpoint), "raw"))
+    assert export_folder(str(checkpoint), "raw").endswith("export/raw")
+    [a], [b] = ema.generate(["海辺の波"], [3], steps=2), raw.generate(["海辺の波"], [3], steps=2)
+    assert a.shape == b.shape and not np.array_equal(a, b)  # two different weight sets
+
+
+@pytest.mark.slow
+def test_overfit_one_latent_then_the_sampler_draws_it_from_noise(tmp_path: Path) -> None:
+    """One training latent: the best velocity field carries every noise to it. Sampling at guidance 1
+    through the real sampler must land on it; a flipped direction, time map or shift would not."""
+    import webdataset as wds
+
+    from jobs.sample import export_folder
+    from training.sample import Sampler
+    from training.train import train
+
+    one = make_tiny_shards(tmp_path / "data", n=1, encode=True)
+    config = tiny_config(tmp_path / "t.yaml", one["models"], steps=120, checkpoint__every=120,
+                         flow__caption_dropout=0.0, optim__lr=5e-3, data__batch_size=4,
+                         parallel__activation_checkpointing=False)  # fmt: skip
+    summary = train(load_train_config(config), str(one["latents"]), str(tmp_path / "run"))
+    [tar] = sorted((one["latents"] / "train").glob("*.tar"))
+    sample = next(iter(wds.WebDataset(str(tar), shardshuffle=False).decode()))
+    sampler = Sampler(export_folder(summary["checkpoint"], "raw"), "cpu")
+    assert sampler.settings["shift"] == 2.0  # flow.shift auto at 4x4 latents, 4 latent frames
+
+    def pixels(latents: torch.Tensor) -> np.ndarray:
+        video = sampler.vae.decode(latents)[0]
+        return ((video.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+
+    lat = torch.from_numpy(sample["latents.npy"].astype(np.float32)).permute(1, 0, 2, 3)[None]
+    target = pixels(lat * sampler.vae.scaling_factor)
+    elsewhere = pixels(torch.randn(lat.shape, generator=torch.Generator().manual_seed(5)))
+    far = np.abs(elsewhere - target).mean()
+    for seed in (0, 1):
+        [video] = sampler.generate([sample["txt"]], [seed], steps=20, guidance=1.0)
+        err = np.abs(video.astype(np.float64) - target).mean()
+        assert err < 0.4 * far, (seed, err, far)
 
 
 def test_sampler_needs_an_export(tmp_path: Path) -> None:

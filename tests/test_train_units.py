@@ -365,11 +365,12 @@ def test_compiled_blocks_train_like_eager_on_the_cpu() -> None:
     cfg = grad_config(activation_checkpointing=True, compile=True)
     compiled = _trainer(cfg.model_copy(update={"model": cfg.model.model_copy(update=one_block)}))
     assert all(b._compiled_call_impl is not None for b in compiled.model.transformer_blocks)
+    ga, gb = _grads_at_step(eager), _grads_at_step(compiled)
     a, b = train_step(eager, [m], 1, 0), train_step(compiled, [m], 1, 0)
     assert b.loss == pytest.approx(a.loss, rel=1e-4)
     assert b.grad_norm == pytest.approx(a.grad_norm, rel=1e-3)
-    for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    for x, y in zip(ga[0], gb[0], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5)
 
 
 def _tiny_transformer() -> dict[str, Any]:
@@ -405,15 +406,14 @@ def test_gpu_check_script_dry_run_writes_one_json(tmp_path: Path) -> None:
     import sys
 
     out = tmp_path / "check.json"
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_GROUPS": "stage1_attention,stage2_ac"}
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_GROUPS": "stage1_attention"}
     r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] and report["device"] == "cpu" and report["torch"] == torch.__version__
     shapes = [(x["shape"], x["attention"]) for x in report["rows"]]
-    assert shapes == [("stage1", "flex"), ("stage1", "sdpa"), ("stage1", "none"),
-                      ("stage2", "flex"), ("stage2", "sdpa")]  # fmt: skip
+    assert shapes == [("stage1", "flex"), ("stage1", "sdpa"), ("stage1", "none")]
     assert all("error" not in x for x in report["rows"])
 
 
