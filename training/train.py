@@ -96,6 +96,11 @@ def build_conditioning(
         return Conditioning(
             kind, shape, text.dim, uncond, vae, text, vae.scaling_factor, float(meta["fps"]), pixel_shape
         )
+    if cfg.text.hidden_layer != -1:  # vjp encode stores Encoders' (the same TextEncoder's) last layer
+        raise ValueError(
+            f"text.hidden_layer={cfg.text.hidden_layer} but latent shards hold the last hidden layer: "
+            "train on pixel shards or use -1"
+        )
     lat = first["latents"]  # [C, F, H, W], unscaled
     c, f, h, w = lat.shape
     if first["text_emb"].shape[-1] != text.dim:
