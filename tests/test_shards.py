@@ -362,6 +362,14 @@ def test_stage1_shards_layout_index_and_members(stage1: dict[str, Any]) -> None:
         assert (index.width, index.height, index.frames, index.fps) == (256, 256, 48, 24.0)
         index_json = json.loads((root / "__index__" / f"{split}.json").read_text())
         jsonschema.validate(index_json, schemas["shard_index.v1"])
+        # the sample table beside it: one row per sample, its byte range read from the tar itself
+        from training.data.sample_table import open_table, scan_tar
+
+        assert index.sample_table is not None and index.sample_table.rows == index.samples
+        cols = open_table(str(root / "__index__" / index.sample_table.name), rows=index.samples)
+        for i, entry in enumerate(index.shards):
+            ranges = scan_tar(str(root / split / entry.name))[1]
+            assert cols.offset[cols.shard == i].tolist() == [r[0] for r in ranges]
         for entry in index.shards:
             path = root / split / entry.name
             assert path.stat().st_size == entry.bytes

@@ -5,6 +5,7 @@ bucket killed with SIGKILL after a checkpoint resumes with the losses of the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +51,26 @@ def _download(s3: S3Env, url: str, dest: Path) -> Path:
     """A local copy of a stage in the bucket: the same bytes, for the runs from disk."""
     s3.fs().get(url.removeprefix("s3://") + "/", str(dest), recursive=True)
     return dest
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants: torchrun starts each rank in a new session, so
+    killing torchrun's process group alone would leave the ranks running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
 
 
 def _summary(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -148,7 +169,7 @@ def test_sigkill_and_resume_from_a_bucket_repeat_the_run_from_disk(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)  # moto takes any key; none may reach a log
     bucket = s3.bucket("train")
     assert _shard_to(data, f"{bucket}/shards") == 0
-    train = {"steps": 10, "checkpoint__every": 2, "checkpoint__keep_last": 6, "vae__posterior": "mean"}
+    train = {"steps": 12, "checkpoint__every": 3, "checkpoint__keep_last": 2, "vae__posterior": "mean"}
     disk_cfg = tiny_config(tmp_path / "disk.yaml", data["models"], **train)
     s3_cfg = tiny_config(
         tmp_path / "s3.yaml",
@@ -165,19 +186,19 @@ def test_sigkill_and_resume_from_a_bucket_repeat_the_run_from_disk(
     args = ["--config", str(s3_cfg), "--shards", f"{bucket}/shards/tiny", "--out", str(run)]
     proc = torchrun(2, args, wait=False)
     deadline = time.time() + 300
-    while not (run / "checkpoints" / "step_000002" / "meta.json").exists():
+    while not (run / "checkpoints" / "step_000003" / "meta.json").exists():
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+    _kill_tree(proc.pid)  # torchrun, both ranks and their data workers, mid-run
     out1 = proc.stdout.read() if proc.stdout else ""
     proc.wait()
-    assert max(losses(run)) < 10, "the run finished before it was killed"
+    assert max(losses(run)) < 12, "the run finished before it was killed"
     r = torchrun(2, [*args, "--resume"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from" in r.stdout
     a, b = losses(disk), losses(run)
-    assert sorted(b) == sorted(a) == list(range(1, 11))
+    assert sorted(b) == sorted(a) == list(range(1, 13))
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-7), f"step {step}: {a[step]} vs {b[step]}"
     # the table came from the bucket once into the run's cache; no credential in any file or log
