@@ -153,3 +153,24 @@ def _member(path: Path, suffix: str) -> bytes:
     with tarfile.open(path) as tf:
         m = next(m for m in tf.getmembers() if m.name.endswith(suffix))
         return tf.extractfile(m).read()  # type: ignore[union-attr]
+
+
+def test_encode_and_the_trainer_share_one_text_encoder(setup: dict[str, Any]) -> None:
+    from training.config import TextConfig
+    from training.data.encode import Encoders
+    from training.modeling import TextEncoder
+
+    enc = Encoders(EncodeConfig(vae=str(setup["vae"]), vae_subfolder=None, text_encoder=str(setup["text"]),
+                                text_max_length=16, store_dtype="float32"))  # fmt: skip
+    assert isinstance(enc.text, TextEncoder) and enc.text.cfg.hidden_layer == -1
+    stored = enc.encode_texts(CAPTIONS)
+    # The trainer's padded encoding of the same captions (what the sampler gives the DiT) holds the
+    # stored embeddings in its real slots and zeros in the padding.
+    emb, mask = TextEncoder(TextConfig(model=str(setup["text"]), max_length=16), "cpu", torch.float32).encode(
+        CAPTIONS
+    )
+    for i, s in enumerate(stored):
+        n = s.shape[0]
+        assert int(mask[i].sum()) == n
+        np.testing.assert_allclose(emb[i, :n].numpy(), s, atol=1e-4, rtol=1e-4)
+        assert not emb[i, n:].any()
