@@ -16,10 +16,12 @@ Output layout under OUT (a local folder, or s3:// gs://... through fsspec):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -326,6 +328,49 @@ def _resolve_transnet(
     return _analysis_result(res["probe"], a, cfg)
 
 
+# One part file per video, or per batch of videos when process_videos runs them (one Ray task):
+# a part file costs ~5 ms to write and as much to compact, more than a small video's analysis.
+_BATCH = threading.local()
+
+
+def _write_part(rows: list[dict[str, Any]], schema: Any, folder: str, vid: str) -> None:
+    batch = getattr(_BATCH, "parts", None)
+    if batch is None:
+        write_table_atomic(rows, schema, join(folder, f"{vid}.parquet"))
+    else:
+        batch.setdefault(folder, (schema, []))[1].extend(rows)
+
+
+def process_videos(
+    items: list[VideoItem], out: str, cfg: CurateConfig, transnet: Any = None
+) -> list[tuple[dict[str, Any] | None, Exception | None]]:
+    """process_video over a batch; (video row, None) or (None, exception) per item, in order.
+
+    The rows of the whole batch go into one part file per manifest folder, written when the
+    batch ends, the video rows last: they commit the batch's scores and thumbnails, as a video's
+    row commits its own in a per-video part. A batch killed before that is redone on resume,
+    with the same result (clips already extracted to staging/ are not extracted again).
+    """
+    layout = Layout(out)
+    _BATCH.parts = parts = {}
+    results: list[tuple[dict[str, Any] | None, Exception | None]] = []
+    try:
+        for item in items:
+            try:
+                results.append((process_video(item, out, cfg, transnet), None))
+            except Exception as e:  # this item's own failure; the driver records it
+                results.append((None, e))
+    finally:
+        _BATCH.parts = None
+    ids = "\n".join(item.video_id for item in items)
+    name = f"batch-{hashlib.sha256(ids.encode()).hexdigest()[:20]}.parquet"
+    for folder in (layout.thumbs, layout.scores, layout.videos):
+        if folder in parts and parts[folder][1]:
+            schema, rows = parts[folder]
+            write_table_atomic(rows, schema, join(folder, name))
+    return results
+
+
 def process_video(item: VideoItem, out: str, cfg: CurateConfig, transnet: Any = None) -> dict[str, Any]:
     """Probe, analyze and extract one video; writes its manifest parts; returns its video row.
 
@@ -337,7 +382,7 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig, transnet: Any = 
     base = base_row(item, cfg)
     if item.error:
         row = error_row(base, "source", item.error)
-        write_table_atomic([row], VIDEO_SCHEMA, layout.video_part(item.video_id))
+        _write_part([row], VIDEO_SCHEMA, layout.videos, item.video_id)
         return row
     video, todo = _resume_state(item, layout, cfg)
     if video is not None:
@@ -345,7 +390,7 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig, transnet: Any = 
             return video
         with local_copy(item) as path:
             video = _extract(path, video, todo, layout, cfg)
-        write_table_atomic([video], VIDEO_SCHEMA, layout.video_part(item.video_id))
+        _write_part([video], VIDEO_SCHEMA, layout.videos, item.video_id)
         return video
     with local_copy(item) as path:
         size = os.path.getsize(path)
@@ -376,11 +421,11 @@ def process_video(item: VideoItem, out: str, cfg: CurateConfig, transnet: Any = 
                     for s, jpg in zip(scores, res["thumbs"], strict=True)
                     if jpg is not None
                 ]
-                write_table_atomic(thumbs, THUMB_SCHEMA, layout.thumbs_part(item.video_id))
-                write_table_atomic(scores, SCORES_SCHEMA, layout.scores_part(item.video_id))
+                _write_part(thumbs, THUMB_SCHEMA, layout.thumbs, item.video_id)
+                _write_part(scores, SCORES_SCHEMA, layout.scores, item.video_id)
                 todo = _missing_files(_locally_passing(scores, row, cfg), layout)
                 row = _extract(path, row, todo, layout, cfg)
-    write_table_atomic([row], VIDEO_SCHEMA, layout.video_part(item.video_id))
+    _write_part([row], VIDEO_SCHEMA, layout.videos, item.video_id)
     return row
 
 

@@ -15,7 +15,15 @@ from curation.atomic import join
 from curation.config import CurateConfig, parse_config
 from curation.configfile import add_set_argument, load_section
 from curation.manifest import VIDEO_SCHEMA, write_table_atomic
-from curation.pipeline import Layout, ResumeIndex, base_row, error_row, finalize, process_video
+from curation.pipeline import (
+    Layout,
+    ResumeIndex,
+    base_row,
+    error_row,
+    finalize,
+    process_video,
+    process_videos,
+)
 from curation.sources import open_source
 from curation.sources.base import VideoItem
 from jobs.runner import BatchSizer, init_ray, map_ray_batched, map_threads
@@ -83,15 +91,17 @@ def curate(
 
             # On a GPU one actor holds TransNetV2 and every video's analysis sends it frames.
             transnet = start_actor(cfg.split.detector, cfg.split.transnet_device)
-        # Videos go in batches (one Ray task each); each worker decodes in a long-lived child.
+        # Videos go in batches (one Ray task and one manifest part each); each worker decodes
+        # in a long-lived child.
         sizer = BatchSizer(cfg.runner.videos_per_task, cfg.runner.task_seconds)
         results = map_ray_batched(
-            process_video,
+            process_videos,
             todo,
             (out, cfg, transnet),
             cfg.runner.max_in_flight,
             cfg.runner.num_cpus_per_video,
             sizer,
+            per_batch=True,
         )
     else:
         results = map_threads(process_video, todo, (out, cfg), cfg.runner.max_in_flight)

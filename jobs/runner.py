@@ -65,10 +65,13 @@ def map_ray(
 
 
 def _run_batch(
-    fn: Callable[..., Any], batch: list[Any], *extra: Any
+    fn: Callable[..., Any], per_batch: bool, batch: list[Any], *extra: Any
 ) -> tuple[list[tuple[Any, BaseException | None]], float]:
-    """fn(item, *extra) for each item of a batch, in one Ray task; an item's exception is its own."""
+    """fn(item, *extra) for each item of a batch, in one Ray task; an item's exception is its own.
+    per_batch: fn takes the whole batch and returns that list itself."""
     t = time.perf_counter()
+    if per_batch:
+        return fn(batch, *extra), time.perf_counter() - t
     out: list[tuple[Any, BaseException | None]] = []
     for item in batch:
         try:
@@ -121,8 +124,10 @@ def map_ray_batched(
     max_in_flight: int,
     num_cpus: float,
     sizer: BatchSizer | None = None,
+    per_batch: bool = False,
 ) -> Iterator[tuple[T | None, Any, BaseException | None]]:
     """fn(item, *extra) over Ray tasks that each take a batch of items, at most `max_in_flight` tasks.
+    With per_batch, fn(batch, *extra) returns [(result, exception or None)] for the batch itself.
 
     Per-task cost is paid once per batch. A task whose worker process dies (OOM killer, a crash
     outside the isolated decoder) is retried one item per task, so only the item that kills its
@@ -146,7 +151,7 @@ def map_ray_batched(
             if not batch:
                 exhausted = True
                 break
-            pending[remote.remote(fn_ref, batch, *extra_refs)] = batch
+            pending[remote.remote(fn_ref, per_batch, batch, *extra_refs)] = batch
         if not pending:
             return
         for ref in ray.wait(list(pending), num_returns=1)[0]:

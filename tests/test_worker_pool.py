@@ -183,3 +183,33 @@ def test_batched_ray_run_equals_the_per_video_path_on_real_videos(
     }
     assert _manifests(batched) == _manifests(per_video)
     assert _clip_bytes(batched) == _clip_bytes(per_video)
+
+
+def test_a_batch_writes_one_part_per_manifest_with_per_video_rows(
+    corpus_dir: Path, tmp_path: Path
+) -> None:
+    from curation.pipeline import process_video, process_videos
+    from curation.sources import open_source
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("short", "duplicate", "cuts"):
+        shutil.copy(corpus_dir / f"{name}.mp4", src / f"{name}.mp4")
+    (src / "empty.mp4").write_bytes(b"")
+    items = list(open_source(f"files:{src}/*.mp4").iter_items())
+    batched, single = tmp_path / "batched", tmp_path / "single"
+    results = process_videos(items, str(batched), CFG)
+    assert [exc for _, exc in results] == [None] * len(items)
+    for item in open_source(f"files:{src}/*.mp4").iter_items():
+        process_video(item, str(single), CFG)
+    for folder in ("videos", "scores", "thumbs"):
+        parts = sorted(p.name for p in (batched / "manifests" / folder).glob("*.parquet"))
+        assert len(parts) == 1 and parts[0].startswith("batch-"), parts
+        key = "clip_id" if folder != "videos" else "video_id"
+        a = sorted(read_rows(str(batched / "manifests" / folder)), key=lambda r: r[key])
+        b = sorted(read_rows(str(single / "manifests" / folder)), key=lambda r: r[key])
+        assert a == b and a
+    assert [r["status"] for r, _ in results].count("error") == 1  # the empty file, recorded
+    assert sorted(p.name for p in (batched / "staging").glob("*")) == sorted(
+        p.name for p in (single / "staging").glob("*")
+    )
