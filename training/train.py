@@ -1,4 +1,4 @@
-"""The trainer: one config, components from small factories, one flat step function, one loop.
+"""The trainer: one config, components from small factories, one loop around training.step.train_step.
 
     torchrun --nproc_per_node 8 -m training.train --config jobs/configs/train.yaml \
         --shards SHARDS/stage1 --out RUN
