@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.dataset as ds
+
 from curation.config import CurateConfig
-from curation.manifest import VIDEO_SCHEMA, read_one, read_rows
+from curation.manifest import THUMB_SCHEMA, VIDEO_SCHEMA, read_one, read_rows, read_table
 from curation.pipeline import Layout
 
 
@@ -27,7 +30,7 @@ class RunData:
     out: str
     videos: list[dict[str, Any]]
     clips: list[dict[str, Any]]
-    thumbs: dict[str, bytes]
+    thumbs: Mapping[str, bytes]  # clip_id -> JPEG, read on demand
     captions: list[dict[str, Any]]  # latest row per (clip, caption type)
     curate_cfg: CurateConfig
     caption_cfg: Any
@@ -38,6 +41,36 @@ class RunData:
     samples: list[dict[str, Any]]  # generated videos: {"prompt", "seed", "path", "step"}
     steps: dict[str, Any]  # OUT/run/steps.json
     config: dict[str, Any] | None  # OUT/run/config.json (the resolved run config)
+
+
+class Thumbs(Mapping[str, bytes]):
+    """Clip thumbnails read on demand: the report shows a few dozen, and the thumbs manifest of a
+    large corpus holds gigabytes of JPEGs (a filtered read touches one row group per file)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.cache: dict[str, bytes | None] = {}
+
+    def _get(self, clip_id: str) -> bytes | None:
+        if clip_id not in self.cache:
+            rows = read_table(self.folder, THUMB_SCHEMA, filter=ds.field("clip_id") == clip_id).to_pylist()
+            self.cache[clip_id] = rows[0]["jpeg"] if rows else None
+        return self.cache[clip_id]
+
+    def __contains__(self, clip_id: object) -> bool:
+        return isinstance(clip_id, str) and self._get(clip_id) is not None
+
+    def __getitem__(self, clip_id: str) -> bytes:
+        jpeg = self._get(clip_id)
+        if jpeg is None:
+            raise KeyError(clip_id)
+        return jpeg
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(read_table(self.folder, THUMB_SCHEMA, columns=["clip_id"]).column("clip_id").to_pylist())
+
+    def __len__(self) -> int:
+        return read_table(self.folder, THUMB_SCHEMA, columns=["clip_id"]).num_rows
 
 
 def _json(path: str) -> Any:
@@ -108,9 +141,7 @@ def read_run(out: str) -> RunData:
     layout = Layout(out)
     videos = read_rows(layout.videos, VIDEO_SCHEMA) if os.path.isdir(layout.videos) else []
     clips = read_one(layout.clips_manifest) if os.path.exists(layout.clips_manifest) else []
-    thumbs = (
-        {r["clip_id"]: r["jpeg"] for r in read_rows(layout.thumbs)} if os.path.isdir(layout.thumbs) else {}
-    )
+    thumbs = Thumbs(layout.thumbs)
     cap_dir = Path(out) / "manifests" / "captions"
     captions = read_captions(cap_dir, latest=True).to_pylist() if cap_dir.is_dir() else []
     config = _json(os.path.join(out, "run", "config.json"))
