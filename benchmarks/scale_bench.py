@@ -278,11 +278,15 @@ def sim_step(step: str, out: str, n: int, k: int) -> dict[str, Any]:
                 write_parquet(tables[name], os.path.join(getattr(layout, name), f"batch-{b:06d}.parquet"))
         res["parts"] = sum(len(os.listdir(getattr(layout, x))) for x in ("videos", "scores", "thumbs"))
     elif step == "compact":
+        t0 = time.perf_counter()
         res["compacted"] = compact_manifests(out)
+        res["compact_s"] = round(time.perf_counter() - t0, 2)
         res["files"] = manifest_files(out)
     elif step == "read":
+        t0 = time.perf_counter()
         t = read_table(layout.videos)
         s = read_table(layout.scores)
+        res["read_s"] = round(time.perf_counter() - t0, 2)  # the manifests of every video, imports excluded
         res["rows"] = {"videos": t.num_rows, "scores": s.num_rows}
     elif step == "resume":
         # Which clips would be in staging: those passing the local checks (what curate extracts).
@@ -300,7 +304,9 @@ def sim_step(step: str, out: str, n: int, k: int) -> dict[str, Any]:
         res["finished"], res["partial"] = len(idx.finished), len(idx.partial)
     elif step == "decide":
         moves = _simulate_clip_files(out)
+        t0 = time.perf_counter()
         summary = finalize(out, cfg)
+        res["decide_s"] = round(time.perf_counter() - t0, 2)
         res.update(clips=summary["clips"], kept=summary["clips_kept"], moves=moves["n"])
         res["rejected"] = summary["rejected_by_reason"]
     elif step == "caption":
@@ -381,7 +387,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
     print(
         json.dumps({"sim": {"videos": args.videos, "clips": args.videos * args.clips_per_video}}), flush=True
     )
-    for step in ("write", "compact", "read", "resume", "decide", "caption", "shard"):
+    for step in args.steps.split(","):
         cmd = [sys.executable, __file__, "sim-step", step, "--out", out, "--n", str(args.videos),
                "--k", str(args.clips_per_video)]  # fmt: skip
         w0 = time.perf_counter()
@@ -412,6 +418,7 @@ def main() -> None:
     s.add_argument("--clips-per-video", type=int, default=6)
     s.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vjp-scale-bench"))
     s.add_argument("--keep", action="store_true")
+    s.add_argument("--steps", default="write,compact,read,resume,decide,caption,shard")
     st = sub.add_parser("sim-step")
     st.add_argument("step")
     st.add_argument("--out", required=True)
