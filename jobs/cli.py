@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("jobs.train", "train the rectified-flow video DiT on stage shards (torchrun or Ray Train)"),
     "sample": ("jobs.sample", "generate videos from Japanese prompts with a trained checkpoint"),
     "eval": ("jobs.eval", "FVD of generated vs held-out videos from their Japanese captions"),
+    "compare": ("jobs.compare", "blind A/B web page for the human study of two video folders, and its tally"),
     "run": ("jobs.run", "the whole pipeline from one config: curate, caption, shard, encode, train"),
 }
 

@@ -1,8 +1,10 @@
 """`vjp eval`: FVD of generated vs held-out real videos from their Japanese captions (the seed
-report's protocol), with a baseline's FVD, the real-vs-real floor and an optional alignment proxy.
+report's protocol), under named presets (fvd16 and stage), with bootstrap intervals, a baseline's
+FVD, the real-vs-real reference at the same N and an optional alignment proxy.
 
-    vjp eval --ckpt RUN/checkpoints/step_N --shards SHARDS/stage1 [--num 1000] [--baseline-dir DIR] \\
-        --out EVAL [--config eval.yaml] [--set fvd.weights=/models/i3d_pretrained_400.pt]
+    vjp eval --ckpt RUN/checkpoints/step_N --shards SHARDS/stage1 [--sources pixabay] [--num 1000] \\
+        [--baseline-dir DIR] --out EVAL [--config eval.yaml] [--set fvd.weights=i3d_pretrained_400.pt]
+    vjp eval --ckpt ... --real-dir DIR --prompts PROMPTS.jsonl --out EVAL    # an external eval set
 
 Writes EVAL/generated/<key>.mp4 + EVAL/prompts.jsonl (a rerun generates only what is missing),
 EVAL/metrics.json, EVAL/features/*.npz, EVAL/strips/ and EVAL/report.html.
@@ -22,7 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ckpt", required=True, help="RUN/checkpoints/step_N, its export/ folder, or RUN (latest)"
     )
-    p.add_argument("--shards", required=True, help="a stage folder written by vjp shard (SHARDS/stage1)")
+    p.add_argument(
+        "--shards", default=None, help="a stage folder written by vjp shard (SHARDS/stage1): its eval split"
+    )
+    p.add_argument(
+        "--sources", default=None, help="comma-separated sources to keep (e.g. pixabay); sets real.sources"
+    )
+    p.add_argument("--real-dir", default=None, help="an external eval set's videos instead of the shards")
+    p.add_argument(
+        "--prompts", default=None, help='with --real-dir: JSONL of {"file", "prompt"} (Japanese captions)'
+    )
     p.add_argument("--out", required=True, help="evaluation folder (EVAL)")
     p.add_argument("--num", type=int, default=None, help="eval samples (overrides eval.num; default 1000)")
     p.add_argument(
@@ -50,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.num is not None:
         overrides.append(f"num={args.num}")
+    if args.sources:
+        names = [x.strip() for x in args.sources.split(",") if x.strip()]
+        overrides.append("real.sources=" + json.dumps(names))
     if args.runner:
         overrides.append(f"generate.runner={args.runner}")
     if args.device:
@@ -64,14 +78,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"vjp eval: {msg}", file=sys.stderr, flush=True)
 
     try:
-        metrics = evaluate(args.ckpt, args.shards, args.out, cfg, args.baseline_dir, log)
+        metrics = evaluate(
+            args.ckpt, args.shards, args.out, cfg, args.baseline_dir, log, args.real_dir, args.prompts
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"vjp eval: {e}", file=sys.stderr)
         return 2
     summary = {
         "out": args.out,
         "n": metrics.n,
-        "fvd": metrics.fvd.model_dump(),
+        "protocol": metrics.protocol,
+        "fvd": {
+            name: {
+                k: (v["value"] if isinstance(v, dict) and "value" in v else v)
+                for k, v in r.model_dump().items()
+                if k.endswith("_real") or k.startswith("n_")
+            }
+            for name, r in metrics.fvd.items()
+        },
         "feature_network": metrics.feature_network,
         "checkpoint_step": metrics.checkpoint_step,
         "generated": {k: v for k, v in metrics.generated.items() if k != "failed"},

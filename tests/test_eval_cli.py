@@ -35,6 +35,8 @@ SMOKE = [
     "fvd.resolution=32",
     "--set",
     "report.videos=3",
+    "--set",
+    "fvd.bootstrap=20",
     "--device",
     "cpu",
 ]
@@ -57,7 +59,7 @@ def _metrics(out: Path) -> dict[str, Any]:
     import jsonschema
 
     m = json.loads((out / "metrics.json").read_text())
-    schema = json.loads((REPO / "schemas" / "eval_metrics.v1.schema.json").read_text())
+    schema = json.loads((REPO / "schemas" / "eval_metrics.v2.schema.json").read_text())
     jsonschema.validate(m, schema)
     return m
 
@@ -94,17 +96,30 @@ def test_writes_n_videos_prompts_metrics_and_report(tiny: dict[str, Path], first
     for r in rows:  # generated at the stage's size and frames
         video = decode_mp4((out / r["file"]).read_bytes())
         assert video.shape == (index.frames, index.height, index.width, 3)
-    fvd = m["fvd"]
-    assert fvd["n_generated"] == fvd["n_real"] == 6 and fvd["n_real_half"] == 3 and fvd["frames"] == 16
-    assert fvd["generated_vs_real"] > 0 and fvd["real_vs_real"] >= 0 and fvd["baseline_vs_real"] is None
-    assert m["checkpoint_step"] == 2 and m["stage"] == "tiny" and m["split"] == "eval"
+    assert m["protocol"] == ["fvd16", "stage"] and set(m["fvd"]) == {"fvd16", "stage"}
+    f16 = m["fvd"]["fvd16"]
+    assert f16["preset"]["frames"] == 16 and f16["preset"]["resolution"] == 32
+    assert f16["preset"]["standard"] is False and any("non-standard" in n for n in f16["notes"])
+    assert m["fvd"]["stage"]["preset"]["frames"] == index.frames
+    assert f16["n_generated"] == f16["n_real"] == 6 and f16["baseline_vs_real"] is None
+    g = f16["generated_vs_real"]
+    assert g["value"] > 0 and 0 <= g["low"] <= g["value"] <= g["high"] and g["level"] == 0.95
+    # 8 held-out samples cannot give a second set of 6: no reference, and the notes say why.
+    assert f16["real_vs_real"] is None and f16["n_reference"] == 0
+    assert any("needs 2N = 12" in n for n in f16["notes"])
+    assert m["checkpoint_step"] == 2 and m["stage"] == "tiny"
+    assert m["real_set"]["kind"] == "shards" and m["real_set"]["split"] == "eval"
+    assert m["real_set"]["available"] == 8
     assert m["feature_network"]["random_weights"] is True and m["feature_network"]["resolution"] == 32
     assert m["sampler"]["frames"] == 16 and m["sampler"]["steps"] >= 1
     assert m["generated"] == {"written": 6, "reused": 0, "failed": {}}
     page = (out / "report.html").read_text()
     assert page.count("data:image/jpeg;base64") == 6  # 3 rows x (generated, real)
     assert rows[0]["prompt"] in page and "random weights" in page
-    assert {p.name for p in (out / "features").glob("*.npz")} == {"real.npz", "generated.npz"}
+    assert "preset fvd16" in page and "preset stage" in page and "95% CI" in page
+    assert {p.name for p in (out / "features").glob("*.npz")} == {
+        f"{s}.{p}.npz" for s in ("real", "generated") for p in ("fvd16", "stage")
+    }
 
 
 def test_rerun_reuses_videos_and_regenerates_only_what_is_missing(
@@ -155,13 +170,19 @@ def test_a_video_does_not_depend_on_its_batch_or_the_thread_count(tiny: dict[str
 
 def test_baseline_folder_and_alignment_proxy(tiny: dict[str, Path], first_run: dict[str, Any]) -> None:
     from tests.test_eval_align import build_tiny_clip
+    from training.sample import write_mp4
 
     out, baseline = tiny["root"] / "EVAL_B", tiny["root"] / "baseline"
     shutil.copytree(first_run["out"] / "generated", out / "generated")
     shutil.copy(first_run["out"] / "prompts.jsonl", out / "prompts.jsonl")
     baseline.mkdir()
-    for row in _prompts(first_run["out"])[:6]:  # the 6 eval keys, named <key>.mp4
+    rows = _prompts(first_run["out"])[:6]
+    for row in rows:  # the 6 eval keys, named <key>.mp4
         shutil.copy(first_run["out"] / row["file"], baseline)
+    # One baseline clip at 4 fps with 8 frames (like a model that writes short, low-fps clips).
+    short_key = rows[2]["key"]
+    video = decode_mp4((baseline / f"{short_key}.mp4").read_bytes())
+    write_mp4(video[::2], str(baseline / f"{short_key}.mp4"), 4.0)
     (baseline / "broken.mp4").write_bytes(b"not a video")
     (baseline / ".hidden.mp4").write_bytes(b"")
     clip = build_tiny_clip(tiny["root"] / "tiny-clip")
@@ -169,21 +190,39 @@ def test_baseline_folder_and_alignment_proxy(tiny: dict[str, Path], first_run: d
     assert _eval(tiny, out, *extra) == 0
     m = _metrics(out)
     assert m["generated"]["reused"] == 6  # copied videos and prompts are reused, not regenerated
-    fvd = m["fvd"]
-    # The baseline's videos are the generated ones: same features, same FVD against the real set.
-    assert fvd["n_baseline"] == 6 and fvd["baseline_vs_real"] == pytest.approx(fvd["generated_vs_real"])
-    assert m["baseline"] == {
-        "dir": str(baseline),
-        "files": 7,
-        "n": 6,
-        "matched_by_key": True,
-        "unmatched_files": 1,  # broken.mp4 is no eval key: left out, never decoded
-    }
+    for preset in ("fvd16", "stage"):
+        f = m["fvd"][preset]
+        # The short clip is left out (not padded) and listed; the other 5 are the generated videos.
+        assert f["n_baseline"] == 5 and f["left_out_short"] == {"baseline": 1}
+        assert f["baseline_vs_real"]["value"] > 0
+        base = np.load(out / "features" / f"baseline.{preset}.npz")
+        gen = np.load(out / "features" / f"generated.{preset}.npz")
+        gen_by_key = dict(zip(gen["keys"], gen["features"], strict=True))
+        assert short_key not in set(base["keys"]) and len(base["keys"]) == 5
+        for k, feat in zip(base["keys"], base["features"], strict=True):  # same videos, same features
+            assert np.allclose(feat, gen_by_key[k], rtol=1e-5, atol=1e-6)
+    assert any(
+        short_key in e and "has 8 frames, preset fvd16 needs 16" in e and "not padded" in e
+        for e in m["errors"]
+    )
+    b = m["baseline"]
+    assert (b["dir"], b["files"], b["n"], b["matched_by_key"]) == (str(baseline), 7, 6, True)
+    assert b["unmatched_files"] == 1  # broken.mp4 is no eval key: left out, never decoded
+    assert b["fps"] == {"8": 5, "4": 1} and b["sizes"] == {"32x32": 6}
+    assert b["frames"] == {"min": 8, "median": 16, "max": 16}
+    assert b["resample_fps"] is False and b["crop_aspect"] is False
+    per_video = [json.loads(x) for x in (out / b["videos_file"]).read_text().splitlines()]
+    assert {r["key"]: (r["fps"], r["frames"]) for r in per_video}[short_key] == (4.0, 8)
     a = m["alignment"]
+    assert a["label"] == "CLIP proxy, not the seed's human study"
     assert a["n"] == 6 and -1 <= a["generated"] <= 1 and -1 <= a["real"] <= 1
-    assert a["baseline"] == pytest.approx(a["generated"], abs=1e-6)
-    assert a["win_rate_vs_baseline"] == 0.0  # the same videos: ties, no wins
-    assert (out / "report.html").read_text().count("data:image/jpeg;base64") == 9  # + baseline column
+    # 5 identical videos tie; the changed one decides the single counted pair.
+    assert a["pairs"] == 6 and a["ties"] == 5 and a["wins"] in (0, 1)
+    share = a["win_share_vs_baseline"]
+    assert share["value"] == a["wins"] and share["low"] < share["high"]  # n = 1: a wide Wilson interval
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64") == 9  # + baseline column
+    assert "alignment (CLIP proxy, not the seed&#x27;s human study)" in page
 
 
 def test_ray_sampler_actors_make_the_same_videos(
@@ -199,12 +238,62 @@ def test_ray_sampler_actors_make_the_same_videos(
         assert (out / row["file"]).exists()
 
 
+def test_an_external_eval_folder_with_its_prompts_and_the_reference_at_the_same_n(
+    tiny: dict[str, Path], first_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """--real-dir/--prompts: the first run's 6 generated videos as a published eval set. N = 3, so
+    the other 3 are the real-vs-real reference; the 3 chosen videos are regenerated from their own
+    prompts and seeds (reused here), so generated vs real compares a set with itself."""
+    real = first_run["out"]
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [
+        json.dumps({"file": r["file"], "prompt": r["prompt"], "key": r["key"]}) for r in _prompts(real)[:6]
+    ]
+    lines += [
+        json.dumps({"file": "../../etc/passwd", "prompt": "外"}),
+        json.dumps({"file": "generated/none.mp4", "prompt": "無"}),
+        "not json",
+    ]
+    prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "EVAL_DIR"
+    shutil.copytree(real / "generated", out / "generated")
+    argv = [
+        "--ckpt",
+        str(tiny["ckpt"]),
+        "--real-dir",
+        str(real),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+    ]
+    assert cli([*argv, "--num", "3", *SMOKE], "jobs.eval") == 0
+    m = _metrics(out)
+    assert (
+        m["real_set"]["kind"] == "dir"
+        and m["real_set"]["available"] == 6
+        and m["real_set"]["n_reference"] == 3
+    )
+    assert m["stage"] == "checkpoint" and m["stage_size"]["frames"] == 16
+    assert m["generated"]["reused"] == 3 and m["generated"]["written"] == 0
+    f = m["fvd"]["fvd16"]
+    assert f["n_real"] == f["n_generated"] == f["n_reference"] == 3
+    assert f["generated_vs_real"]["value"] == pytest.approx(0.0, abs=1e-6)  # the same three videos
+    assert f["real_vs_real"]["value"] > 0  # three other videos
+    errors = "\n".join(m["errors"])
+    assert "../../etc/passwd: outside" in errors and "none.mp4: no such video" in errors
+    assert ":9: unreadable row" in errors
+
+
 def test_bad_config_and_missing_inputs_exit_2(tiny: dict[str, Path], tmp_path: Path) -> None:
     base = ["eval", "--ckpt", str(tiny["ckpt"]), "--shards", str(tiny["shards"]), "--out", str(tmp_path)]
     assert main([*base, "--set", "fvd.bogus=1"]) == 2
     assert main([*base, "--set", "fvd.weights=" + str(tmp_path / "none.pt")]) == 2
     missing = ["eval", "--ckpt", str(tmp_path / "no-run"), "--shards", str(tiny["shards"])]
     assert main([*missing, "--out", str(tmp_path), *SMOKE]) == 2
+    assert main([*base, "--sources", "finevideo", *SMOKE]) == 2  # the tiny set is all Pixabay
+    no_real = ["eval", "--ckpt", str(tiny["ckpt"]), "--out", str(tmp_path), *SMOKE]
+    assert main(no_real) == 2 and main([*no_real, "--real-dir", str(tmp_path)]) == 2
 
 
 def test_the_run_report_shows_the_evaluation(
@@ -219,6 +308,6 @@ def test_the_run_report_shows_the_evaluation(
     assert "Evaluation" not in Path(write_report(str(out))).read_text()  # no eval, no section
     shutil.copytree(first_run["out"], out / "eval")  # where `vjp eval --out OUT/eval` writes
     page = Path(write_report(str(out))).read_text()
-    assert '<section class="vjp-eval">' in page and "FVD generated vs real" in page
+    assert '<section class="vjp-eval">' in page and "FVD generated vs real" in page and "preset fvd16" in page
     caption = _prompts(first_run["out"])[0]["prompt"]
     assert f'class="cap ja" lang="ja">{caption}' in page  # captions in the report's Japanese font

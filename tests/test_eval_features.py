@@ -11,7 +11,7 @@ import torch
 
 from curation.ids import sha256_file
 from training.eval.config import FVDConfig
-from training.eval.features import fit_frames, load_feature_network, preprocess
+from training.eval.features import load_feature_network, preprocess
 from training.eval.i3d import MIN_FRAMES, InceptionI3d
 
 
@@ -49,9 +49,9 @@ def test_standard_224_forward_gives_400_logits() -> None:
 def test_random_network_features_have_the_right_shape_and_depend_on_the_input(random_net: object) -> None:
     net = random_net
     vids = _videos(3)
-    feats = net.features(vids, frames=10)
+    feats = net.features(vids)
     assert feats.shape == (3, 400) and feats.dtype == np.float64 and np.isfinite(feats).all()
-    assert np.allclose(net.features(vids, frames=10), feats)  # deterministic
+    assert np.allclose(net.features(vids), feats)  # deterministic
     spread = np.abs(feats[0] - feats[1]).mean() / np.abs(feats).mean()
     assert spread > 1e-3  # a He-initialised network still tells videos apart
     d = net.describe()
@@ -65,12 +65,12 @@ def test_weights_load_from_a_path_through_the_same_code(tmp_path: Path, random_n
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in state.items()}, st)
-    want = random_net.features(_videos(2), frames=10)
+    want = random_net.features(_videos(2))
     for path, spec in ((pt, str(pt)), (st, st.as_uri())):
         net = load_feature_network(FVDConfig(weights=spec, resolution=32, device="cpu"))
         assert not net.describe()["random_weights"]
         assert net.weights_sha256 == sha256_file(str(path))
-        assert np.allclose(net.features(_videos(2), frames=10), want, rtol=1e-5, atol=1e-6)
+        assert np.allclose(net.features(_videos(2)), want, rtol=1e-5, atol=1e-6)
     ok = FVDConfig(weights=str(pt), weights_sha256=sha256_file(str(pt)), resolution=32, device="cpu")
     assert load_feature_network(ok).weights_sha256 == ok.weights_sha256
 
@@ -97,13 +97,24 @@ def test_bad_weights_are_named(tmp_path: Path) -> None:
         load_feature_network(FVDConfig(weights=str(evil)))
 
 
-def test_preprocessing_cuts_stretches_resizes_and_scales() -> None:
-    v = np.stack([np.full((20, 30, 3), i * 10, np.uint8) for i in range(12)])
-    assert [int(f[0, 0, 0]) for f in fit_frames(v, 5)] == [0, 10, 20, 30, 40]
-    short = fit_frames(v[:3], 9)  # a 3-frame clip stretched by repeating frames, order kept
-    assert [int(f[0, 0, 0]) // 10 for f in short] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    x = preprocess([v, v], resolution=32, frames=10)
-    assert x.shape == (2, 3, 10, 32, 32)
-    assert float(x[0, 0, 0].mean()) == pytest.approx(-1.0) and float(x.max()) <= 1.0
+def test_preprocessing_resizes_the_short_side_centre_crops_and_scales() -> None:
+    # A 20x30 (h x w) clip whose left and right thirds are black and middle third white.
+    v = np.zeros((10, 20, 30, 3), np.uint8)
+    v[:, :, 10:20] = 255
+    x = preprocess([v, v], resolution=32)
+    assert x.shape == (2, 3, 10, 32, 32) and float(x.max()) <= 1.0 and float(x.min()) >= -1.0
+    # Short side 20 -> 32 (scale 1.6, width 48), centre crop 32 of 48: columns 8..40 of the resized
+    # frame, i.e. source columns 5..25; the white band (10..20 -> 16..32) sits at crop columns 8..24,
+    # kept in proportion (a squash to 32x32 would put it at 10.7..21.3).
+    row = x[0, 0, 0, 16].numpy()
+    assert row[12] == pytest.approx(1.0) and row[2] == pytest.approx(-1.0) and row[29] == pytest.approx(-1.0)
+    assert row[9] > 0 and row[22] > 0 and row[6] < -0.9 and row[26] < -0.9
     with pytest.raises(ValueError, match="uint8"):
-        preprocess([v.astype(np.float32)], 32, 10)
+        preprocess([v.astype(np.float32)], 32)
+    with pytest.raises(ValueError, match="equal frame counts"):
+        preprocess([v, v[:9]], 32)
+
+
+def test_short_clips_are_refused_not_padded(random_net: object) -> None:
+    with pytest.raises(ValueError, match="at least 9 frames"):
+        random_net.features(_videos(2, t=MIN_FRAMES - 1))

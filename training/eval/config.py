@@ -1,6 +1,7 @@
 """`vjp eval` configuration (the `eval:` section of a YAML file) and the metrics.json model.
 
-Schemas: eval_config.v1 and eval_metrics.v1 in schemas/, generated from these models.
+Schemas: eval_config.v2 and eval_metrics.v2 in schemas/, generated from these models (v2: protocol
+presets, intervals, the real set and baseline descriptions; v1 squashed frames and padded clips).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from curation.configfile import ConfigError, read_yaml_section, validate
 
 __all__ = ["ConfigError", "EvalConfig", "EvalMetrics", "json_schemas", "load_eval_config"]
 
-CONFIG_SCHEMA = "eval_config.v1"
-METRICS_SCHEMA = "eval_metrics.v1"
+CONFIG_SCHEMA = "eval_config.v2"
+METRICS_SCHEMA = "eval_metrics.v2"
 
 
 class _Strict(BaseModel):
@@ -69,16 +70,42 @@ class FVDConfig(_Strict):
     )
     random_seed: int = 0
     resolution: int = Field(
-        224, ge=32, description="frames are resized to this square; 224 is standard FVD (smaller: tests)"
-    )
-    frames: int | None = Field(
-        None,
-        ge=1,
-        description="frames per video fed to I3D; None = the fewest of the real and generated videos",
+        224,
+        ge=32,
+        description="crop size of every preset (short side resized to it, centre crop); 224 is the "
+        "common FVD code's, anything else is marked non-standard (smaller: tests)",
     )
     batch_size: int = Field(8, ge=1)
     device: str = "auto"
-    real_vs_real: bool = Field(True, description="FVD of two halves of the real eval videos (the floor)")
+    real_vs_real: bool = Field(
+        True,
+        description="FVD of the N eval videos against N other real videos of the same set (the noise "
+        "level at N); needs 2N real videos, else left out with the reason",
+    )
+    bootstrap: int = Field(
+        200, ge=0, description="bootstrap resamples of the stored features per FVD (0: none)"
+    )
+    ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of every interval")
+
+
+class ExternalVideos(_Strict):
+    """How videos from a folder are made like the stage's before the preset's resize and crop."""
+
+    resample_fps: bool = Field(False, description="resample to the stage fps (nearest earlier frame)")
+    crop_aspect: bool = Field(False, description="centre-crop to the stage's aspect ratio")
+
+
+class RealConfig(ExternalVideos):
+    """The real set: the stage shards' split (optionally one source) or an external folder
+    (`vjp eval --real-dir DIR --prompts FILE`; resample_fps / crop_aspect apply to it)."""
+
+    sources: list[str] | None = Field(
+        None, description="keep only samples of these sources (e.g. [pixabay], as the seed report did)"
+    )
+
+
+class BaselineConfig(ExternalVideos):
+    """The baseline folder's videos (e.g. CogVideoX-2B: 8 fps, 720x480)."""
 
 
 class AlignConfig(_Strict):
@@ -86,11 +113,15 @@ class AlignConfig(_Strict):
 
     enabled: bool = False
     model: str = Field(
-        "line-corporation/clip-japanese-base", description="hub id or local folder of a Japanese CLIP"
+        "line-corporation/clip-japanese-base",
+        description="hub id or local folder of a Japanese CLIP; the default needs the `align` extra "
+        "(timm, sentencepiece) and trust_remote_code",
     )
-    revision: str | None = None
+    revision: str | None = Field(None, description="hub revision (a commit hash pins remote code too)")
     trust_remote_code: bool = Field(
-        False, description="run the model repo's own code (line-corporation/clip-japanese-base needs it)"
+        False,
+        description="run the model repo's own code (line-corporation/clip-japanese-base needs it); "
+        "never on by default",
     )
     frames: int = Field(4, ge=1, description="frames per video, evenly spaced; their scores are averaged")
     batch_size: int = Field(16, ge=1, description="frames per image-encoder call")
@@ -104,10 +135,18 @@ class ReportConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     seed: int = Field(0, description="which eval samples are chosen, and each sample's generation seed")
     num: int = Field(1000, ge=4, description="eval samples (the seed report uses 1,000; 4 at least)")
     split: Literal["eval", "train"] = Field("eval", description="split of the stage shards to evaluate on")
+    protocol: list[Literal["fvd16", "stage"]] = Field(
+        ["fvd16", "stage"],
+        min_length=1,
+        description="FVD presets (training/eval/protocol.py), the first is the headline: fvd16 = the "
+        "common FVD code's 16 frames, stage = all the stage's frames",
+    )
+    real: RealConfig = RealConfig()
+    baseline: BaselineConfig = BaselineConfig()
     generate: GenerateConfig = GenerateConfig()
     fvd: FVDConfig = FVDConfig()
     align: AlignConfig = AlignConfig()
@@ -145,47 +184,97 @@ def load_eval_config(path: str | Path | None = None, overrides: list[str] = ()) 
 
 
 # ---- metrics.json ----------------------------------------------------------------------------
-class FVDResult(_Strict):
-    generated_vs_real: float | None = Field(description="FVD of the generated videos against the real ones")
-    baseline_vs_real: float | None = Field(None, description="FVD of the baseline folder's videos")
-    real_vs_real: float | None = Field(None, description="FVD of two disjoint halves of the real videos")
+ALIGN_LABEL = "CLIP proxy, not the seed's human study"
+
+
+class Estimate(_Strict):
+    value: float
+    low: float = Field(description="lower end of the interval")
+    high: float
+    level: float = Field(description="confidence level")
+
+
+class PresetFVD(_Strict):
+    """The FVDs of one protocol preset."""
+
+    preset: dict[str, Any] = Field(description="every setting of the preset (protocol.Preset)")
+    generated_vs_real: Estimate | None = Field(
+        description="FVD of the generated videos against the real ones"
+    )
+    baseline_vs_real: Estimate | None = None
+    real_vs_real: Estimate | None = Field(
+        None, description="the N real videos against N other real videos: the FVD of two real samples at N"
+    )
     n_generated: int
     n_real: int
     n_baseline: int = 0
-    n_real_half: int = Field(0, description="videos in each half of the real-vs-real floor")
-    frames: int = Field(description="frames per video fed to the feature network")
+    n_reference: int = Field(0, description="real videos of the real-vs-real reference set")
+    left_out_short: dict[str, int] = Field(
+        default_factory=dict, description="videos per set with fewer frames than the preset needs"
+    )
+    notes: list[str] = Field(default_factory=list)
 
 
 class AlignResult(_Strict):
+    label: str = ALIGN_LABEL
     model: str
     revision: str | None
     frames: int
     generated: float = Field(description="mean cosine of prompt and generated frames")
     real: float = Field(description="mean cosine of caption and real frames (the reference level)")
     baseline: float | None = None
-    win_rate_vs_baseline: float | None = Field(
-        None, description="share of prompts whose generated video scores above the baseline's"
+    pairs: int = Field(0, description="prompts scored for both the generated and the baseline video")
+    wins: int = 0
+    ties: int = Field(0, description="equal up to float rounding: left out of the share")
+    win_share_vs_baseline: Estimate | None = Field(
+        None,
+        description="wins / (pairs - ties): share of prompts whose generated video scores above the "
+        "baseline's, with its Wilson interval",
     )
     n: int
 
 
-class EvalMetrics(_Strict):
-    """EVAL/metrics.json (schema eval_metrics.v1)."""
+class RealSet(_Strict):
+    kind: Literal["shards", "dir"]
+    location: str = Field(description="stage shards folder or the external video folder")
+    prompts: str | None = Field(None, description="the external set's prompts file")
+    split: str | None = None
+    sources: list[str] | None = None
+    available: int = Field(description="readable samples after the source filter")
+    n_reference: int = 0
 
-    schema_version: Literal["eval_metrics.v1"] = METRICS_SCHEMA
+
+class BaselineInfo(_Strict):
+    dir: str
+    files: int
+    n: int
+    matched_by_key: bool
+    unmatched_files: int
+    resample_fps: bool
+    crop_aspect: bool
+    fps: dict[str, int] = Field(description="videos per frame rate, as read from the files")
+    sizes: dict[str, int] = Field(description="videos per WxH")
+    frames: dict[str, int] = Field(description="min, median and max frames per video")
+    videos_file: str = Field(description="per-video fps, size and frames (JSONL, in EVAL)")
+
+
+class EvalMetrics(_Strict):
+    """EVAL/metrics.json (schema eval_metrics.v2)."""
+
+    schema_version: Literal["eval_metrics.v2"] = METRICS_SCHEMA
     checkpoint: str
     checkpoint_step: int | None
-    shards: str
+    real_set: RealSet
     stage: str
-    split: str
-    stage_size: dict[str, float] = Field(description="frames, height, width, fps of the stage shards")
+    stage_size: dict[str, float] = Field(description="frames, height, width, fps the videos are generated at")
     n_requested: int
     n: int = Field(description="eval samples chosen (and prompts generated)")
     seed: int
-    fvd: FVDResult
+    protocol: list[str] = Field(description="the FVD presets run; the first is the headline")
+    fvd: dict[str, PresetFVD] = Field(description="by preset name")
     feature_network: dict[str, Any] = Field(description="name, resolution, weights, weights_sha256, ...")
     sampler: dict[str, Any] = Field(description="the settings the videos were generated with")
-    baseline: dict[str, Any] | None = None
+    baseline: BaselineInfo | None = None
     alignment: AlignResult | None = None
     generated: dict[str, Any] = Field(description="written, reused, failed (key: reason)")
     errors: list[str] = Field(

@@ -1,15 +1,15 @@
 """Video features for FVD: the Kinetics-400 I3D logits, with weights from a path or a URL.
 
     net = load_feature_network(cfg.fvd)        # FVDConfig
-    feats = net.features(videos)               # list of uint8 [T, H, W, 3] -> float64 [B, 400]
+    feats = net.features(clips)                # uint8 [T, H, W, 3] clips of equal T -> float64 [B, 400]
 
 The weights are the PyTorch I3D state dict the usual FVD code loads (`i3d_pretrained_400.pt`
 of VideoGPT/TATS, which cd-fvd downloads), as a .pt state dict (read with weights_only=True) or
 .safetensors. Nothing is downloaded implicitly: a URL in config is fetched once into the cache
 folder and checked against `weights_sha256` when that is set. Without weights the network is
 randomly initialised from a seed only when the config says so (`allow_random_weights`, for tests
-and smoke runs), and metrics.json says so. Preprocessing follows cd-fvd: every frame bilinearly
-resized to 224x224 (aspect not kept), scaled to [-1, 1].
+and smoke runs), and metrics.json says so. Preprocessing is the preset's (training/eval/protocol.py):
+the short side resized to 224 and centre-cropped, as VideoGPT/TATS/StyleGAN-V do, scaled to [-1, 1].
 """
 
 from __future__ import annotations
@@ -112,28 +112,17 @@ def random_init(model: torch.nn.Module, seed: int) -> None:
                 m.num_batches_tracked.zero_()
 
 
-def preprocess(videos: list[np.ndarray], resolution: int, frames: int) -> torch.Tensor:
-    """uint8 [T, H, W, 3] videos -> float [B, 3, frames, R, R] in [-1, 1] (first `frames` frames)."""
+def preprocess(clips: list[np.ndarray], resolution: int) -> torch.Tensor:
+    """uint8 [T, H, W, 3] clips of equal T -> float [B, 3, T, R, R] in [-1, 1]: each frame's short
+    side resized to R, centre-cropped (training.eval.protocol.resize_crop)."""
     import torch
-    import torch.nn.functional as F
 
-    out = []
-    for v in videos:
-        if v.ndim != 4 or v.shape[-1] != 3 or v.dtype != np.uint8:
-            raise ValueError(f"video must be uint8 [T, H, W, 3], got {v.dtype} {v.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(fit_frames(v, frames))).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-        out.append(x.permute(1, 0, 2, 3))  # [3, T, R, R]
-    return torch.stack(out).div_(127.5).sub_(1.0)
+    from training.eval.protocol import resize_crop
 
-
-def fit_frames(video: np.ndarray, frames: int) -> np.ndarray:
-    """The first `frames` frames; a shorter video is stretched by repeating frames (nearest index),
-    so clips shorter than I3D's minimum still compare on equal terms."""
-    t = video.shape[0]
-    if t >= frames:
-        return video[:frames]
-    return video[np.floor(np.arange(frames) * t / frames).astype(int)]
+    lengths = {c.shape[0] for c in clips}
+    if len(lengths) > 1:
+        raise ValueError(f"clips of one batch must have equal frame counts, got {sorted(lengths)}")
+    return torch.stack([resize_crop(c, resolution) for c in clips])
 
 
 @dataclass
@@ -150,21 +139,19 @@ class FeatureNetwork:
     name: str = NETWORK
     dim: int = 400
 
-    def features(self, videos: list[np.ndarray], frames: int) -> np.ndarray:
-        """Features [B, dim] (float64) of uint8 videos, all cut (or stretched) to `frames` frames.
-
-        Clips shorter than I3D's minimum are then stretched to it by repeating frames: every set
-        compared covers the same `frames` frames of its videos."""
+    def features(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Features [B, dim] (float64) of uint8 clips already cut to one preset's frames (equal T,
+        at least I3D's minimum: a short clip is the caller's to leave out, never padded here)."""
         import torch
 
         from training.eval.i3d import MIN_FRAMES
 
-        if frames < MIN_FRAMES:
-            videos = [fit_frames(fit_frames(v, frames), MIN_FRAMES) for v in videos]
-            frames = MIN_FRAMES
         out = []
-        for i in range(0, len(videos), self.batch_size):
-            x = preprocess(videos[i : i + self.batch_size], self.resolution, frames).to(self.device)
+        for i in range(0, len(clips), self.batch_size):
+            chunk = clips[i : i + self.batch_size]
+            if chunk[0].shape[0] < MIN_FRAMES:
+                raise ValueError(f"I3D needs at least {MIN_FRAMES} frames, got {chunk[0].shape[0]}")
+            x = preprocess(chunk, self.resolution).to(self.device)
             with torch.inference_mode():
                 out.append(self.model(x).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim))

@@ -74,6 +74,26 @@ def resolve_checkpoint(path: str) -> tuple[str, int | None, str]:
     return folder, step, identity
 
 
+def checkpoint_size(folder: str) -> dict[str, float]:
+    """frames, height, width, fps the checkpoint samples at (its export's videojp.json): the size
+    of the generated videos when the real set is an external folder rather than stage shards."""
+    from training.checkpoint import EXPORT, EXPORT_META
+
+    meta_path = os.path.join(folder, EXPORT_META)
+    if not os.path.isfile(meta_path):
+        meta_path = os.path.join(folder, EXPORT, EXPORT_META)
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    frames, height, width = meta["pixel_shape"]
+    s = meta.get("sample") or {}
+    return {
+        "frames": s.get("frames") or frames,
+        "height": s.get("height") or height,
+        "width": s.get("width") or width,
+        "fps": s.get("fps") or meta["fps"],
+    }
+
+
 def generation_kwargs(cfg: GenerateConfig, stage: dict[str, float]) -> dict[str, Any]:
     """The keyword arguments of Sampler.generate for every batch (None = the sampler's default)."""
     kw: dict[str, Any] = {

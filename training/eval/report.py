@@ -84,38 +84,83 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
     return "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in pairs)
 
 
+def _est(e: dict[str, Any] | None) -> str:
+    """value [low, high] (level) of an Estimate, or '-'."""
+    if not e:
+        return "-"
+    return f"{e['value']:.4g} [{e['low']:.4g}, {e['high']:.4g}] ({e['level']:.0%} CI)"
+
+
+def _preset_label(name: str, p: dict[str, Any]) -> str:
+    std = "common FVD protocol" if p.get("standard") else "non-standard"
+    return f"{p['frames']} frames, preset {name} ({std}, {p['resolution']} px short side + centre crop)"
+
+
 def render_section(eval_dir: str) -> str:
     """The evaluation as an HTML fragment: headline numbers, settings, and the video grid."""
     with open(os.path.join(eval_dir, METRICS), encoding="utf-8") as f:
         m = json.load(f)
-    fvd, net, align = m["fvd"], m["feature_network"], m.get("alignment")
+    net, align = m["feature_network"], m.get("alignment")
     warn = ""
     if net.get("random_weights"):
         warn = '<p class="warn">The feature network has random weights: these FVD values mean nothing.</p>'
-    headline = [
-        ("FVD generated vs real", fvd["generated_vs_real"]),
-        ("FVD baseline vs real", fvd.get("baseline_vs_real")),
-        ("FVD real vs real (floor, two halves)", fvd.get("real_vs_real")),
-        ("videos generated / real", f"{fvd['n_generated']} / {fvd['n_real']}"),
-        ("videos baseline / per real half", f"{fvd.get('n_baseline', 0)} / {fvd.get('n_real_half', 0)}"),
-    ]
-    if align:
+    headline: list[tuple[str, Any]] = []
+    for name in m["protocol"]:
+        r = m["fvd"][name]
+        label = _preset_label(name, r["preset"])
         headline += [
-            ("alignment: generated (cosine)", align["generated"]),
-            ("alignment: real videos, own captions", align["real"]),
-            ("alignment: baseline", align.get("baseline")),
-            ("alignment: win rate vs baseline", align.get("win_rate_vs_baseline")),
+            (f"FVD generated vs real — {label}", _est(r["generated_vs_real"])),
+            (f"FVD baseline vs real — {label}", _est(r.get("baseline_vs_real"))),
+            (f"FVD real vs real, N vs N — {label}", _est(r.get("real_vs_real"))),
+            (
+                f"videos generated / real / reference / baseline — preset {name}",
+                f"{r['n_generated']} / {r['n_real']} / {r.get('n_reference', 0)} / {r.get('n_baseline', 0)}",
+            ),
         ]
+        headline += [(f"note — preset {name}", n) for n in r.get("notes", [])]
+    if align:
+        label = align.get("label", "CLIP proxy, not the seed's human study")  # _rows escapes
+        headline += [
+            (f"alignment ({label}): generated (cosine)", align["generated"]),
+            (f"alignment ({label}): real videos, own captions", align["real"]),
+            (f"alignment ({label}): baseline", align.get("baseline")),
+            (
+                f"alignment ({label}): win share vs baseline, {align.get('wins', 0)} won of "
+                f"{align.get('pairs', 0) - align.get('ties', 0)} ({align.get('ties', 0)} ties left out)",
+                _est(align.get("win_share_vs_baseline")),
+            ),
+        ]
+    headline += _human_rows(eval_dir)
+    rs = m["real_set"]
+    real_desc = f"{rs['kind']}: {rs['location']}"
+    if rs.get("split"):
+        real_desc += f" ({rs['split']})"
+    if rs.get("sources"):
+        real_desc += f", sources {', '.join(rs['sources'])}"
+    if rs.get("prompts"):
+        real_desc += f", prompts {rs['prompts']}"
     settings = [
         ("checkpoint", m["checkpoint"]),
         ("checkpoint step", m["checkpoint_step"]),
-        ("shards", f"{m['shards']} ({m['split']})"),
-        ("stage size", ", ".join(f"{k}={_fmt(v)}" for k, v in m["stage_size"].items())),
-        ("feature network", f"{net['name']} at {net['resolution']}px, {fvd['frames']} frames"),
+        ("real set", f"{real_desc}; {rs['available']} available"),
+        ("size generated at", ", ".join(f"{k}={_fmt(v)}" for k, v in m["stage_size"].items())),
+        ("feature network", f"{net['name']} at {net['resolution']}px"),
         ("weights sha256", net.get("weights_sha256")),
         ("sampler", ", ".join(f"{k}={v}" for k, v in sorted(m["sampler"].items()))),
         ("seed", m["seed"]),
     ]
+    b = m.get("baseline")
+    if b:
+        settings += [
+            (
+                "baseline",
+                f"{b['dir']}: {b['n']} videos, fps {b['fps']}, sizes {b['sizes']}, frames {b['frames']}",
+            ),
+            (
+                "baseline conformed",
+                f"resample to stage fps: {b['resample_fps']}, crop to stage aspect: {b['crop_aspect']}",
+            ),
+        ]
     prompts: list[dict[str, Any]] = []
     path = os.path.join(eval_dir, "prompts.jsonl")
     if os.path.exists(path):
@@ -146,6 +191,23 @@ def render_section(eval_dir: str) -> str:
         + (f"<h3>Left out</h3><ul>{errors}</ul>" if errors else "")
         + "</section>"
     )
+
+
+HUMAN = "human_study.json"
+
+
+def _human_rows(eval_dir: str) -> list[tuple[str, Any]]:
+    """The blind A/B study's tally (`vjp compare tally STUDY --eval EVAL` writes it here)."""
+    path = os.path.join(eval_dir, HUMAN)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        t = json.load(f)
+    rows: list[tuple[str, Any]] = []
+    for q, r in t["questions"].items():
+        label = f"human study ({t['votes']} votes, {t['raters']} raters): {q}, {t['labels']['a']} won"
+        rows.append((label, f"{r['a']} vs {r['b']}: " + _est(r.get("share_a"))))
+    return rows
 
 
 def write_report(eval_dir: str) -> str:

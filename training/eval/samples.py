@@ -29,6 +29,7 @@ class EvalSample:
     height: int
     width: int
     fps: float
+    source: str = ""
 
 
 def _open(url: str) -> Any:
@@ -81,10 +82,20 @@ def read_samples(urls: list[str]) -> tuple[list[EvalSample], list[str]]:
                 if not caption:
                     errors.append(f"{url}: sample {key}: empty caption")
                     continue
-                samples.append(EvalSample(key, caption, url, meta.frames, meta.height, meta.width, meta.fps))
+                samples.append(
+                    EvalSample(key, caption, url, meta.frames, meta.height, meta.width, meta.fps, meta.source)
+                )
         except (OSError, tarfile.TarError) as e:
             errors.append(f"{url}: unreadable shard ({type(e).__name__}: {e})")
     return samples, errors
+
+
+def by_source(samples: list[EvalSample], sources: list[str] | None) -> list[EvalSample]:
+    """The samples of the given sources (case-insensitive); all of them when sources is None."""
+    if sources is None:
+        return samples
+    wanted = {s.lower() for s in sources}
+    return [s for s in samples if s.source.lower() in wanted]
 
 
 def choose(samples: list[EvalSample], n: int, seed: int) -> list[EvalSample]:
