@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from curation import atomic
 from curation.records import ClipRow, ClipScores, ThumbRow, VideoRow
@@ -50,6 +50,23 @@ COMPACT_BYTES = 128 << 20
 ROW_GROUP_ROWS = 20_000  # sorted by key, so a filtered read of one video touches one row group
 _COMPACTED = re.compile(r"^c-(\d{6})-(\d{5})\.parquet$")
 _RECORD = re.compile(r"^_compact-(\d{6})\.json$")
+
+
+class CompactionRecord(BaseModel):
+    """`_compact-<gen>.json`: commits one compaction of a manifest folder (written last)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gen: int = Field(ge=1, description="generation; its files are c-<gen>-<i>.parquet")
+    files: list[str] = Field(description="the data files this compaction wrote, in read order")
+    rows: int = Field(ge=0)
+    replaces: list[str] = Field(
+        description="files it supersedes; emptied once they are removed, so a reused name counts as new"
+    )
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    return {"manifest_compaction.v1": CompactionRecord.model_json_schema()}
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -277,7 +294,9 @@ def compact(
     gen = max(gens, default=0) + 1
     if files:
         rows, written = _merge(folder, files, schema, group_key, sort_by, rows_per_file, bytes_per_file, gen)
-    record = {"gen": gen, "files": written, "rows": rows, "replaces": sorted(set(files) - set(written))}
+    record = CompactionRecord(
+        gen=gen, files=written, rows=rows, replaces=sorted(set(files) - set(written))
+    ).model_dump()
     record_name = f"_compact-{gen:06d}.json"
     atomic.write_bytes(atomic.join(folder, record_name), json.dumps(record).encode())
     _finish(folder, [n for n in names if n not in written and n != record_name], record)

@@ -23,7 +23,13 @@ MODELS = {
     "train_config.v1": "training.config:TrainConfig",
 }
 # Modules with a json_schemas() -> {name: schema} function of their own.
-PROVIDERS = ["captioning.manifest", "training.data.sample_format", "training.eval.config", "jobs.run_config"]
+PROVIDERS = [
+    "curation.manifest",
+    "captioning.manifest",
+    "training.data.sample_format",
+    "training.eval.config",
+    "jobs.run_config",
+]
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
 
