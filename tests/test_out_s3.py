@@ -104,6 +104,7 @@ def _wait_for(fs: Any, prefix: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("the job finished (or hung) before it could be killed")
 
 
+@pytest.mark.slow
 def test_curate_and_caption_into_a_bucket_equal_a_local_run(
     s3: S3Env,  # noqa: F811
     small_corpus: Path,
