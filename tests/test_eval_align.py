@@ -123,3 +123,45 @@ def test_japanese_prompts_tokenize_without_unknowns(tiny_clip: Path) -> None:
 def test_a_model_that_does_not_load_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no-such-clip"):
         Aligner.from_config(AlignConfig(enabled=True, model=str(tmp_path / "no-such-clip")))
+
+
+def test_tokenizer_outputs_are_passed_as_get_text_features_names_them(tiny_clip: Path) -> None:
+    """A tokenizer that also returns token_type_ids (BERT-style, as Japanese CLIPs' do): CLIP's
+    get_text_features does not name it, so it is left out; what it names is passed."""
+    from training.eval.align import _accepted
+
+    aligner = Aligner.from_config(AlignConfig(enabled=True, model=str(tiny_clip), device="cpu"))
+    assert {"input_ids", "attention_mask", "position_ids"} <= _accepted(aligner.model.get_text_features)
+    assert "token_type_ids" not in _accepted(aligner.model.get_text_features)
+    want = aligner.text_embeddings(PROMPTS)
+    plain = aligner.tokenizer
+
+    def with_type_ids(*a: object, **kw: object) -> object:
+        out = plain(*a, **kw)
+        out["token_type_ids"] = torch.ones_like(out["input_ids"]) * 7  # would break the model if passed
+        return out
+
+    aligner.tokenizer = with_type_ids
+    assert np.allclose(aligner.text_embeddings(PROMPTS), want, atol=1e-6)
+
+    def model_fn(input_ids: object, token_type_ids: object = None) -> None: ...
+
+    assert _accepted(model_fn) == {"input_ids", "token_type_ids"}
+
+
+def test_remote_code_is_off_by_default_and_a_missing_extra_is_named(
+    tiny_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    assert AlignConfig().trust_remote_code is False
+    seen = {}
+
+    def fake(name: str, **kw: object) -> object:
+        seen.update(kw)
+        raise ImportError("This modeling file requires the following packages: timm")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fake)
+    with pytest.raises(ValueError, match=r"videojp-data\[align\]"):
+        Aligner.from_config(AlignConfig(enabled=True, model=str(tiny_clip), revision="abc123"))
+    assert seen == {"revision": "abc123", "trust_remote_code": False}

@@ -1,12 +1,17 @@
-"""Text-video alignment proxy: CLIP-style cosine between a Japanese prompt and a video's frames.
+"""Text-video alignment proxy (a CLIP proxy, not the seed's human study): CLIP-style cosine between
+a Japanese prompt and a video's frames.
 
-The seed report judged prompt alignment with people (96% of pairs won against the baseline). An
-automatic stand-in: a Japanese-capable CLIP (by hub id or local folder; default
-line-corporation/clip-japanese-base, which runs its own repo code and so needs
-`align.trust_remote_code: true`) embeds the prompt and `frames` evenly spaced frames; a video's
-score is the mean cosine. It is reported beside the same score of the real videos for their own
-captions (the level a perfect generator would reach) and, when a baseline's videos match the
-prompts by key, as a win rate against the baseline.
+The seed report judged prompt alignment with people (49 Japanese speakers; alignment 423 vs 18
+won, quality 69 vs 372 lost against its baseline): `vjp compare` runs that study. This is an
+automatic stand-in: a Japanese-capable CLIP (by hub id or local folder, `align.revision` pins it)
+embeds the prompt and `frames` evenly spaced frames; a video's score is the mean cosine. The
+default, line-corporation/clip-japanese-base, needs the `align` extra (timm, sentencepiece) and
+runs its repository's own code, so it loads only with `align.trust_remote_code: true` (never the
+default; pin `align.revision` to a commit you have read). Any CLIP that transformers loads without
+remote code (CLIPModel, ChineseCLIP, AltCLIP, SigLIP) needs neither. The score is reported beside
+the same score of the real videos for their own captions (the level a perfect generator would
+reach) and, when a baseline's videos match the prompts by key, as a win share against the baseline
+with its Wilson interval.
 
 Any model with `get_text_features` / `get_image_features` works (CLIP, Chinese-CLIP, AltCLIP,
 SigLIP, and remote-code Japanese CLIPs); tests use a tiny random CLIPModel built from a config.
@@ -44,6 +49,15 @@ def _embedding(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot find an embedding in {type(out).__name__}")
 
 
+def _accepted(fn: Any) -> set[str]:
+    """The parameters fn names (transformers' get_text_features also takes **kwargs, which are
+    attention options, not tokenizer outputs: only named ones are passed)."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds}
+
+
 class Aligner:
     """A loaded CLIP-style model: prompt and frame embeddings, and their cosine per video."""
 
@@ -64,6 +78,11 @@ class Aligner:
             model = AutoModel.from_pretrained(cfg.model, **kw)
             tokenizer = AutoTokenizer.from_pretrained(cfg.model, **kw)
             image_processor = AutoImageProcessor.from_pretrained(cfg.model, **kw)
+        except ImportError as e:  # a remote-code model's own imports (timm, sentencepiece, ...)
+            raise ValueError(
+                f"align.model {cfg.model!r} needs a package that is not installed ({e}); "
+                "pip install 'videojp-data[align]'"
+            ) from None
         except (OSError, ValueError) as e:
             raise ValueError(f"align.model {cfg.model!r} does not load: {e}") from None
         device = pick_device(cfg.device)
@@ -77,7 +96,10 @@ class Aligner:
         if isinstance(limit, int) and limit < 100_000:  # unset limits are a huge sentinel
             kw |= {"truncation": True, "max_length": limit}
         inputs = self.tokenizer(prompts, **kw)
-        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        # Pass what the model's get_text_features takes (position_ids, token_type_ids, ...), not a
+        # fixed pair: remote-code models may need more than input_ids and attention_mask.
+        accepted = _accepted(self.model.get_text_features)
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in accepted}
         with torch.inference_mode():
             emb = _embedding(self.model.get_text_features(**inputs)).float()
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
