@@ -44,7 +44,9 @@ def wilson(successes: int, n: int, level: float = 0.95) -> Interval | None:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends, not rounding residue
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return Interval(p, low, high, level)
 
 
 def bootstrap_fvd(a: np.ndarray, b: np.ndarray, reps: int, level: float = 0.95, seed: int = 0) -> Interval:
