@@ -208,8 +208,17 @@ def _jump_ok(foot: Footage, a_last: int, b_first: int, shot: Shot) -> bool:
     return d >= max(5.0, 4.0 * float(np.median(steps)))
 
 
+MIX = (0.38, 0.32, 0.1, 0.2)  # chances of a normal, jump-cut, short and dark piece
+JUMPY = (0.2, 0.6, 0.1, 0.1)  # more jump cuts: an extra tuning set (the tuning footage has few)
+
+
 def plan_video(
-    rng: np.random.Generator, name: str, part: str, shots: list[Shot], feet: dict[str, Footage]
+    rng: np.random.Generator,
+    name: str,
+    part: str,
+    shots: list[Shot],
+    feet: dict[str, Footage],
+    mix: tuple[float, ...] = MIX,
 ) -> Plan:
     if rng.random() < 0.1:
         size = LARGE[int(rng.integers(len(LARGE)))]
@@ -232,7 +241,7 @@ def plan_video(
     ]
     while total < target:
         prev = pieces[-1] if pieces else None
-        kind = rng.choice(["normal", "jump", "short", "dark"], p=[0.38, 0.32, 0.1, 0.2])
+        kind = rng.choice(["normal", "jump", "short", "dark"], p=list(mix))
         piece = None
         if kind == "jump" and prev is not None and prev.gain == 1.0 and prev.length >= 12:
             piece = _jump_piece(rng, prev, shots, feet)
@@ -486,12 +495,14 @@ def generate(
     folder: Path = SHARED,
     out_dir: Path | None = None,
     work: tuple[int, int] = (WORK_W, WORK_H),
+    mix: tuple[float, ...] = MIX,
 ) -> list[Generated]:
     """The set for `seed` (cached): `n_videos[part]` videos per part, same plans whatever `parts` asks."""
     counts = n_videos or {"tune": 50, "heldout": 50}
     shots = labelled_shots()
-    out_dir = (
-        out_dir or cache_dir() / f"v{VERSION}_seed{seed}_{counts.get('tune', 0)}_{counts.get('heldout', 0)}"
+    tag = "" if mix == MIX else "_jumpy" if mix == JUMPY else "_mix" + "_".join(map(str, mix))
+    out_dir = out_dir or cache_dir() / (
+        f"v{VERSION}_seed{seed}_{counts.get('tune', 0)}_{counts.get('heldout', 0)}{tag}"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     out: list[Generated] = []
@@ -505,7 +516,7 @@ def generate(
             for s in part_shots:
                 if s.source not in feet:
                     feet[s.source] = Footage(s.source, folder, work)
-            plan = plan_video(rng, name, part, part_shots, feet)
+            plan = plan_video(rng, name, part, part_shots, feet, mix)
             if not (mp4.exists() and js.exists()):
                 labels = render(plan, part_shots, feet, mp4)
                 js.write_text(json.dumps(asdict(labels)), encoding="utf-8")

@@ -2,11 +2,14 @@
 
 Detectors (`split.detector`), all fed the small frames of the single analysis decode pass:
 
-  hardcut     (default) three cheap cues on each pair of consecutive frames, each judged against
-              its neighbours: the HSV content change (PySceneDetect's AdaptiveDetector rule),
-              a jump of the colour histogram (cuts inside fast action, where every frame changes),
-              and, in near-black frames, the share of pixels that change strongly (a cut from
-              black to a title card changes few pixels, but all of them by a lot)
+  hardcut     (default) a logistic combiner of cheap cues on each pair of consecutive frames, each
+              also against its neighbours: the HSV content change, the colour-histogram change, the
+              share of pixels changing strongly, a structure change (normalised correlation of gray
+              thumbnails over small shifts: blind to gain, so flashes and fades barely move it), a
+              flash test (the frame before comes back within 4 frames), two-frame pairs across the
+              boundary against pairs beside it (jump cuts), darkness and contrast; weights fitted on
+              the tuning part of a set spliced from real footage (curation/cut_splice.py). Beside it
+              one rule: black to a small title card (few pixels change, all by a lot)
   adaptive    PySceneDetect's AdaptiveDetector
   content     PySceneDetect's ContentDetector
   transnetv2  the learned TransNetV2 on 48x27 frames (about 1 CPU second per video second; GPU when present)
@@ -106,9 +109,8 @@ class CueTracker:
         thumb = thumb.astype(np.float32)
         self.contrast.append(float(thumb.std()))
         h, w = THUMB_H - 2, THUMB_W - 2
-        shifted = _unit(
-            np.stack([thumb[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w].ravel() for dy, dx in _SHIFTS])
-        )
+        crops = np.stack([thumb[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in _SHIFTS])
+        shifted = _unit(crops.reshape(len(_SHIFTS), -1))
         centre = shifted[4]
         if self._prev is None:
             self.content.append(0.0)
@@ -195,31 +197,34 @@ FEATURES = (
     "value_step",
     "struct_dim",
     "struct_flat",
+    "struct_cross",
 )
 
 
-# The combiner's weights, fitted by `benchmarks/split_bench.py --fit` on the tuning part of the
-# generated set (curation/cut_splice.py); the held-out part never entered the fit.
+# The combiner's weights over FEATURES, fitted by `benchmarks/split_bench.py --fit` on the tuning part
+# of the generated set (curation/cut_splice.py, seed 0) and an extra jump-cut-rich tuning set of the
+# same footage; the held-out part never entered the fit. Log-odds = features @ COEF + BIAS.
 COEF = np.array(
     [
-        0.2794,  # content
-        0.8839,  # content_ratio
-        0.8471,  # hist
-        0.5024,  # hist_ratio
-        0.1679,  # strong
-        0.4518,  # strong_ratio
-        4.9215,  # struct
-        1.1526,  # struct_ratio
-        -0.7316,  # struct_return
-        0.6902,  # hist_return
-        -0.1205,  # dim
-        0.1602,  # contrast
-        -8.3289,  # value_step
-        1.4041,  # struct_dim
-        -0.6155,  # struct_flat
+        -0.1742,  # content
+        1.1954,  # content_ratio
+        -1.0208,  # hist
+        1.2385,  # hist_ratio
+        -0.0147,  # strong
+        0.7396,  # strong_ratio
+        6.3032,  # struct
+        1.2945,  # struct_ratio
+        -1.9796,  # struct_return
+        0.9299,  # hist_return
+        -1.7166,  # dim
+        0.5775,  # contrast
+        -16.0287,  # value_step
+        -0.2925,  # struct_dim
+        0.5622,  # struct_flat
+        0.9378,  # struct_cross
     ]
 )
-BIAS = -7.4684
+BIAS = -9.8573
 
 
 def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
@@ -231,6 +236,11 @@ def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
     d = np.asarray(t.struct, np.float64)  # d[i, k]: frame i against frame i-1-k
     hl = np.asarray(t.hist_lag, np.float64)
     d1 = d[:, 0]
+    # Two frames apart: pairs across the boundary against pairs on either side of it. Motion makes
+    # both grow alike; a cut (a jump cut too) only the first.
+    d2 = np.concatenate([d[:, 1], [0.0, 0.0, 0.0]])
+    i = np.arange(n)
+    cross = np.log((d2[i] + d2[i + 1] + 0.02) / (d2[np.maximum(i - 1, 0)] + d2[i + 2] + 0.02))
 
     def lr(x: np.ndarray, eps: float) -> np.ndarray:
         return np.log((x + eps) / (_neighbour_mean(x, window) + eps))
@@ -271,6 +281,7 @@ def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
             d1 * dim,
             # Correlation means little on a nearly flat frame (black, the bottom of a fade).
             d1 * np.clip((4 - np.minimum(sd, prev_sd)) / 4, 0, 1),
+            cross,
         ],
         axis=1,
     )
