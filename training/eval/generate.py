@@ -230,7 +230,7 @@ def _ray_batches(
     import ray
     from ray.util import ActorPool
 
-    from jobs.runner import init_ray
+    from training.ray_util import init_ray
 
     init_ray(cfg.address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
