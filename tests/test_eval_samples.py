@@ -25,6 +25,16 @@ def test_choice_is_seeded_order_free_and_prefix_stable() -> None:
     assert len({*a}) == 10 and len(choose(pool, 500, seed=0)) == 50
 
 
+def test_sources_filter_keeps_only_the_named_sources() -> None:
+    from training.eval.samples import by_source
+
+    pool = [
+        EvalSample(f"k{i}", "c", "s.tar", 16, 32, 32, 8.0, ["pixabay", "finevideo"][i % 2]) for i in range(6)
+    ]
+    assert [s.key for s in by_source(pool, ["Pixabay"])] == ["k0", "k2", "k4"]
+    assert by_source(pool, None) == pool and by_source(pool, ["other"]) == []
+
+
 def test_per_sample_seeds_depend_on_seed_and_key_only() -> None:
     assert sample_seed(0, "abc") == sample_seed(0, "abc")
     assert len({sample_seed(0, f"k{i}") for i in range(100)}) == 100
@@ -94,7 +104,8 @@ def test_baseline_folder_lists_videos_and_names_the_ones_that_do_not_decode(tmp_
     assert [Path(f).name for f in files] == ["k1.mp4", "k2.mp4"]
     errors: list[str] = []
     got = list(baseline_videos(files, {"k1": "夜の街"}, errors))
-    assert [(k, p, v.shape) for k, p, v in got] == [("k1", "夜の街", (12, 32, 32, 3))]
+    assert [(it.key, it.prompt, it.video.shape) for it in got] == [("k1", "夜の街", (12, 32, 32, 3))]
+    assert got[0].fps == pytest.approx(24.0) and got[0].origin.endswith("k1.mp4")  # the rate as read
     assert len(errors) == 1 and "k2.mp4" in errors[0] and "does not decode" in errors[0]
     with pytest.raises(FileNotFoundError, match="baseline folder"):
         baseline_files(str(tmp_path / "nope"))
