@@ -145,7 +145,7 @@ def _lists(mat: np.ndarray) -> pa.Array:
     rows, cols = np.nonzero(mat)  # row-major: each row's reasons come out in REASONS order
     offsets = np.zeros(mat.shape[0] + 1, dtype=np.int32)
     np.cumsum(np.bincount(rows, minlength=mat.shape[0]), out=offsets[1:])
-    values = pa.array(np.asarray(REASONS, dtype=object)[cols], type=pa.string())
+    values = pc.take(pa.array(REASONS, type=pa.string()), pa.array(cols.astype(np.int64)))
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
@@ -157,27 +157,35 @@ def decide_table(
     Adds failed_checks, duplicate_of, status and reason; millions of rows without a dict per row.
     """
     mat = failing_matrix(scores, width, height, split, f)
-    ids = scores.column("clip_id").to_pylist()
+    n = scores.num_rows
     passing = ~mat.any(axis=1)
     ph = scores.column("phashes")
-    has_ph = (pc.list_value_length(ph).to_numpy(zero_copy_only=False) > 0) if len(ph) else passing
+    has_ph = (pc.list_value_length(ph).to_numpy(zero_copy_only=False) > 0) if n else passing
     cand = np.nonzero(passing & has_ph)[0]
-    ph_lists = ph.take(pa.array(cand, type=pa.int64())).to_pylist()
-    dup_of = near_duplicates([(ids[i], ph_lists[k]) for k, i in enumerate(cand)], f.dedup_max_distance)
-    dup_col = REASONS.index("near_duplicate")
-    duplicate_of: list[str | None] = [None] * len(ids)
-    for i in cand:
-        d = dup_of.get(ids[i])
-        if d is not None:
-            mat[i, dup_col] = True
-            duplicate_of[i] = d
+    take = pa.array(cand, type=pa.int64())
+    # Python objects only for the clips that compete in deduplication.
+    cand_ids = scores.column("clip_id").take(take).to_pylist()
+    dup_of = near_duplicates(
+        list(zip(cand_ids, ph.take(take).to_pylist(), strict=True)), f.dedup_max_distance
+    )
+    losers = [k for k, cid in enumerate(cand_ids) if cid in dup_of]
+    mat[cand[losers], REASONS.index("near_duplicate")] = True
+    dup_idx = np.full(n, -1, dtype=np.int64)
+    dup_idx[cand[losers]] = np.arange(len(losers))
+    dup_values = pa.array([dup_of[cand_ids[k]] for k in losers], type=pa.string())
+    duplicate_of = (
+        pc.take(dup_values, pa.array(dup_idx, mask=dup_idx < 0)) if n else pa.array([], pa.string())
+    )
     failed = mat.any(axis=1)
-    first = np.asarray(REASONS, dtype=object)[mat.argmax(axis=1)] if len(ids) else np.array([], dtype=object)
-    reason = pa.array(np.where(failed, first, None), type=pa.string())
-    status = pa.array(np.where(failed, "rejected", "kept").astype(object), type=pa.string())
+    reasons = pa.array(REASONS, type=pa.string())
+    first = (
+        pc.take(reasons, pa.array(mat.argmax(axis=1).astype(np.int64), mask=~failed)) if n else reasons[:0]
+    )
+    status = pc.if_else(pa.array(failed), "rejected", "kept") if n else pa.array([], pa.string())
+    reason = first
     return (
         scores.append_column("failed_checks", _lists(mat))
-        .append_column("duplicate_of", pa.array(duplicate_of, type=pa.string()))
+        .append_column("duplicate_of", duplicate_of)
         .append_column("status", status)
         .append_column("reason", reason)
     )

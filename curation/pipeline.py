@@ -529,7 +529,8 @@ def finalize(out: str, cfg: CurateConfig) -> dict[str, Any]:
     _, same = _video_index(videos, key)
     keep = np.nonzero(same)[0]
     order = keep[pc.sort_indices(key.column("clip_id").take(pa.array(keep))).to_numpy()]
-    decided = _decide(key.take(pa.array(order, type=pa.int64())), videos, cfg)
+    identity = len(order) == key.num_rows and bool(np.all(order == np.arange(len(order))))
+    decided = _decide(key if identity else key.take(pa.array(order, type=pa.int64())), videos, cfg)
     del key
     atomic.makedirs(layout.clips)
     atomic.makedirs(layout.staging)
@@ -594,23 +595,22 @@ def _publish(decided: pa.Table, layout: Layout) -> pa.Table:
     """Move kept clips into clips/ and no-longer-kept ones back to staging/ (one listing of each
     folder, then only the moves that change something); kept clips without a file are rejected as
     extract_failed."""
-    published, staged = set(atomic.listdir(layout.clips)), set(atomic.listdir(layout.staging))
-    ids = decided.column("clip_id").to_pylist()
+    names = pc.binary_join_element_wise(decided.column("clip_id"), ".mp4", "")
+    published = pc.is_in(names, value_set=pa.array(atomic.listdir(layout.clips), pa.string()))
+    staged = pc.is_in(names, value_set=pa.array(atomic.listdir(layout.staging), pa.string()))
+    published = published.to_numpy(zero_copy_only=False)
+    staged = staged.to_numpy(zero_copy_only=False)
     kept = pc.equal(decided.column("status"), "kept").to_numpy(zero_copy_only=False)
-    failed: list[int] = []
-    for i in np.nonzero(kept)[0].tolist():
-        name = f"{ids[i]}.mp4"
-        if name not in published:
-            if name in staged:
-                atomic.move(join(layout.staging, name), join(layout.clips, name))
-            else:
-                failed.append(i)
-        elif name in staged:
-            atomic.remove(join(layout.staging, name))  # a move killed between copy and delete
-    for i in np.nonzero(~kept)[0].tolist():
-        name = f"{ids[i]}.mp4"
-        if name in published:
-            atomic.move(join(layout.clips, name), join(layout.staging, name))
+    # Python strings only for the clips whose file moves (none when nothing changed).
+    for i in np.nonzero(kept & ~published & staged)[0].tolist():
+        name = names[i].as_py()
+        atomic.move(join(layout.staging, name), join(layout.clips, name))
+    for i in np.nonzero(kept & published & staged)[0].tolist():
+        atomic.remove(join(layout.staging, names[i].as_py()))  # a move killed between copy and delete
+    for i in np.nonzero(~kept & published)[0].tolist():
+        name = names[i].as_py()
+        atomic.move(join(layout.clips, name), join(layout.staging, name))
+    failed = np.nonzero(kept & ~published & ~staged)[0].tolist()
     if not failed:
         return decided
     status = decided.column("status").to_pylist()
