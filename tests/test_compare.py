@@ -183,3 +183,121 @@ def test_tally_cli_matches_the_seed_study_numbers_and_goes_into_the_eval_report(
     assert any("alignment" in k and "423 vs 18" in v for k, v in rows)
     assert main(["compare", "tally", str(tmp_path / "none")]) == 2
     assert main(["compare", "serve", "--out", str(tmp_path / "new")]) == 2  # no study, no folders
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.slow
+def test_headless_chromium_votes_with_real_clicks_and_key_presses(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """The page in a real browser, driven over the DevTools protocol: a click into the rater field,
+    typed text, a click on start, then per pair the keys 1 (Q1 left), 4 (Q2 right) and Enter."""
+    import asyncio
+    import socket
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    server, url = _serve(folders)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={port}",
+         f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    async def drive() -> list[str]:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                        pages = [t for t in await r.json() if t["type"] == "page"]
+                    if pages:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+            ws = await http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
+            counter = iter(range(1, 10**6))
+
+            async def cdp(method: str, **params: Any) -> dict[str, Any]:
+                i = next(counter)
+                await ws.send_json({"id": i, "method": method, "params": params})
+                while True:
+                    msg = await ws.receive_json(timeout=60)
+                    if msg.get("id") == i:
+                        assert "error" not in msg, msg
+                        return msg.get("result", {})
+
+            async def js(expr: str) -> Any:
+                res = await cdp("Runtime.evaluate", expression=expr, returnByValue=True)
+                return res["result"].get("value")
+
+            async def click(selector: str) -> None:
+                box = f"document.querySelector('{selector}').getBoundingClientRect()"
+                centre = "[r.x + r.width / 2, r.y + r.height / 2]"
+                x, y = await js(f"(() => {{const r = {box}; return {centre};}})()")
+                for kind in ("mousePressed", "mouseReleased"):
+                    await cdp("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+            async def key(k: str, code: str, vk: int, text: str) -> None:
+                ev = {"key": k, "code": code, "windowsVirtualKeyCode": vk}
+                await cdp("Input.dispatchKeyEvent", type="keyDown", text=text, **ev)
+                await cdp("Input.dispatchKeyEvent", type="keyUp", **ev)
+
+            async def wait_for(expr: str) -> Any:
+                for _ in range(200):
+                    value = await js(expr)
+                    if value:
+                        return value
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"timed out waiting for {expr}")
+
+            await cdp("Page.enable")
+            await cdp("Page.navigate", url=url + "/")
+            await wait_for("document.readyState === 'complete' && !!document.getElementById('rater')")
+            await click("#rater")
+            await cdp("Input.insertText", text="chrome1")
+            await click("#start")
+            seen = []
+            for n in range(3):
+                progress = await wait_for(
+                    f"!document.getElementById('study').hidden && "
+                    f"document.getElementById('progress').textContent.startsWith('{n + 1} /') && "
+                    "document.getElementById('progress').textContent"
+                )
+                seen.append(await js("document.getElementById('prompt').textContent"))
+                assert progress == f"{n + 1} / {N_PAIRS}"
+                await key("1", "Digit1", 49, "1")
+                await key("4", "Digit4", 52, "4")
+                await key("Enter", "Enter", 13, "\r")
+            await wait_for("document.getElementById('progress').textContent.startsWith('4 /')")
+            await ws.close()
+            return seen
+
+    try:
+        prompts = asyncio.run(asyncio.wait_for(drive(), timeout=180))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        server.shutdown()
+    votes = read_votes(str(folders["study"]))
+    assert [v["prompt"] for v in votes] == prompts and {v["rater"] for v in votes} == {"chrome1"}
+    for v in votes:  # key 1 = left for alignment, key 4 = right for quality, through the seal
+        right = "b" if v["left"] == "a" else "a"
+        assert v["alignment"]["winner"] == v["left"] and v["quality"]["winner"] == right
+    t = tally(str(folders["study"]))
+    assert t["votes"] == 3 and t["questions"]["alignment"]["a"] == sum(v["left"] == "a" for v in votes)

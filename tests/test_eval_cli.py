@@ -241,22 +241,34 @@ def test_ray_sampler_actors_make_the_same_videos(
 def test_an_external_eval_folder_with_its_prompts_and_the_reference_at_the_same_n(
     tiny: dict[str, Path], first_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    """--real-dir/--prompts: the first run's 6 generated videos as a published eval set. N = 3, so
-    the other 3 are the real-vs-real reference; the 3 chosen videos are regenerated from their own
-    prompts and seeds (reused here), so generated vs real compares a set with itself."""
-    real = first_run["out"]
-    prompts = tmp_path / "prompts.jsonl"
-    lines = [
-        json.dumps({"file": r["file"], "prompt": r["prompt"], "key": r["key"]}) for r in _prompts(real)[:6]
-    ]
+    """--real-dir/--prompts: the first run's 6 generated videos plus 2 mirrored ones as a published
+    eval set of 8. N = 4, so the other 4 are the real-vs-real reference. A chosen key of the first
+    run is generated again from its own prompt and seed (reused here): the same file on both
+    sides, so its real and generated features are equal."""
+    from training.sample import write_mp4
+
+    real = tmp_path / "EVALSET"
+    (real / "clips").mkdir(parents=True)
+    rows = _prompts(first_run["out"])[:6]
+    lines = []
+    for r in rows:
+        shutil.copy(first_run["out"] / r["file"], real / "clips")
+        lines.append(json.dumps({"file": f"clips/{r['key']}.mp4", "prompt": r["prompt"]}, ensure_ascii=False))
+    for i, r in enumerate(rows[:2]):
+        video = decode_mp4((first_run["out"] / r["file"]).read_bytes())[:, :, ::-1]
+        write_mp4(np.ascontiguousarray(video), str(real / "clips" / f"x{i}.mp4"), 8.0)
+        lines.append(
+            json.dumps({"file": f"clips/x{i}.mp4", "caption": r["prompt"] + "(鏡)"}, ensure_ascii=False)
+        )
     lines += [
         json.dumps({"file": "../../etc/passwd", "prompt": "外"}),
-        json.dumps({"file": "generated/none.mp4", "prompt": "無"}),
+        json.dumps({"file": "clips/none.mp4", "prompt": "無"}),
         "not json",
     ]
+    prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "EVAL_DIR"
-    shutil.copytree(real / "generated", out / "generated")
+    shutil.copytree(first_run["out"] / "generated", out / "generated")
     argv = [
         "--ckpt",
         str(tiny["ckpt"]),
@@ -267,22 +279,29 @@ def test_an_external_eval_folder_with_its_prompts_and_the_reference_at_the_same_
         "--out",
         str(out),
     ]
-    assert cli([*argv, "--num", "3", *SMOKE], "jobs.eval") == 0
+    assert cli([*argv, "--num", "4", *SMOKE], "jobs.eval") == 0
     m = _metrics(out)
+    assert m["real_set"]["kind"] == "dir" and m["real_set"]["available"] == 8
     assert (
-        m["real_set"]["kind"] == "dir"
-        and m["real_set"]["available"] == 6
-        and m["real_set"]["n_reference"] == 3
+        m["real_set"]["n_reference"] == 4 and m["stage"] == "checkpoint" and m["stage_size"]["frames"] == 16
     )
-    assert m["stage"] == "checkpoint" and m["stage_size"]["frames"] == 16
-    assert m["generated"]["reused"] == 3 and m["generated"]["written"] == 0
+    assert m["generated"]["reused"] + m["generated"]["written"] == 4
     f = m["fvd"]["fvd16"]
-    assert f["n_real"] == f["n_generated"] == f["n_reference"] == 3
-    assert f["generated_vs_real"]["value"] == pytest.approx(0.0, abs=1e-6)  # the same three videos
-    assert f["real_vs_real"]["value"] > 0  # three other videos
+    assert f["n_real"] == f["n_generated"] == f["n_reference"] == 4 and f["real_vs_real"]["value"] > 0
+    real_f = np.load(out / "features" / "real.fvd16.npz")
+    gen_f = dict(
+        zip(
+            *(np.load(out / "features" / "generated.fvd16.npz")[k] for k in ("keys", "features")), strict=True
+        )
+    )
+    reused = [k for k in real_f["keys"] if k in {r["key"] for r in rows}]
+    for k, feat in zip(real_f["keys"], real_f["features"], strict=True):
+        if k in reused:
+            assert np.allclose(feat, gen_f[k], rtol=1e-5, atol=1e-6), k
+    assert len(reused) == m["generated"]["reused"]
     errors = "\n".join(m["errors"])
     assert "../../etc/passwd: outside" in errors and "none.mp4: no such video" in errors
-    assert ":9: unreadable row" in errors
+    assert ":11: unreadable row" in errors
 
 
 def test_bad_config_and_missing_inputs_exit_2(tiny: dict[str, Path], tmp_path: Path) -> None:
