@@ -212,7 +212,7 @@ def bench_generated(args: argparse.Namespace) -> None:
         counts_line = "  ".join(
             f"{c}={sum(1 for g in items for _, k in g.labels.cuts if k == c)}" for c in cut_splice.CASES
         )
-        print(f"\nper case ({part}; cuts: {counts_line}); found/missed/false and P R F1")
+        print(f"\nper case ({part}; cuts: {counts_line}); found/missed/false cuts and F1")
         print(f"{'detector':13s} " + " ".join(f"{c:>24s}" for c in CASES))
         for name in names:
             cells = []
