@@ -41,6 +41,8 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask
     from torch.nn.attention import flex_attention as fa
 
     global _compiled_flex
+    if torch.compiler.is_compiling():  # inside a compiled block (parallel.compile): traced in place
+        return fa.flex_attention(q, k, v, block_mask=block_mask)
     if q.device.type != "cuda":
         import warnings
 
