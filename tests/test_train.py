@@ -422,9 +422,21 @@ def test_a_fixed_seed_gives_the_same_video(checkpoint: Path) -> None:
     assert not np.array_equal(a, c)  # guidance acts
 
 
-def test_vjp_sample_raw_weights(checkpoint: Path) -> None:
-    from jobs.sample import export_folder
+def test_vjp_sample_raw_weights(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from jobs.sample import add_arguments, export_folder, run
     from training.sample import Sampler
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    argv = ["--prompt", "海辺の波", "--steps", "2", "--weights", "raw"]
+    assert run(p.parse_args(["--ckpt", str(checkpoint), "--out", str(tmp_path / "r.mp4"), *argv])) == 0
+    assert _read_mp4(tmp_path / "r.mp4").shape == (16, 32, 32, 3)
+    ema_only = tmp_path / "export"
+    shutil.copytree(checkpoint / "export", ema_only, ignore=shutil.ignore_patterns("raw"))
+    assert run(p.parse_args(["--ckpt", str(ema_only), "--out", str(tmp_path / "x.mp4"), *argv])) == 2
+    assert "export_raw=false" in capsys.readouterr().err
 
     ema = Sampler(export_folder(str(checkpoint), "ema"))
     raw = Sampler(export_folder(str(checkpoint), "raw"))
