@@ -97,9 +97,13 @@ class CueTracker:
         self.value.append(cv2.mean(hsv)[2])
         val = cv2.extractChannel(hsv, 2)
         self.black.append(1.0 - cv2.countNonZero(cv2.compare(val, BLACK_VALUE, cv2.CMP_GT)) / val.size)
+        # Only the title rule reads these, and only between mostly black frames: skip the others.
+        dark_now = self.black[-1] >= TITLE_BLACK
         lagged = [
             cv2.countNonZero(cv2.compare(cv2.absdiff(val, p), STRONG_CHANGE, cv2.CMP_GT)) / val.size
-            for p in self._vals[::-1]
+            if dark_now or self.black[-2 - k] >= TITLE_BLACK
+            else 0.0
+            for k, p in enumerate(self._vals[::-1])
         ]
         self.strong_lag.append(lagged + [0.0] * (LAGS - len(lagged)))
         self._vals = [*self._vals, val][-LAGS:]
