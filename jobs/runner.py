@@ -89,7 +89,7 @@ class BatchSizer:
     `max_bytes` of in-memory item data (videos streamed out of archives).
     """
 
-    def __init__(self, fixed: int = 0, target_s: float = 2.0, max_items: int = 64, max_bytes: int = 1 << 28):
+    def __init__(self, fixed: int = 0, target_s: float = 2.0, max_items: int = 64, max_bytes: int = 1 << 26):
         self.fixed, self.target_s, self.max_items, self.max_bytes = fixed, target_s, max_items, max_bytes
         self.per_item_s: float | None = None
 
