@@ -111,9 +111,10 @@ class CueTracker:
             cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA
         )
         thumb = thumb.astype(np.float32)
-        self.contrast.append(float(thumb.std()))
+        self.contrast.append(float(cv2.meanStdDev(thumb)[1][0, 0]))
         h, w = THUMB_H - 2, THUMB_W - 2
-        crops = np.stack([thumb[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in _SHIFTS])
+        # Every crop of h x w inside the thumbnail: the 9 one-pixel shifts, row by row as in _SHIFTS.
+        crops = np.lib.stride_tricks.sliding_window_view(thumb, (h, w))
         shifted = _unit(crops.reshape(len(_SHIFTS), -1))
         centre = shifted[4]
         if self._prev is None:
