@@ -51,6 +51,31 @@ def test_title_card_on_black_is_a_cut_for_hardcut_only() -> None:
     assert _detect(frames, detector="adaptive") == []  # the content change is below any floor
 
 
+def test_title_rule_skips_a_flicker() -> None:
+    # The title-on-black rule: a new title is a cut; the same title gone for three frames (a flicker
+    # on black) is not one for the rule, since the pixels that jumped are back at once.
+    from curation.shots import CueTracker
+
+    def rule(frames: list[np.ndarray]) -> list[int]:
+        tracker = CueTracker()
+        for f in frames:
+            tracker.push(f)
+        return tracker._titles_on_black()
+
+    assert rule([_card("")] * 20 + [_card("COMING SOON")] * 20) == [20]
+    assert rule([_card("COMING SOON")] * 20 + [_card("")] * 3 + [_card("COMING SOON")] * 20) == []
+
+
+def test_combiner_weights_match_its_features() -> None:
+    from curation import shots
+
+    assert shots.COEF.shape == (len(shots.FEATURES),) and np.isfinite(shots.COEF).all()
+    tracker = shots.CueTracker()
+    for f in [_texture(0, shift=i) for i in range(6)]:
+        tracker.push(f)
+    assert shots.cue_features(tracker).shape == (6, len(shots.FEATURES))
+
+
 def test_cuts_five_and_eight_frames_apart_in_fast_motion() -> None:
     lengths = [24, 8, 5, 24]
     frames, truth, start = [], [], 0
