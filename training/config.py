@@ -91,7 +91,8 @@ class VAEConfig(_Strict):
     cls: str = Field(
         "diffusers:AutoencoderKLCogVideoX",
         description="module:Class of the VAE (any diffusers-style autoencoder with from_pretrained, "
-        "encode().latent_dist and decode().sample): a deeper-compression VAE plugs in here",
+        "encode().latent_dist and decode().sample), or a preset: cogvideox (8x8 space, 4x time) or ltx "
+        "(AutoencoderKLLTXVideo, 32x32 space, 8x time; model and subfolder default to Lightricks/LTX-Video)",
     )
     scaling_factor: float | None = Field(None, description="null = the VAE config's scaling_factor")
     posterior: Literal["sample", "mean"] = Field(
@@ -100,6 +101,19 @@ class VAEConfig(_Strict):
         "(what vjp encode stores)",
     )
     tiling: bool = False
+
+    @model_validator(mode="after")
+    def _preset(self) -> VAEConfig:
+        from training.vae import PRESETS
+
+        preset = PRESETS.get(self.cls)
+        if preset is not None:  # a preset name: its class, and its weights unless given
+            self.cls = preset.cls
+            if "model" not in self.model_fields_set:
+                self.model = preset.model
+            if "subfolder" not in self.model_fields_set:
+                self.subfolder = preset.subfolder
+        return self
 
 
 class FlowConfig(_Strict):

@@ -9,7 +9,6 @@ text slots, so captions are always padded to it, and the padding is masked out o
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,20 +156,33 @@ def attention_kwargs(mode: str, text_mask: torch.Tensor, video_tokens: int) -> d
 
 
 # ---- the DiT ---------------------------------------------------------------------------------
-def transformer_config(cfg: TrainConfig, text_dim: int, latent_shape: Sequence[int]) -> dict[str, Any]:
+def transformer_config(
+    cfg: TrainConfig, text_dim: int, latent_shape: Sequence[int], spatial_compression: int | None = None
+) -> dict[str, Any]:
     """The CogVideoX-2B configuration, overridden by config, sized to the text encoder and latents.
 
     latent_shape is [F, C, H, W] of one sample. sample_* set the size the sin-cos position table is
-    built for, so the training shape never pays for recomputing it per step.
+    built for, so the training shape never pays for recomputing it per step. spatial_compression
+    (pixels per latent cell, measured) picks the patch unless the config sets one: 2 on CogVideoX's
+    8x VAE, 1 on a 32x VAE (training.vae.default_patch_size).
     """
+    from training.vae import default_patch_size
+
     f, c, h, w = latent_shape
     out = {**COGVIDEOX_2B, **cfg.model.transformer_config}
+    if spatial_compression and "patch_size" not in cfg.model.transformer_config:
+        out["patch_size"] = default_patch_size(spatial_compression)
+    if h % out["patch_size"] or w % out["patch_size"]:
+        raise ValueError(f"latents {h}x{w} are not divisible by the DiT patch_size {out['patch_size']}")
     out.update(text_embed_dim=text_dim, max_text_seq_length=cfg.text.max_length)
-    out.setdefault("in_channels", c)
+    user = cfg.model.transformer_config  # channels follow the latents unless the config pins them
+    out["in_channels"] = user.get("in_channels", c)
     if out["in_channels"] != c:
         raise ValueError(f"model.transformer_config.in_channels={out['in_channels']} but the VAE gives {c}")
-    out.setdefault("out_channels", c)
-    vae_t = 4  # CogVideoX VAE temporal compression; sample_frames is in pixel frames (1 + 4 (F - 1))
+    out["out_channels"] = user.get("out_channels", c)
+    # The DiT only uses these two to size its position table to F latent frames ((sample_frames - 1)
+    # // 4 + 1 = F), so 4 is right for any VAE: the table follows the measured F, not the VAE's ratio.
+    vae_t = 4
     out.update(sample_frames=(f - 1) * vae_t + 1, sample_height=h, sample_width=w)
     out.setdefault("temporal_compression_ratio", vae_t)
     if out.get("use_rotary_positional_embeddings"):
@@ -178,7 +190,9 @@ def transformer_config(cfg: TrainConfig, text_dim: int, latent_shape: Sequence[i
     return out
 
 
-def build_transformer(cfg: TrainConfig, text_dim: int, latent_shape: Sequence[int]) -> torch.nn.Module:
+def build_transformer(
+    cfg: TrainConfig, text_dim: int, latent_shape: Sequence[int], spatial_compression: int | None = None
+) -> torch.nn.Module:
     from diffusers import CogVideoXTransformer3DModel
 
     if cfg.model.transformer:
@@ -195,7 +209,9 @@ def build_transformer(cfg: TrainConfig, text_dim: int, latent_shape: Sequence[in
                 f"encoder ({text_dim}) and text.max_length ({cfg.text.max_length})"
             )
     else:
-        model = CogVideoXTransformer3DModel(**transformer_config(cfg, text_dim, latent_shape))
+        model = CogVideoXTransformer3DModel(
+            **transformer_config(cfg, text_dim, latent_shape, spatial_compression)
+        )
     use_masked_attention(model)
     return model
 
@@ -294,10 +310,9 @@ def pad_text(emb: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.
 
 # ---- frozen VAE ------------------------------------------------------------------------------
 def _vae_class(path: str) -> Any:
-    module, _, name = path.partition(":")
-    if not name:
-        raise ValueError(f"vae.cls {path!r}: expected module:Class")
-    return getattr(importlib.import_module(module), name)
+    from training.vae import vae_class
+
+    return vae_class(path)
 
 
 class VAE:

@@ -175,11 +175,16 @@ def build_optimizer(
 
 
 def build_model(
-    cfg: TrainConfig, text_dim: int, latent_shape: tuple[int, int, int, int], d: Dist
+    cfg: TrainConfig,
+    text_dim: int,
+    latent_shape: tuple[int, int, int, int],
+    d: Dist,
+    spatial_compression: int | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any], MatmulParams]:
-    """The DiT with the same initial weights on every rank, then AC, compile and FSDP."""
+    """The DiT with the same initial weights on every rank, then AC, compile and FSDP.
+    spatial_compression (pixels per latent cell) picks the patch size (modeling.transformer_config)."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank before FSDP shards them
-    model = build_transformer(cfg, text_dim, latent_shape)
+    model = build_transformer(cfg, text_dim, latent_shape, spatial_compression)
     model_config, params = dict(model.config), matmul_params(model)
     model.train()
     return parallelize(model.to(d.device), cfg.parallel, d), model_config, params

@@ -37,6 +37,8 @@ TINY_TRANSFORMER = {
     "in_channels": 4,
     "out_channels": 4,
 }
+TINY_LTX_CHANNELS = 8
+VAES = ("cogvideox", "ltx")
 
 
 def build_tiny_vae(folder: Path, seed: int = 0) -> Path:
@@ -45,6 +47,23 @@ def build_tiny_vae(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     vae = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4
+    )
+    vae.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_ltx_vae(folder: Path, seed: int = 0) -> Path:
+    """The LTX-Video VAE class with 8-channel blocks: the real 32x space, 8x time compression (patch 4
+    and three 2x space-time downsamples), 8 latent channels instead of 128."""
+    from diffusers import AutoencoderKLLTXVideo
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLLTXVideo(
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        latent_channels=TINY_LTX_CHANNELS,
     )
     vae.save_pretrained(folder)
     return folder
@@ -87,24 +106,32 @@ def _build_once(folder: Path, build: Callable[[Path, int], Path], seed: int) -> 
     os.replace(tmp, folder)
 
 
-def build_tiny_models(root: Path | str, seed: int = 0) -> dict[str, str]:
-    """{"vae": folder, "text_encoder": folder}; reused when already built."""
+def build_tiny_models(root: Path | str, seed: int = 0, vae: str = "cogvideox") -> dict[str, str]:
+    """{"vae": folder, "text_encoder": folder, "vae_cls": preset}; reused when already built.
+    vae = cogvideox (root/vae) or ltx (root/vae_ltx, AutoencoderKLLTXVideo)."""
+    if vae not in VAES:
+        raise ValueError(f"tiny vae {vae!r}: one of {VAES}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    vae, text = root / "vae", root / "text_encoder"
-    _build_once(vae, build_tiny_vae, seed)
+    vae_dir, text = root / ("vae" if vae == "cogvideox" else "vae_ltx"), root / "text_encoder"
+    _build_once(vae_dir, build_tiny_vae if vae == "cogvideox" else build_tiny_ltx_vae, seed)
     _build_once(text, build_tiny_text_encoder, seed)
-    return {"vae": str(vae), "text_encoder": str(text)}
+    return {"vae": str(vae_dir), "text_encoder": str(text), "vae_cls": vae}
 
 
 def tiny_train_overrides(models: dict[str, str]) -> list[str]:
-    """`--set` overrides pointing a train config at the tiny models with a 2-layer DiT."""
+    """`--set` overrides pointing a train config at the tiny models with a 2-layer DiT. With the LTX
+    VAE the DiT's channels and patch are left to the measured latents (8 channels, patch 1)."""
     import json
 
+    transformer = dict(TINY_TRANSFORMER)
+    if models.get("vae_cls", "cogvideox") != "cogvideox":
+        del transformer["in_channels"], transformer["out_channels"]
     return [
+        f"vae.cls={models.get('vae_cls', 'cogvideox')}",
         f"vae.model={models['vae']}",
         "vae.subfolder=null",
         f"text.model={models['text_encoder']}",
         f"text.max_length={TINY_TEXT_LEN}",
-        f"model.transformer_config={json.dumps(TINY_TRANSFORMER)}",
+        f"model.transformer_config={json.dumps(transformer)}",
     ]

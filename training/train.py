@@ -242,7 +242,8 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
     stream = build_stream(cfg, shards, out, d)
     cond = build_conditioning(cfg, stream, d.device, compute_dtype(cfg.parallel, d.device))
     alpha = flow.resolve_shift(cfg.flow, cond.latent_shape)
-    model, model_config, params = build_model(cfg, cond.text_dim, cond.latent_shape, d)
+    spatial = cond.pixel_shape[1] // cond.latent_shape[2]  # measured: 8 on CogVideoX's VAE, 32 on LTX's
+    model, model_config, params = build_model(cfg, cond.text_dim, cond.latent_shape, d, spatial)
     tr = build_trainer(cfg, model, d)
     step, consumed, skipped_total = restore(cfg, tr, ckpt, stream)
 

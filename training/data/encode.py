@@ -66,15 +66,15 @@ class Encoders:
 
     def __init__(self, cfg: EncodeConfig) -> None:
         import torch
-        from diffusers import AutoencoderKLCogVideoX
 
         from training.config import TextConfig
         from training.modeling import TextEncoder
+        from training.vae import vae_class
 
         self.cfg = cfg
         self.device, dtype_name = resolve_device(cfg)
         self.dtype = getattr(torch, _DTYPES[dtype_name])
-        self.vae = AutoencoderKLCogVideoX.from_pretrained(
+        self.vae = vae_class(cfg.vae_cls).from_pretrained(
             cfg.vae, subfolder=cfg.vae_subfolder, revision=cfg.vae_revision, torch_dtype=self.dtype
         ).to(self.device)
         self.vae.eval().requires_grad_(False)

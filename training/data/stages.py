@@ -90,6 +90,10 @@ class EncodeConfig(_Strict):
         "vae", description="subfolder inside `vae` (None for a bare VAE folder)"
     )
     vae_revision: str | None = None
+    vae_cls: str = Field(
+        "cogvideox",
+        description="VAE class: a preset (cogvideox | ltx, training/vae.py) or module:Class of diffusers",
+    )
     text_encoder: str = Field("llm-jp/llm-jp-3-1.8b", description="hub id or local folder (tokenizer too)")
     text_encoder_revision: str | None = None
     text_max_length: int = Field(512, ge=1, description="tokens; longer captions are truncated")
@@ -155,6 +159,8 @@ class ShardConfig(_Strict):
         enc = self.encode.model_dump(mode="json")
         for k in ("device", "vae_batch_size", "text_batch_size"):  # throughput knobs, not content
             enc.pop(k)
+        if enc["vae_cls"] == "cogvideox":  # the former only class: shards encoded before stay valid
+            enc.pop("vae_cls")
         return config_hash({"shards": stage_hash, "encode": enc})
 
 
