@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_fixtures import losses, make_tiny_checkpoint, make_tiny_shards, tiny_config, torchrun
+from tests.train_fixtures import (
+    descendants,
+    losses,
+    make_tiny_checkpoint,
+    make_tiny_shards,
+    tiny_config,
+    torchrun,
+    wait_gone,
+)
 from training.config import load_train_config
 
 
@@ -85,8 +93,13 @@ def test_sigkill_and_resume_repeat_the_uninterrupted_run(
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+    tree = descendants(proc.pid)  # torchrun, both ranks (each in its own session), their workers
+    assert len(tree) >= 3, tree
+    # What a user does: kill -9 the launcher's process group. The ranks are not in it; they must
+    # notice their launcher died (training.orphan) and die too, before the resume starts.
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not wait_gone(tree), "ranks outlived their SIGKILLed torchrun"
     killed_at = max(losses(run))
     assert killed_at < 40, "the run finished before it was killed"
     r = torchrun(2, [*args, "--resume"])

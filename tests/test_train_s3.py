@@ -5,12 +5,9 @@ bucket killed with SIGKILL after a checkpoint resumes with the losses of the sam
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ import pytest
 
 from tests.s3_fixtures import S3Env, s3, s3_server
 from tests.test_shards import cli
-from tests.train_fixtures import losses, make_tiny_shards, tiny_config, torchrun
+from tests.train_fixtures import kill_tree, losses, make_tiny_shards, tiny_config, torchrun
 
 __all__ = ["s3", "s3_server"]  # fixtures, found by name
 
@@ -56,26 +53,6 @@ def _download(s3: S3Env, url: str, dest: Path) -> Path:
     """A local copy of a stage in the bucket: the same bytes, for the runs from disk."""
     s3.fs().get(url.removeprefix("s3://") + "/", str(dest), recursive=True)
     return dest
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants: torchrun starts each rank in a new session, so
-    killing torchrun's process group alone would leave the ranks running."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, [])
-    for p in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
 
 
 def _summary(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -204,7 +181,7 @@ def test_sigkill_and_resume_from_a_bucket_repeat_the_run_from_disk(
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.1)
-    _kill_tree(proc.pid)  # torchrun, both ranks and their data workers, mid-run
+    kill_tree(proc.pid)  # torchrun, both ranks and their data workers, mid-run
     out1 = proc.stdout.read() if proc.stdout else ""
     proc.wait()
     assert max(losses(run)) < 12, "the run finished before it was killed"

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +155,47 @@ def make_tiny_checkpoint(root: Path, steps: int = 2) -> Path:
     config = tiny_config(root / "train.yaml", paths["models"], steps=steps, checkpoint__every=steps)
     summary = train(load_train_config(config), str(paths["shards"]), str(root / "run"))
     return Path(summary["checkpoint"])
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """The pids still alive after `timeout` seconds (empty when all exited)."""
+    deadline = time.time() + timeout
+    while (left := [p for p in pids if alive(p)]) and time.time() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants, as one `kill -9` of a job's whole process tree.
+
+    torchrun starts each rank in a session of its own, so killing torchrun's process group alone
+    leaves the ranks to training.orphan's watchdog (up to a second later); a test that resumes at
+    once must not race with them."""
+    for p in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from training.config import ParallelConfig
+from training.orphan import exit_with_parent, launched_by_torchrun
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Dist:
 
 
 def init_distributed(cfg: ParallelConfig) -> Dist:
+    if launched_by_torchrun():
+        exit_with_parent()  # torchrun's ranks outlive a SIGKILLed launcher otherwise
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
