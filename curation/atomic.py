@@ -21,7 +21,6 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -174,8 +173,3 @@ def local_file(path: str | os.PathLike[str], suffix: str | None = None) -> Itera
             shutil.copyfileobj(src, tmp, 1 << 22)
         tmp.flush()
         yield tmp.name
-
-
-def open_output(path: str, mode: str = "wb") -> Any:
-    """An fsspec file object for streaming writes (large manifests); callers commit separately."""
-    return fsspec.open(path, mode).open()
