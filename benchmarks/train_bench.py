@@ -6,6 +6,8 @@
     torchrun --nproc_per_node 8 benchmarks/train_bench.py         # FSDP2 across the GPUs
     python benchmarks/train_bench.py --loader SHARDS/stage1       # also the data stream's own rate
     python benchmarks/train_bench.py --dry-run                    # tiny DiT on the CPU (the tests)
+    python benchmarks/train_bench.py --vaes cogvideox,ltx --shapes stage1,stage2 --batch-size 1
+                                        # tokens and step time per sample on each VAE's latents
 
 One row per (shape, AC, compile, attention mode), through the trainer's own step
 (training.step.train_step: forward, backward, clip, AdamW, EMA): median step time, samples/s,
@@ -164,6 +166,79 @@ def bench_row(
     }
 
 
+# --vaes: the same DiT on each VAE's latents of a stage's real clip size (frames, height, width).
+STAGE_PIXELS = {"stage1": (48, 256, 256), "stage2": (48, 480, 848)}
+SMALL_DIT = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "time_embed_dim": 32}
+
+
+def vae_row(stage: str, vae: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Tokens per sample and step time per sample of a small DiT (SMALL_DIT on the CPU, the 2B
+    configuration on a GPU) on `vae`'s latents at `stage`'s clip size; patch from the compression."""
+    from training.vae import PRESETS, latent_shape
+
+    preset = PRESETS[vae]
+    shape = latent_shape(preset, *STAGE_PIXELS[stage])
+    small = args.dry_run or not torch.cuda.is_available()
+    text_len, text_dim = (16, 64) if small else (TEXT_LEN, TEXT_DIM)
+    cfg = parse_train_config(
+        {
+            "text": {"max_length": text_len, "mask_padding": False},  # no mask: the flash kernel
+            "model": {"attention": "sdpa", "transformer_config": SMALL_DIT if small else {}},
+            "parallel": {"activation_checkpointing": not small},
+            "optim": {"warmup_steps": 0},
+        }
+    )
+    d = init_distributed(cfg.parallel)
+    model, model_cfg, _ = build_model(cfg, text_dim, shape, d, preset.spatial)
+    tr = build_trainer(cfg, model, d)
+    g = torch.Generator().manual_seed(0)
+    b = args.batch_size
+    micro = Micro(
+        torch.randn(b, *shape, generator=g).to(d.device),
+        torch.randn(b, text_len, text_dim, generator=g).to(d.device),
+        torch.ones(b, text_len, dtype=torch.bool, device=d.device),
+        torch.randn(b, *shape, generator=g).to(d.device),
+        torch.rand(b, generator=g).to(d.device),
+    )
+    times = []
+    for i in range(args.warmup + args.steps):
+        if d.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        train_step(tr, [micro], 1, i)
+        if d.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    f, _, h, w = shape
+    p = model_cfg["patch_size"]
+    return {
+        "stage": stage,
+        "vae": vae,
+        "pixels": list(STAGE_PIXELS[stage]),
+        "latents": list(shape),
+        "patch": p,
+        "video_tokens": f * (h // p) * (w // p),
+        "step_s_per_sample": round(sorted(times)[len(times) // 2] / b, 4),
+        "dit": "small" if small else "2b",
+        "device": "cpu" if d.device.type == "cpu" else torch.cuda.get_device_name(),
+    }
+
+
+def vae_table(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per (stage, VAE) and a ratio row per stage against the first VAE (same run)."""
+    rows = []
+    vaes = args.vaes.split(",")
+    for stage in args.shapes.split(","):
+        per = [vae_row(stage, v, args) for v in vaes]
+        base = per[0]
+        for r in per:
+            r["tokens_vs_" + base["vae"]] = round(r["video_tokens"] / base["video_tokens"], 4)
+            r["step_time_vs_" + base["vae"]] = round(r["step_s_per_sample"] / base["step_s_per_sample"], 4)
+        rows += per
+    return rows
+
+
 def bench_loader(shards: str, batch: int, workers: int, seconds: float) -> dict[str, object]:
     from training.stream import RankStream, SampleTable, make_loader
 
@@ -199,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny DiT on the CPU: the code path, no figures")
     p.add_argument("--dry-run-compile", action="store_true", help="also compile in the dry run (minutes)")
     p.add_argument("--cpu", action="store_true", help=argparse.SUPPRESS)  # former name of --dry-run
+    p.add_argument(
+        "--vaes",
+        default=None,
+        help="cogvideox,ltx: tokens and step time per sample on each VAE's latents at --shapes "
+        "(a small DiT on the CPU, the 2B DiT on a GPU); replaces the attention/AC matrix",
+    )
     p.add_argument("--loader", default=None, help="a stage folder: also time the shard stream alone")
     p.add_argument("--loader-workers", type=int, default=8)
     args = p.parse_args(argv)
@@ -210,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
             min(args.batch_size, 2),
         )
     rates = []
-    if torch.cuda.is_available() or args.dry_run:
+    if args.vaes:
+        for row in vae_table(args):
+            line = json.dumps(row)
+            print(line, flush=True)
+            if args.json:
+                with open(args.json, "a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+    elif torch.cuda.is_available() or args.dry_run:
         for shape in args.shapes.split(","):
             for ac in _switch(args.ac):
                 for compile_ in _switch(args.compile):

@@ -50,9 +50,11 @@ def vae_class(name: str) -> Any:
 
 def latent_shape(preset: VAEPreset, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     """[F, C, H, W] from the compression ratios alone (both VAEs are causal in time: the first frame
-    is its own latent frame). tests/test_deep_vae.py checks it against real encodes of both classes."""
+    is its own latent frame; a side that is not a multiple of the ratio rounds up, as LTX's strided
+    convs do: 848 -> 27 cells, decoded back to 864 pixels). tests/test_deep_vae.py checks it against
+    real encodes of both classes."""
     s = preset.spatial
-    return (frames - 1) // preset.temporal + 1, preset.channels, height // s, width // s
+    return (frames - 1) // preset.temporal + 1, preset.channels, -(-height // s), -(-width // s)
 
 
 def default_patch_size(spatial_compression: int) -> int:
