@@ -74,6 +74,13 @@ def micro_loss(
     model: torch.nn.Module, m: Micro, attention: str | None, dtype: torch.dtype, autocast: bool
 ) -> torch.Tensor:
     """The flow-matching loss of one micro-batch; attention = flex | sdpa (padding masked) or None."""
+    return flow.flow_loss(velocity(model, m, attention, dtype, autocast), m.x0, m.x1)
+
+
+def velocity(
+    model: torch.nn.Module, m: Micro, attention: str | None, dtype: torch.dtype, autocast: bool
+) -> torch.Tensor:
+    """The model's velocity at (x_t, t) of a micro-batch [B, F, C, H, W] (also training.dpo's)."""
     f, _, h, w = m.x1.shape[1:]
     p = model.config.patch_size
     kwargs = attention_kwargs(attention, m.mask, f * (h // p) * (w // p)) if attention else None
@@ -86,7 +93,7 @@ def micro_loss(
             attention_kwargs=kwargs,
             return_dict=False,
         )[0]
-    return flow.flow_loss(v, m.x0, m.x1)
+    return v
 
 
 # ---- components --------------------------------------------------------------------------------
