@@ -3,6 +3,12 @@
 vjp sample --ckpt RUN/checkpoints/step_000500 --prompt "夕暮れの海辺を柴犬が走っている" --out video.mp4
 vjp sample --ckpt RUN --prompts prompts.txt --out videos/          # one prompt per line
 vjp sample --ckpt RUN --weights raw ...    # the trained weights instead of their EMA (export/raw/)
+vjp sample --ckpt RUN --prompts prompts.txt --per-prompt 4 --out CANDS/   # Video-DPO candidates
+
+With --per-prompt K, candidate k of prompt i (seed + i * K + k) goes to CANDS/cand_kk/NNNNNN.mp4 and
+each cand_kk/ has a prompts.jsonl (key, prompt, seed and what made it: checkpoint, weights, step,
+sampler settings), so two candidate folders are an A/B study as they are:
+`vjp compare serve --a CANDS/cand_00 --b CANDS/cand_01 --prompts CANDS/cand_00/prompts.jsonl`.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--fps", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--per-prompt",
+        type=int,
+        default=1,
+        help="K seeded candidates per prompt, in OUT/cand_00 .. cand_{K-1} (preference pairs, vjp compare)",
+    )
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
 
 
@@ -65,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         print("vjp sample: give --prompt or --prompts", file=sys.stderr)
         return 2
     single = args.out.endswith(".mp4")
+    if args.per_prompt < 1 or (args.per_prompt > 1 and single):
+        print("vjp sample: --per-prompt K >= 1, and K > 1 needs a folder for --out", file=sys.stderr)
+        return 2
     if single and len(prompts) > 1:
         print(f"vjp sample: {len(prompts)} prompts need a folder for --out, not {args.out}", file=sys.stderr)
         return 2
@@ -73,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"vjp sample: {e}", file=sys.stderr)
         return 2
+    if args.per_prompt > 1:
+        return _candidates(args, sampler, prompts)
     seeds = [args.seed + i for i in range(len(prompts))]
     videos = sampler.generate(
         prompts,
@@ -104,4 +122,53 @@ def run(args: argparse.Namespace) -> int:
             ensure_ascii=False,
         )
     )
+    return 0
+
+
+def _candidates(args: argparse.Namespace, sampler: Any, prompts: list[str]) -> int:
+    """K seeded candidates per prompt: OUT/cand_kk/NNNNNN.mp4 + prompts.jsonl with what made each."""
+    from training.sample import write_mp4
+
+    k_total = args.per_prompt
+    seeds = [args.seed + i * k_total + k for i in range(len(prompts)) for k in range(k_total)]
+    videos = sampler.generate(
+        [p for p in prompts for _ in range(k_total)],
+        seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+    )
+    st = sampler.settings
+    fps = args.fps or st["fps"]
+    made = {
+        "checkpoint": os.path.abspath(args.ckpt),
+        "weights": args.weights,
+        "step": st["step"],
+        "steps": args.steps or st["steps"],
+        "guidance": st["guidance"] if args.guidance is None else args.guidance,
+        "negative_prompt": st["negative_prompt"] if args.negative_prompt is None else args.negative_prompt,
+        "frames": args.frames or st["frames"],
+        "height": args.height or st["height"],
+        "width": args.width or st["width"],
+        "fps": fps,
+    }
+    paths = []
+    for k in range(k_total):
+        folder = os.path.join(args.out, f"cand_{k:02d}")
+        os.makedirs(folder, exist_ok=True)
+        rows = []
+        for i, prompt in enumerate(prompts):
+            key = f"{i:06d}"
+            path = os.path.join(folder, f"{key}.mp4")
+            write_mp4(videos[i * k_total + k], path, fps)
+            paths.append(path)
+            rows.append({"key": key, "video": f"{key}.mp4", "prompt": prompt, "candidate": k,
+                         "seed": seeds[i * k_total + k], **made})  # fmt: skip
+        with open(os.path.join(folder, "prompts.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    print(json.dumps({"videos": paths, "per_prompt": k_total, **made}, ensure_ascii=False))
     return 0

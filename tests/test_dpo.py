@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -139,3 +140,43 @@ def test_the_reference_loads_frozen_from_an_export(tmp_path: Path) -> None:
             velocity_errors(policy.eval(), m, "sdpa", torch.float32, False),
             atol=1e-5,
         )
+
+
+@pytest.mark.slow
+def test_vjp_sample_per_prompt_writes_seeded_candidates_for_an_ab_study(tmp_path: Path) -> None:
+    import argparse
+    import json
+
+    import av
+
+    from jobs.sample import add_arguments, run
+    from tests.train_fixtures import make_tiny_checkpoint
+    from training.eval.study import open_study
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("夜の街を走る電車。\n海辺の波\n", encoding="utf-8")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "cands"
+    argv = ["--ckpt", str(ckpt), "--prompts", str(prompts), "--out", str(out), "--per-prompt", "2",
+            "--steps", "2", "--seed", "10"]  # fmt: skip
+    assert run(p.parse_args(argv)) == 0
+    rows = {k: [json.loads(x) for x in (out / f"cand_{k:02d}" / "prompts.jsonl").read_text().splitlines()]
+            for k in (0, 1)}  # fmt: skip
+    assert [r["seed"] for r in rows[0]] == [10, 12] and [r["seed"] for r in rows[1]] == [11, 13]
+    assert [r["prompt"] for r in rows[1]] == ["夜の街を走る電車。", "海辺の波"]
+    assert rows[0][0]["checkpoint"] == str(ckpt.resolve()) and rows[0][0]["steps"] == 2
+    assert rows[0][0]["step"] == 2 and rows[0][0]["weights"] == "ema"
+
+    def frames(path: Path) -> list[Any]:
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+    a, b = frames(out / "cand_00" / "000000.mp4"), frames(out / "cand_01" / "000000.mp4")
+    assert len(a) == len(b) == 16 and any((x != y).any() for x, y in zip(a, b, strict=True))  # other seeds
+    assert run(p.parse_args([*argv[:5], str(tmp_path / "one.mp4"), "--per-prompt", "2"])) == 2
+    # two candidate folders are an A/B study as they are
+    study = open_study(str(tmp_path / "study"), str(out / "cand_00"), str(out / "cand_01"),
+                       str(out / "cand_00" / "prompts.jsonl"))  # fmt: skip
+    assert len(study["pairs"]) == 2 and not study["skipped"]
