@@ -1,7 +1,7 @@
 """The deep-compression VAE preset (LTX-Video's AutoencoderKLLTXVideo, 32x space, 8x time): tiny real
 configs with random weights saved and loaded through from_pretrained, the latent geometry against real
 encodes, the round trip, the DiT sized from the measured latents, and `vjp encode` -> `vjp train`
--> `vjp sample` through the same commands as the CogVideoX VAE."""
+-> `vjp sample` -> `vjp eval` through the same commands as the CogVideoX VAE."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def _cli(module: str, argv: list[str]) -> int:
 
 
 @pytest.mark.slow
-def test_ltx_vae_encodes_trains_and_samples_through_the_same_commands(tmp_path: Path) -> None:
+def test_ltx_vae_encodes_trains_samples_and_evaluates_through_the_same_commands(tmp_path: Path) -> None:
     import av
     import yaml
 
@@ -123,7 +123,7 @@ def test_ltx_vae_encodes_trains_and_samples_through_the_same_commands(tmp_path: 
     specs = [
         {"clip_id": f"v{i}_{i:07d}_{i + 30:07d}", "video_id": f"v{i}", "caption": f"海辺の波 {i}",
          "width": 96, "height": 80, "frames": 24, "fps": 8}
-        for i in range(3)
+        for i in range(4)
     ]  # fmt: skip
     manifests = make_clips(tmp_path / "cur", specs)
     shard_cfg = write_config(
@@ -187,3 +187,15 @@ def test_ltx_vae_encodes_trains_and_samples_through_the_same_commands(tmp_path: 
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 17 and frames[0].shape == (64, 64, 3)  # the stage's frames and size
+    # vjp eval (random-weight I3D at 32 px, as tests/test_eval_cli.py) on held-out LTX-stage clips
+    assert shard_local(manifests, "ltx", tmp_path / "ev", write_config(
+        tmp_path / "ev.yaml", {"ltx": LTX_STAGE}, captions={"fallback": "source_caption"},
+        split={"eval_fraction": 1.0})) == 0  # fmt: skip
+    ev = ["--ckpt", str(tmp_path / "run_latents"), "--shards", str(tmp_path / "ev" / "ltx"), "--out",
+          str(tmp_path / "EVAL"), "--num", "4", "--set", "fvd.allow_random_weights=true", "--set",
+          "fvd.resolution=32", "--set", "report.videos=2", "--set", "fvd.bootstrap=10",
+          "--device", "cpu"]  # fmt: skip
+    assert _cli("jobs.eval", ev) == 0
+    metrics = json.loads((tmp_path / "EVAL" / "metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["stage"] == "ltx" and metrics["fvd"]
+    assert (tmp_path / "EVAL" / "report.html").stat().st_size > 0
