@@ -210,6 +210,7 @@ def _batch_tables(first: int, n: int, k: int, analysis_hash: str) -> dict[str, A
         schema_version=pa.array(np.ones(n, dtype=np.int64)),
     )  # fmt: skip
     m = n * k
+    PH = pa.list_(pa.int64())
     start = np.tile(np.arange(k) * 144, n)
     cids = [f"{vid}_{s:07d}_{s + 144:07d}" for vid in vids for s in range(0, 144 * k, 144)]
     s = {name: pa.nulls(m, SCORES_SCHEMA.field(name).type) for name in SCORES_SCHEMA.names}
@@ -227,7 +228,7 @@ def _batch_tables(first: int, n: int, k: int, analysis_hash: str) -> dict[str, A
         text_fraction=pa.array(rng.uniform(0, 0.05, m)),
         crop_top=pa.array(np.zeros(m)), crop_bottom=pa.array(np.zeros(m)), crop_left=pa.array(np.zeros(m)),
         crop_right=pa.array(np.zeros(m)), border_fraction=pa.array(np.zeros(m)),
-        phashes=pa.array(list(rng.integers(0, 2**62, (m, 3))), pa.list_(pa.int64())),
+        phashes=pa.array(list(rng.integers(-(2**63), 2**63 - 1, (m, 3), dtype=np.int64)), PH),
         source_meta=pa.array(["{}"] * m), analysis_hash=pa.array([analysis_hash] * m),
         package_version=pa.array(["0"] * m), schema_version=pa.array(np.ones(m, dtype=np.int64)),
     )  # fmt: skip
