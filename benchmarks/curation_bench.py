@@ -14,13 +14,13 @@ two runs (ours: three runs), and how many frames' exported motion vectors differ
 frame-threaded decodes (the root cause of issue 8).
 
   pipeline       what `vjp curate` spends per video without clip extraction: the file's hash, the
-                 analysis in the long-lived isolated child (CPU of both processes), the manifest parts
+                 analysis in the isolated decoder child (CPU of both processes), the manifest parts
 
 Then the fixed cost per video (issue 16): `vjp curate` on the embedded Ray over N tiny generated
 videos (160x96, 3 s), CPU of every process of the run (driver, Ray, workers, decoder children)
-per video, minus the same videos' work done in-process (hash, probe, analysis); once with the
-default batched tasks and long-lived children, once the former way (a task and a child process
-per video).
+per video, minus the same videos' work done in-process (hash, probe, analysis): batched tasks
+with a fresh decoder child per video (the default), batched with long-lived children (opt-in,
+VJP_ISOLATE_MAX_CALLS=1000), and the former way (a task and a child process per video).
 
 Goals: ours <= 1.3 x plain decode, >= 3 x faster than naive, reproducible (issue 2); pipeline
 <= 1.3 x decode on the small real videos and <= 1.1 x at 1080p, fixed cost <= 20 ms CPU per
@@ -264,12 +264,15 @@ def overhead(n: int, tmp: str) -> None:
     print(f"{'in-process work (hash+analysis)':36s}{'':11s}{1e3 * work / n:11.1f}")
     print(f"{'one decode pass':36s}{'':11s}{1e3 * decode / n:11.1f}")
     repo = str(Path(__file__).resolve().parents[1])
-    modes = (("batched tasks, long-lived children", 0, False), ("a task + a process per video", 1, True))
-    for label, per_task, fresh in modes:
-        out = os.path.join(tmp, f"tiny-out-{per_task}")
-        env = {**os.environ, "PYTHONPATH": repo}  # Ray's workers import this checkout
-        if fresh:
-            env["VJP_ISOLATE_MAX_CALLS"] = "1"
+    modes = (
+        ("batched, a child per video (default)", 0, "1"),
+        ("batched, long-lived children (opt-in)", 0, "1000"),
+        ("a task + a child per video (before)", 1, "1"),
+    )
+    for i, (label, per_task, max_calls) in enumerate(modes):
+        out = os.path.join(tmp, f"tiny-out-{i}")
+        # Ray's workers import this checkout; VJP_ISOLATE_MAX_CALLS: calls a decoder child serves.
+        env = {**os.environ, "PYTHONPATH": repo, "VJP_ISOLATE_MAX_CALLS": max_calls}
         code = _OVERHEAD_RUN.format(repo=repo, per_task=per_task, warm=warm, src=src, out=out)
         res = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, cwd=repo

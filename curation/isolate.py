@@ -23,7 +23,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 _PRELOAD = ["curation.pipeline"]
-MAX_CALLS = 1000
+# A child serves one call by default: reusing it across videos (VJP_ISOLATE_MAX_CALLS=1000) cuts
+# the fixed cost per video from ~0.4 s to ~10 ms of CPU, but motion scores then differed in their
+# last bits with the child's history (3 of 36 clips of the real-video resume test), which breaks
+# "a resumed run equals an uninterrupted one". Opt in only where that does not matter.
+MAX_CALLS = 1
 _ctx: Any = None
 
 
@@ -81,7 +85,7 @@ class Worker:
     """One long-lived child; `call` runs fn(*args) there and returns its result."""
 
     def __init__(self, max_calls: int | None = None) -> None:
-        # VJP_ISOLATE_MAX_CALLS=1 gives a fresh child per call (the former behaviour: benchmarks).
+        # VJP_ISOLATE_MAX_CALLS=N: a child serves N calls before it is replaced (default MAX_CALLS).
         self.max_calls = max_calls or int(os.environ.get("VJP_ISOLATE_MAX_CALLS") or MAX_CALLS)
         self.calls = 0  # calls served by the current child
         self.started = 0  # children started over this worker's life (1 + replacements)

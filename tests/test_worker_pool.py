@@ -26,7 +26,7 @@ CFG = CurateConfig(runner={"progress": False})
 
 
 def test_worker_survives_calls_and_is_replaced_after_a_crash() -> None:
-    w = Worker()
+    w = Worker(max_calls=1000)
     try:
         _, pid = w.call(worker_faults.echo_pid, ("a",), 30)
         assert w.call(worker_faults.echo_pid, ("b",), 30) == ("b", pid)  # the same child serves the next call
@@ -57,7 +57,7 @@ def test_child_is_recycled_after_max_calls() -> None:
 
 
 def test_a_child_killed_between_calls_is_replaced() -> None:
-    w = Worker()
+    w = Worker(max_calls=1000)
     try:
         _, pid = w.call(worker_faults.echo_pid, ("a",), 30)
         os.kill(pid, signal.SIGKILL)
@@ -116,8 +116,6 @@ def test_ray_batches_isolate_each_item(local_ray: Any) -> None:
     assert got["hang"] == ("error: decoding timed out after 5 s", -1)
     ok = [got[n] for n in "abcde"]
     assert [n for n, _ in ok] == list("abcde")
-    # Two tasks of four; each task's items share one long-lived child until it dies.
-    assert len({pid for _, pid in ok}) <= 4
 
     # The Ray worker process itself dies: its batch is retried one item per task, only the
     # item that kills its worker again is lost, with the exception.
