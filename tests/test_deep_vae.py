@@ -74,6 +74,14 @@ def test_ltx_round_trip_pixels_latents_pixels(models: dict[str, dict[str, str]])
     y = vae.decode(z)
     assert y.shape == x.shape
     assert torch.isfinite(y).all()
+    # LTX's per-channel statistics: latents are standardised after encode and restored before decode
+    raw = vae.model.encode(x.permute(0, 2, 1, 3, 4)).latent_dist.mean
+    mean, std = (getattr(vae.model, k).view(1, -1, 1, 1, 1) for k in ("latents_mean", "latents_std"))
+    assert not torch.allclose(std, torch.ones_like(std))  # the tiny VAE has non-trivial ones
+    expect = ((raw - mean) / std * vae.scaling_factor).permute(0, 2, 1, 3, 4)
+    assert torch.allclose(z, expect, atol=1e-5)
+    direct = vae.model.decode(raw).sample.permute(0, 2, 1, 3, 4)
+    assert torch.allclose(y, direct, atol=1e-4)
 
 
 def _cfg(**transformer: Any) -> TrainConfig:
@@ -150,6 +158,15 @@ def test_ltx_vae_encodes_trains_samples_and_evaluates_through_the_same_commands(
         member = next(m for m in tf.getmembers() if m.name.endswith("latents.npy"))
         lat = np.load(io.BytesIO(tf.extractfile(member).read()), allow_pickle=False)  # type: ignore[union-attr]
     assert lat.shape == (TINY_LTX_CHANNELS, 3, 2, 2)  # [C, F, H, W] unscaled, as the CogVideoX shards
+    # vjp encode stores what the trainer's pixel path computes (LTX channel standardisation included)
+    from training.data.loader import video_tensor
+    from training.data.sample_format import decode_mp4
+
+    key = member.name.removesuffix(".latents.npy")
+    with tarfile.open(tmp_path / "shards" / "ltx" / "train" / tar.name) as tf:
+        mp4 = tf.extractfile(f"{key}.mp4").read()  # type: ignore[union-attr]
+    pixel = _vae({"ltx": models}, "ltx").encode(video_tensor(decode_mp4(mp4))[None])[0]
+    assert torch.allclose(pixel.permute(1, 0, 2, 3), torch.from_numpy(lat).float(), rtol=2e-3, atol=2e-3)
 
     base: dict[str, Any] = {
         "steps": 2, "seed": 0, "optim": {"lr": 1e-3, "warmup_steps": 0, "ema_decay": 0.9},

@@ -335,14 +335,18 @@ class VAE:
     @torch.no_grad()
     def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = video.to(self.device, self.dtype).permute(0, 2, 1, 3, 4)  # B, C, T, H, W
+        from training.vae import normalize
+
         dist = self.model.encode(x).latent_dist
-        lat = dist.mean if self.posterior == "mean" else dist.sample(generator)
+        lat = normalize(self.model, dist.mean if self.posterior == "mean" else dist.sample(generator))
         return (lat.float() * self.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        from training.vae import denormalize
+
         z = (latents.float() / self.scaling_factor).permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
-        return self.model.decode(z).sample.float().permute(0, 2, 1, 3, 4)  # B, T, C, H, W
+        return self.model.decode(denormalize(self.model, z)).sample.float().permute(0, 2, 1, 3, 4)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """[F, C, H, W] latents of a clip of this size, measured by encoding zeros once per size:

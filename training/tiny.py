@@ -65,6 +65,9 @@ def build_tiny_ltx_vae(folder: Path, seed: int = 0) -> Path:
         decoder_layers_per_block=(1, 1, 1, 1, 1),
         latent_channels=TINY_LTX_CHANNELS,
     )
+    with torch.no_grad():  # non-trivial channel statistics, so the tests see the standardisation
+        vae.latents_mean.copy_(0.1 * torch.randn(TINY_LTX_CHANNELS))
+        vae.latents_std.copy_(0.5 + torch.rand(TINY_LTX_CHANNELS))
     vae.save_pretrained(folder)
     return folder
 

@@ -71,3 +71,25 @@ def compression_of(model: Any) -> tuple[int, int]:
     if s is None:  # CogVideoX: one 2x downsample per block after the first
         s = 2 ** (len(cfg.block_out_channels) - 1)
     return int(s), int(t)
+
+
+def _channel_stats(model: Any, like: Any) -> tuple[Any, Any] | None:
+    """LTX's per-channel latents_mean / latents_std buffers as [1, C, 1, 1, 1], or None (CogVideoX)."""
+    mean, std = getattr(model, "latents_mean", None), getattr(model, "latents_std", None)
+    if mean is None or std is None:
+        return None
+    shape = (1, -1, 1, 1, 1)
+    return mean.view(shape).to(like.device, like.dtype), std.view(shape).to(like.device, like.dtype)
+
+
+def normalize(model: Any, latents: Any) -> Any:
+    """Posterior latents [B, C, T, H, W] -> per-channel standardised ones, as diffusers' LTX pipeline
+    does before scaling_factor (identity for a VAE without latents_mean / latents_std)."""
+    stats = _channel_stats(model, latents)
+    return latents if stats is None else (latents - stats[0]) / stats[1]
+
+
+def denormalize(model: Any, latents: Any) -> Any:
+    """The inverse of normalize, before decode."""
+    stats = _channel_stats(model, latents)
+    return latents if stats is None else latents * stats[1] + stats[0]

@@ -96,8 +96,10 @@ class Encoders:
         from training.data.loader import video_tensor
 
         x = torch.stack([video_tensor(v) for v in videos]).permute(0, 2, 1, 3, 4)  # B, C, T, H, W
-        with torch.inference_mode():
-            mean = self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mean
+        from training.vae import normalize
+
+        with torch.inference_mode():  # LTX: per-channel standardised, as the trainer's VAE.encode
+            mean = normalize(self.vae, self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mean)
         return [m.float().cpu().numpy().astype(self.cfg.store_dtype) for m in mean]
 
     def encode_texts(self, captions: Sequence[str]) -> list[np.ndarray]:
