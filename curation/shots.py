@@ -5,8 +5,9 @@ Detectors (`split.detector`), all fed the small frames of the single analysis de
   hardcut     (default) a logistic combiner of cheap cues on each pair of consecutive frames, each
               also against its neighbours: the HSV content change, the colour-histogram change, the
               share of pixels changing strongly, a structure change (normalised correlation of gray
-              thumbnails over small shifts: blind to gain, so flashes and fades barely move it), a
-              flash test (the frame before comes back within 4 frames), two-frame pairs across the
+              thumbnails over small shifts: blind to gain, so flashes and fades barely move it; a flat
+              frame next to a textured one counts as a full change), a flash test (the frame before
+              comes back within 4 frames, by structure, histogram and brightness), two-frame pairs across the
               boundary against pairs beside it (jump cuts), darkness and contrast; weights fitted on
               the tuning part of a set spliced from real footage (curation/cut_splice.py). Beside it
               one rule: black to a small title card (few pixels change, all by a lot)
@@ -199,7 +200,7 @@ FEATURES = (
     "hist_return",
     "dim",
     "contrast",
-    "value_step",
+    "value_flash",
     "struct_dim",
     "struct_flat",
     "struct_cross",
@@ -211,25 +212,25 @@ FEATURES = (
 # same footage; the held-out part never entered the fit. Log-odds = features @ COEF + BIAS.
 COEF = np.array(
     [
-        -0.1742,  # content
-        1.1954,  # content_ratio
-        -1.0208,  # hist
-        1.2385,  # hist_ratio
-        -0.0147,  # strong
-        0.7396,  # strong_ratio
-        6.3032,  # struct
-        1.2945,  # struct_ratio
-        -1.9796,  # struct_return
-        0.9299,  # hist_return
-        -1.7166,  # dim
-        0.5775,  # contrast
-        -16.0287,  # value_step
-        -0.2925,  # struct_dim
-        0.5622,  # struct_flat
-        0.9378,  # struct_cross
+        0.0572,  # content
+        0.9712,  # content_ratio
+        -2.0607,  # hist
+        1.1838,  # hist_ratio
+        0.0002,  # strong
+        0.5796,  # strong_ratio
+        3.9777,  # struct
+        0.5710,  # struct_ratio
+        -3.9023,  # struct_return
+        0.3766,  # hist_return
+        -2.1570,  # dim
+        0.7194,  # contrast
+        -23.3641,  # value_flash
+        4.8611,  # struct_dim
+        0.5101,  # struct_flat
+        1.7019,  # struct_cross
     ]
 )
-BIAS = -9.8573
+BIAS = -10.1725
 
 
 def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
@@ -240,7 +241,12 @@ def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
         return np.zeros((0, len(FEATURES)))
     d = np.asarray(t.struct, np.float64)  # d[i, k]: frame i against frame i-1-k
     hl = np.asarray(t.hist_lag, np.float64)
-    d1 = d[:, 0]
+    # A flat frame (washed out, black) correlates with anything by noise alone: next to a textured
+    # frame the structure certainly changed, whatever the correlation says.
+    prev_sd = np.concatenate([[sd[0]], sd[:-1]])
+    flat = np.clip((4 - np.minimum(sd, prev_sd)) / 2, 0, 1)
+    one_flat = flat * np.clip((np.maximum(sd, prev_sd) - 4) / 4, 0, 1)
+    d1 = np.maximum(d[:, 0], one_flat)
     # Two frames apart: pairs across the boundary against pairs on either side of it. Motion makes
     # both grow alike; a cut (a jump cut too) only the first.
     d2 = np.concatenate([d[:, 1], [0.0, 0.0, 0.0]])
@@ -265,7 +271,18 @@ def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
         ret = np.minimum(ret, np.minimum(fwd, bwd))
         hret = np.minimum(hret, np.minimum(hfwd, hbwd))
     prev_v = np.concatenate([[v[0]], v[:-1]])
-    prev_sd = np.concatenate([[sd[0]], sd[:-1]])
+    # A brightness step counts against a cut only when the brightness comes back within 4 frames
+    # (a flash): the part of the step that frames i+1..i+4 undo back to frame i-1, or frames
+    # i-2..i-5 already had before it. A cut between a bright and a dark shot keeps its step.
+    step = np.abs(v - prev_v)
+    vback = np.full(n, np.inf)
+    for lag in range(1, LAGS):
+        fwd = np.full(n, np.inf)
+        fwd[: n - lag] = np.abs(v[lag:] - prev_v[: n - lag])
+        bwd = np.full(n, np.inf)
+        bwd[lag + 1 :] = np.abs(v[lag + 1 :] - v[: n - lag - 1])
+        vback = np.minimum(vback, np.minimum(fwd, bwd))
+    v_flash = np.maximum(0.0, step - vback)
     lo_sd = np.log1p(np.minimum(sd, prev_sd))
     dim = np.clip((40 - np.maximum(v, prev_v)) / 40, 0, 1)
     f = np.stack(
@@ -278,11 +295,13 @@ def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
             lr(s, 3e-4),
             d1,
             lr(d1, 0.02),
-            np.log((np.minimum(ret, big) + 0.02) / (d1 + 0.02)),
+            # Frames further apart differ more than neighbours: steady motion, not a cut. The other
+            # sign (content seen again) says nothing for a cut: random shake meets it by chance.
+            np.maximum(0.0, np.log((np.minimum(ret, big) + 0.02) / (d1 + 0.02))),
             np.log((np.minimum(hret, big) + 1e-3) / (h + 1e-3)),
             dim,
             lo_sd,
-            np.abs(v - prev_v) / 255,
+            v_flash / 255,
             d1 * dim,
             # Correlation means little on a nearly flat frame (black, the bottom of a fade).
             d1 * np.clip((4 - np.minimum(sd, prev_sd)) / 4, 0, 1),

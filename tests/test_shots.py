@@ -356,3 +356,21 @@ def test_transnet_on_cuda_matches_cpu() -> None:
     x = rng.integers(0, 256, (130, 27, 48, 3), dtype=np.uint8)
     x[60:] //= 3  # a cut
     assert np.abs(predict(x, device="cuda") - predict(x, device="cpu")).max() < 1e-3
+
+
+def test_washed_out_to_shaky_is_one_cut(tmp_path: Path) -> None:
+    # A near-white, nearly flat shot, then a shot shaking by up to 240 px a frame (the synthetic
+    # corpus's kinds): the brightness step persists (no flash), the flat side's correlation is noise,
+    # and content met again by chance inside the shake is no cut.
+    from curation.analyze import DETECT_SHORT_SIDE
+    from curation.decode import iter_frames, small_bgr, step_for
+    from curation.probe import probe
+    from curation.synth import Segment, SynthVideo, write_video
+
+    v = SynthVideo("ws", (Segment("washed", 36, 8), Segment("shaky", 72, 6)))
+    path = write_video(v, str(tmp_path / "ws.mp4"))
+    info = probe(path)
+    step = step_for(info.coded_width, info.coded_height, DETECT_SHORT_SIDE)
+    frames = [small_bgr(f, step, info.rotation) for _, _, f in iter_frames(path, info.stream_index, False)]
+    cuts = _detect(frames)
+    assert len(cuts) == 1 and abs(cuts[0] - 36) <= 1, cuts
