@@ -92,17 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_prompt > 1:
         return _candidates(args, sampler, prompts)
     seeds = [args.seed + i for i in range(len(prompts))]
-    videos = sampler.generate(
-        prompts,
-        seeds,
-        steps=args.steps,
-        guidance=args.guidance,
-        negative_prompt=args.negative_prompt,
-        frames=args.frames,
-        height=args.height,
-        width=args.width,
-        batch_size=args.batch_size,
-    )
+    videos = _generate(args, sampler, prompts, seeds)
     fps = args.fps or sampler.settings["fps"]
     paths = [args.out] if single else [os.path.join(args.out, f"{i:06d}.mp4") for i in range(len(prompts))]
     for video, path in zip(videos, paths, strict=True):
@@ -125,14 +115,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _candidates(args: argparse.Namespace, sampler: Any, prompts: list[str]) -> int:
-    """K seeded candidates per prompt: OUT/cand_kk/NNNNNN.mp4 + prompts.jsonl with what made each."""
-    from training.sample import write_mp4
-
-    k_total = args.per_prompt
-    seeds = [args.seed + i * k_total + k for i in range(len(prompts)) for k in range(k_total)]
-    videos = sampler.generate(
-        [p for p in prompts for _ in range(k_total)],
+def _generate(args: argparse.Namespace, sampler: Any, prompts: list[str], seeds: list[int]) -> list[Any]:
+    """One video per (prompt, seed) with the command line's sampling settings."""
+    return sampler.generate(
+        prompts,
         seeds,
         steps=args.steps,
         guidance=args.guidance,
@@ -142,6 +128,15 @@ def _candidates(args: argparse.Namespace, sampler: Any, prompts: list[str]) -> i
         width=args.width,
         batch_size=args.batch_size,
     )
+
+
+def _candidates(args: argparse.Namespace, sampler: Any, prompts: list[str]) -> int:
+    """K seeded candidates per prompt: OUT/cand_kk/NNNNNN.mp4 + prompts.jsonl with what made each."""
+    from training.sample import write_mp4
+
+    k_total = args.per_prompt
+    seeds = [args.seed + i * k_total + k for i in range(len(prompts)) for k in range(k_total)]
+    videos = _generate(args, sampler, [p for p in prompts for _ in range(k_total)], seeds)
     st = sampler.settings
     fps = args.fps or st["fps"]
     made = {
