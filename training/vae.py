@@ -75,7 +75,9 @@ def compression_of(model: Any) -> tuple[int, int]:
 
 def _channel_stats(model: Any, like: Any) -> tuple[Any, Any] | None:
     """LTX's per-channel latents_mean / latents_std buffers as [1, C, 1, 1, 1], or None (CogVideoX)."""
-    mean, std = getattr(model, "latents_mean", None), getattr(model, "latents_std", None)
+    # buffers only: a plain getattr falls through to diffusers' deprecated config attribute access
+    buffers = dict(model.named_buffers(recurse=False)) if hasattr(model, "named_buffers") else {}
+    mean, std = buffers.get("latents_mean"), buffers.get("latents_std")
     if mean is None or std is None:
         return None
     shape = (1, -1, 1, 1, 1)
