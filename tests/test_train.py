@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.train_fixtures import (
     make_tiny_shards,
     tiny_config,
     torchrun,
+    wait_for_checkpoint,
     wait_gone,
 )
 from training.config import load_train_config
@@ -88,11 +88,7 @@ def test_sigkill_and_resume_repeat_the_uninterrupted_run(
     run = tmp_path / "run"
     args = ["--config", str(uninterrupted["config"]), "--shards", str(data["shards"]), "--out", str(run)]
     proc = torchrun(2, args, wait=False)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step_000010" / "meta.json").exists():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.time() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.2)
+    wait_for_checkpoint(proc, run, 10)
     tree = descendants(proc.pid)  # torchrun, both ranks (each in its own session), their workers
     assert len(tree) >= 3, tree
     # What a user does: kill -9 the launcher's process group. The ranks are not in it; they must

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,14 @@ import pytest
 
 from tests.s3_fixtures import S3Env, s3, s3_server
 from tests.test_shards import cli
-from tests.train_fixtures import kill_tree, losses, make_tiny_shards, tiny_config, torchrun
+from tests.train_fixtures import (
+    kill_tree,
+    losses,
+    make_tiny_shards,
+    tiny_config,
+    torchrun,
+    wait_for_checkpoint,
+)
 
 __all__ = ["s3", "s3_server"]  # fixtures, found by name
 
@@ -176,11 +182,7 @@ def test_sigkill_and_resume_from_a_bucket_repeat_the_run_from_disk(
     run = tmp_path / "s3run"
     args = ["--config", str(s3_cfg), "--shards", f"{bucket}/shards/tiny", "--out", str(run)]
     proc = torchrun(2, args, wait=False)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step_000003" / "meta.json").exists():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.time() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.1)
+    wait_for_checkpoint(proc, run, 3)
     kill_tree(proc.pid)  # torchrun, both ranks and their data workers, mid-run
     out1 = proc.stdout.read() if proc.stdout else ""
     proc.wait()

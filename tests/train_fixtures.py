@@ -199,3 +199,13 @@ def kill_tree(pid: int) -> None:
     for p in descendants(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen[str], run: Path, step: int, timeout: float = 300) -> None:
+    """Block until RUN's checkpoint of `step` is complete, failing if the run dies or takes too long."""
+    deadline = time.time() + timeout
+    while not (run / "checkpoints" / f"step_{step:06d}" / "meta.json").exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.time() < deadline, f"no checkpoint within {timeout:.0f} s"
+        time.sleep(0.1)
+
