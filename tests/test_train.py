@@ -113,18 +113,25 @@ def test_sigkill_and_resume_repeat_the_uninterrupted_run(
         torch.testing.assert_close(ema_a[k], ema_b[k], rtol=1e-4, atol=1e-6)
 
 
+def _rewound_copy(src: Path, run: Path, step: int) -> Path:
+    """A copy of a finished run folder as it was at checkpoint `step` (later checkpoints removed)."""
+    import shutil
+
+    shutil.copytree(src, run)
+    (run / "checkpoints" / "latest").write_text(f"step_{step:06d}\n")
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        if int(ckpt.name.removeprefix("step_")) > step:
+            shutil.rmtree(ckpt)
+    return run
+
+
 @pytest.mark.slow
 def test_resume_on_another_world_size_is_refused(
     data: dict[str, Any], uninterrupted: dict[str, Any], tmp_path: Path
 ) -> None:
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(uninterrupted["run"], run)
-    (run / "checkpoints" / "latest").write_text("step_000010\n")
-    for name in ("step_000020", "step_000030", "step_000040"):
-        shutil.rmtree(run / "checkpoints" / name)
     from training.train import main
+
+    run = _rewound_copy(uninterrupted["run"], tmp_path / "run", 10)
 
     code = main(
         [
@@ -144,15 +151,9 @@ def test_resume_on_another_world_size_is_refused(
 def test_allow_reshard_continues_a_two_rank_run_on_one(
     data: dict[str, Any], uninterrupted: dict[str, Any], tmp_path: Path
 ) -> None:
-    import shutil
-
     from training.train import main
 
-    run = tmp_path / "run"
-    shutil.copytree(uninterrupted["run"], run)
-    (run / "checkpoints" / "latest").write_text("step_000020\n")
-    for name in ("step_000030", "step_000040"):
-        shutil.rmtree(run / "checkpoints" / name)
+    run = _rewound_copy(uninterrupted["run"], tmp_path / "run", 20)
     args = ["--config", str(uninterrupted["config"]), "--shards", str(data["shards"]), "--out", str(run)]
     assert main([*args, "--resume", "--set", "parallel.allow_reshard=true"]) == 0
     summary = json.loads((run / "summary.json").read_text())
