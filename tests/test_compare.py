@@ -301,3 +301,13 @@ def test_headless_chromium_votes_with_real_clicks_and_key_presses(
         assert v["alignment"]["winner"] == v["left"] and v["quality"]["winner"] == right
     t = tally(str(folders["study"]))
     assert t["votes"] == 3 and t["questions"]["alignment"]["a"] == sum(v["left"] == "a" for v in votes)
+
+
+def test_a_study_refuses_a_prompts_file_with_an_unreadable_row(folders: dict[str, Path]) -> None:
+    from training.eval.study import StudyError
+
+    with folders["prompts"].open("a", encoding="utf-8") as f:
+        f.write('["not", "an object"]\n')
+    with pytest.raises(StudyError, match=r"prompts\.jsonl:52: unreadable row .*not a JSON object"):
+        open_study(str(folders["study"]), str(folders["a"]), str(folders["b"]), str(folders["prompts"]))
+    assert not (folders["study"] / "study.json").exists()

@@ -37,7 +37,7 @@ from typing import Any
 
 from curation.atomic import atomic_output
 from training.eval.stats import wilson
-from training.eval.videos import VIDEO_EXTENSIONS, inside
+from training.eval.videos import VIDEO_EXTENSIONS, inside, read_prompt_rows
 
 STUDY = "study.json"
 VOTES = "votes.jsonl"
@@ -70,20 +70,14 @@ def _find(folder: str, key: str) -> str | None:
 
 
 def _read_prompts(path: str) -> list[tuple[str, str]]:
-    """(key, prompt) rows of a JSONL file (`vjp eval`'s prompts.jsonl, or {"key", "prompt"} lines)."""
+    """(key, prompt) rows of a prompts JSONL; a study refuses a file with an unreadable row."""
     if not os.path.isfile(path):
         raise StudyError(f"prompts file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                key, prompt = str(row["key"]), str(row.get("prompt") or row.get("caption") or "")
-            except (ValueError, KeyError, TypeError) as e:
-                raise StudyError(f"{path}:{n}: expected a JSON object with key and prompt ({e})") from None
-            rows.append((key, prompt))
+    for row in read_prompt_rows(path):
+        if isinstance(row, str):
+            raise StudyError(f"{row} (expected a JSON object with key and prompt)")
+        rows.append((row.key, row.prompt))
     return rows
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,15 +71,20 @@ def inside(root: str, rel: str) -> str | None:
     return path if os.path.commonpath([base, path]) == base and path != base else None
 
 
-def read_prompt_file(path: str, root: str) -> tuple[list[FolderVideo], list[str]]:
-    """The (key, prompt, file) rows of a prompts JSONL for videos in `root`; bad rows become errors."""
+@dataclass
+class PromptRow:
+    where: str  # path:line, for error messages
+    key: str
+    prompt: str  # stripped; "" when the row has none
+    file: str  # the row's "file", else KEY.mp4
+
+
+def read_prompt_rows(path: str) -> Iterator[PromptRow | str]:
+    """The rows of a prompts JSONL (`vjp eval`'s prompts.jsonl, or {"key", "prompt"[, "file"]} lines),
+    in file order; an unreadable row is yielded as its error message, so each caller picks its policy
+    (eval collects them, the human study refuses the file)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prompts file not found: {path}")
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"video folder not found: {root}")
-    out: list[FolderVideo] = []
-    errors: list[str] = []
-    seen: set[str] = set()
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -88,21 +94,37 @@ def read_prompt_file(path: str, root: str) -> tuple[list[FolderVideo], list[str]
                 if not isinstance(row, dict):
                     raise ValueError("not a JSON object")
                 prompt = str(row.get("prompt") or row.get("caption") or "").strip()
-                rel = row.get("file") or f"{row['key']}.mp4"
+                rel = str(row.get("file") or f"{row['key']}.mp4")
                 key = str(row.get("key") or os.path.splitext(os.path.basename(rel))[0])
             except (ValueError, KeyError) as e:
-                errors.append(f"{path}:{n}: unreadable row ({type(e).__name__}: {e})")
+                yield f"{path}:{n}: unreadable row ({type(e).__name__}: {e})"
                 continue
-            full = inside(root, str(rel))
-            if not prompt:
-                errors.append(f"{path}:{n}: {key}: empty prompt")
-            elif full is None:
-                errors.append(f"{path}:{n}: {rel}: outside {root}")
-            elif not os.path.isfile(full):
-                errors.append(f"{path}:{n}: {full}: no such video")
-            elif key in seen:
-                errors.append(f"{path}:{n}: {key}: duplicate key")
-            else:
-                seen.add(key)
-                out.append(FolderVideo(key, prompt, full))
+            yield PromptRow(f"{path}:{n}", key, prompt, rel)
+
+
+def read_prompt_file(path: str, root: str) -> tuple[list[FolderVideo], list[str]]:
+    """The (key, prompt, file) rows of a prompts JSONL for videos in `root`; bad rows become errors."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"video folder not found: {root}")
+    out: list[FolderVideo] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    for row in read_prompt_rows(path):
+        if isinstance(row, str):
+            errors.append(row)
+            continue
+        full = inside(root, row.file)
+        if not row.prompt:
+            errors.append(f"{row.where}: {row.key}: empty prompt")
+        elif full is None:
+            errors.append(f"{row.where}: {row.file}: outside {root}")
+        elif not os.path.isfile(full):
+            errors.append(f"{row.where}: {full}: no such video")
+        elif row.key in seen:
+            errors.append(f"{row.where}: {row.key}: duplicate key")
+        else:
+            seen.add(row.key)
+            out.append(FolderVideo(row.key, row.prompt, full))
     return out, errors
