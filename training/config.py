@@ -101,6 +101,19 @@ class VAEConfig(_Strict):
         "(what vjp encode stores)",
     )
     tiling: bool = False
+    decode_timestep: float | None = Field(
+        None,
+        ge=0.0,
+        description="timestep-conditioned decoders only (LTX-Video >= 0.9.1): the decode timestep; null = "
+        "the LTX recipe's 0.05 (training/vae.py)",
+    )
+    decode_noise_scale: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="timestep-conditioned decoders only: share of seeded noise mixed into the latents "
+        "before decode; null = the LTX recipe's 0.025",
+    )
 
     @model_validator(mode="after")
     def _preset(self) -> VAEConfig:
