@@ -51,6 +51,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="K seeded candidates per prompt, in OUT/cand_00 .. cand_{K-1} (preference pairs, vjp compare)",
     )
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
+    p.add_argument(
+        "--decode-timestep",
+        type=float,
+        default=None,
+        help="timestep-conditioned VAEs (LTX-Video >= 0.9.1): decode timestep (default: vae.decode_timestep, "
+        "else the LTX recipe's 0.05)",
+    )
+    p.add_argument(
+        "--decode-noise-scale",
+        type=float,
+        default=None,
+        help="timestep-conditioned VAEs: seeded noise mixed into the latents before decode (default 0.025)",
+    )
 
 
 def export_folder(ckpt: str, weights: str = "ema") -> str:
@@ -86,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         sampler = Sampler(export_folder(args.ckpt, args.weights), args.device)
-    except FileNotFoundError as e:
+        sampler.vae.decode_settings(args.decode_timestep, args.decode_noise_scale)
+    except (FileNotFoundError, ValueError) as e:
         print(f"vjp sample: {e}", file=sys.stderr)
         return 2
     if args.per_prompt > 1:
@@ -127,6 +141,8 @@ def _generate(args: argparse.Namespace, sampler: Any, prompts: list[str], seeds:
         height=args.height,
         width=args.width,
         batch_size=args.batch_size,
+        decode_timestep=args.decode_timestep,
+        decode_noise_scale=args.decode_noise_scale,
     )
 
 
@@ -151,6 +167,9 @@ def _candidates(args: argparse.Namespace, sampler: Any, prompts: list[str]) -> i
         "width": args.width or st["width"],
         "fps": fps,
     }
+    decode = sampler.vae.decode_settings(args.decode_timestep, args.decode_noise_scale)
+    if decode is not None:  # timestep-conditioned VAEs only: what the decoder was given
+        made["decode_timestep"], made["decode_noise_scale"] = decode
     paths = []
     for k in range(k_total):
         folder = os.path.join(args.out, f"cand_{k:02d}")

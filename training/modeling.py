@@ -330,6 +330,8 @@ class VAE:
             self.model.enable_tiling()
         self.scaling_factor = float(cfg.scaling_factor or self.model.config.scaling_factor)
         self.posterior = cfg.posterior
+        self.decode_timestep, self.decode_noise_scale = cfg.decode_timestep, cfg.decode_noise_scale
+        self.decode_settings(None, None)  # a decode setting on a decoder without conditioning: fail now
         self._shapes: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
 
     @torch.no_grad()
@@ -341,12 +343,40 @@ class VAE:
         lat = normalize(self.model, dist.mean if self.posterior == "mean" else dist.sample(generator))
         return (lat.float() * self.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
 
+    def decode_settings(
+        self, timestep: float | None = None, noise_scale: float | None = None
+    ) -> tuple[float, float] | None:
+        """(decode timestep, noise scale) of a timestep-conditioned decoder (LTX-Video 0.9.1+): the
+        arguments, else the config's, else the recipe's; None for a decoder without conditioning."""
+        from training.vae import decode_settings
+
+        t = self.decode_timestep if timestep is None else timestep
+        s = self.decode_noise_scale if noise_scale is None else noise_scale
+        return decode_settings(self.model, t, s, where="vae")
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        from training.vae import denormalize
+    def decode(
+        self,
+        latents: torch.Tensor,
+        generators: Sequence[torch.Generator] | None = None,
+        timestep: float | None = None,
+        noise_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Scaled latents [B, F, C, H, W] -> pixels [B, T, C, H, W]. A timestep-conditioned decoder
+        (LTX-Video 0.9.1+) gets diffusers' LTXPipeline decode: seeded noise mixed into the latents and
+        the decode timestep, video i drawing from generators[i] (default: seed 0 each), so a seed gives
+        the same pixels whatever the batch. Other decoders ignore the generators."""
+        from training.vae import decode_conditioned, denormalize, injects_noise
 
         z = (latents.float() / self.scaling_factor).permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
-        return self.model.decode(denormalize(self.model, z)).sample.float().permute(0, 2, 1, 3, 4)
+        z = denormalize(self.model, z)
+        settings = self.decode_settings(timestep, noise_scale)
+        if settings is None and not injects_noise(self.model):
+            return self.model.decode(z).sample.float().permute(0, 2, 1, 3, 4)
+        if generators is None:
+            generators = [torch.Generator().manual_seed(0) for _ in range(z.shape[0])]
+        pixels = decode_conditioned(self.model, z, settings, generators, self.device)
+        return pixels.float().permute(0, 2, 1, 3, 4)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """[F, C, H, W] latents of a clip of this size, measured by encoding zeros once per size:

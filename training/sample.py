@@ -16,6 +16,11 @@ rounding changes the encoded mp4. With `batch_size=1` (the default: every video 
 forward, cond and uncond together) under a fixed thread count (`fixed_threads`), a seed gives the
 same video whatever else is generated with it and whichever process generates it (`vjp eval`
 does this; a Ray actor starts with OMP_NUM_THREADS set to its CPU count).
+
+A timestep-conditioned VAE (LTX-Video >= 0.9.1) decodes as diffusers' LTXPipeline does: noise mixed
+into the latents and a decode timestep (vae.decode_timestep / vae.decode_noise_scale, null = the
+LTX recipe's 0.05 / 0.025). That noise, and the decoder's own injected noise, come from the video's
+seed too, and each such video is decoded on its own.
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ class Sampler:
             "shift": self.meta["shift"],
             "step": self.meta["step"],
         }
+        decode = self.vae.decode_settings()  # LTX-Video >= 0.9.1's timestep-conditioned decoder only
+        if decode is not None:
+            self.settings["decode_timestep"], self.settings["decode_noise_scale"] = decode
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str, device: str | None = None) -> Sampler:
@@ -92,9 +100,14 @@ class Sampler:
         height: int | None = None,
         width: int | None = None,
         batch_size: int = 1,
+        decode_timestep: float | None = None,
+        decode_noise_scale: float | None = None,
     ) -> list[np.ndarray]:
+        """uint8 [T, H, W, 3] per (prompt, seed). decode_timestep / decode_noise_scale (timestep-
+        conditioned VAEs only) override the export's vae settings; their noise comes from the seed."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        decode = self.vae.decode_settings(decode_timestep, decode_noise_scale)  # bad values fail here
         st = self.settings
         steps = steps or st["steps"]
         guidance = st["guidance"] if guidance is None else guidance
@@ -110,6 +123,7 @@ class Sampler:
                 times,
                 guidance,
                 negative,
+                decode,
             )
         return out
 
@@ -121,10 +135,13 @@ class Sampler:
         times: torch.Tensor,
         guidance: float,
         negative: str,
+        decode: tuple[float, float] | None = None,
     ) -> list[np.ndarray]:
         b = len(prompts)
-        # Each video's noise comes from its own seed, so a video does not depend on its batch.
-        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        # Each video's noise comes from its own seed, so a video does not depend on its batch; the same
+        # generator then gives a timestep-conditioned VAE's decode noise (as diffusers' LTXPipeline).
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        x = torch.stack([torch.randn(shape, generator=g) for g in gens])
         x = x.to(self.device)
         emb, mask = self.text.encode(prompts)
         use_cfg = guidance != 1.0
@@ -151,7 +168,8 @@ class Sampler:
                 v_c, v_u = v.chunk(2)
                 v = v_u + guidance * (v_c - v_u)
             x = x + float(t1 - t0) * v
-        video = self.vae.decode(x)  # [B, T, C, H, W] in ~[-1, 1]
+        t_dec, s_dec = decode if decode is not None else (None, None)
+        video = self.vae.decode(x, gens, t_dec, s_dec)  # [B, T, C, H, W] in ~[-1, 1]
         frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
         return [v.cpu().numpy() for v in frames]
 
