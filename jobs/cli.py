@@ -16,6 +16,7 @@ COMMANDS = {
     "caption": ("jobs.caption", "Japanese captions with Qwen2-VL (vLLM, OpenAI API, transformers)"),
     "shard": ("jobs.shard", "captioned clips -> WebDataset shards of one resolution stage, with index"),
     "encode": ("jobs.encode", "optional: VAE latents + text embeddings -> derived shards"),
+    "pairs": ("jobs.pairs", "Video-DPO preference pairs (JSONL or vjp compare votes) -> pair shards"),
     "train": ("jobs.train", "train the rectified-flow video DiT on stage shards (torchrun or Ray Train)"),
     "sample": ("jobs.sample", "generate videos from Japanese prompts with a trained checkpoint"),
     "eval": ("jobs.eval", "FVD of generated vs held-out videos from their Japanese captions"),

@@ -27,6 +27,7 @@ PROVIDERS = [
     "curation.manifest",
     "captioning.manifest",
     "training.data.sample_format",
+    "training.data.pair_format",
     "training.eval.config",
     "jobs.run_config",
 ]

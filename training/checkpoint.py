@@ -181,6 +181,19 @@ def save_checkpoint(
     return final
 
 
+def load_model_weights(path: str, model: torch.nn.Module) -> None:
+    """Only the trained weights (the DCP `model` entry) of a step folder into a (possibly sharded)
+    model, each rank reading its own shards: the Video-DPO reference at a run's starting weights."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+    set_model_state_dict(model, state["model"])
+
+
 def load_checkpoint(
     d: Dist,
     path: str,

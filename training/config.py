@@ -4,6 +4,7 @@
       steps: 10000
       model: {...}  text: {...}  vae: {...}  flow: {...}  optim: {...}  data: {...}
       parallel: {...}  checkpoint: {...}  log: {...}  sample: {...}
+      objective: flow            # or dpo: Video-DPO on pair shards (`vjp pairs`), with dpo: {...}
 
 Unknown keys and bad values are errors naming their key path (curation.configfile.validate);
 `--set a.b=value` overrides are applied to the raw mapping before validation, so they are checked
@@ -236,6 +237,28 @@ class SampleConfig(_Strict):
     fps: float | None = Field(None, gt=0, description="null = the training clips' fps (24)")
 
 
+class DPOConfig(_Strict):
+    """Video-DPO (`objective: dpo`, training/dpo.py): preference pairs from `vjp pairs`."""
+
+    beta: float = Field(
+        5000.0,
+        gt=0,
+        description="how far the policy may move from the reference: the margin is -beta/2 times the "
+        "policy's advantage in velocity error (per-element MSE) on chosen over rejected, relative to the "
+        "reference; small beta = weak pull back to the reference, large = the sigmoid saturates once a "
+        "pair is ranked right (Diffusion-DPO's SD1.5 value; tune it)",
+    )
+    reference: str | None = Field(
+        None,
+        description="the frozen reference: null = the run's starting weights (model.init_from's trained "
+        "weights, else model.transformer or the seeded init); or a checkpoint step/run folder or an "
+        "export/ folder, whose exported weights (reference_weights) are loaded",
+    )
+    reference_weights: Literal["ema", "raw"] = Field(
+        "ema", description="with an explicit reference: its export's EMA weights or export/raw/"
+    )
+
+
 class TrainConfig(_Strict):
     version: Literal[1] = 1
     seed: int = 0
@@ -244,6 +267,12 @@ class TrainConfig(_Strict):
     max_nonfinite_in_a_row: int = Field(
         8, ge=1, description="skipped non-finite steps in a row before the run stops with an error"
     )
+    objective: Literal["flow", "dpo"] = Field(
+        "flow",
+        description="flow = rectified flow on stage shards; dpo = Video-DPO (Flow-DPO) on pair shards "
+        "from `vjp pairs`, against a frozen reference (the dpo section)",
+    )
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     vae: VAEConfig = Field(default_factory=VAEConfig)

@@ -14,9 +14,11 @@ gradient of [e(policy, w) - e(policy, l)] (the reference drops out: plain "fit c
 rejected", with no pull back to the reference); a large beta saturates the sigmoid once a pair is
 ranked right, so well-ranked pairs stop pushing.
 
-What this module is: the objective and one optimizer step over a pair batch (`dpo_step`), tested on
-a tiny model with synthetic preferences (tests/test_dpo.py). Not yet wired into `vjp train`
-(no `train.objective`, pair shards or FSDP-sharded reference): see the README.
+In `vjp train` (`train.objective: dpo`, training.train.build_objective):
+pair shards from `vjp pairs` feed (chosen, rejected, prompt); the step's generator draws one t and
+one noise per pair, shared by both sides; the reference is built by `build_reference` (frozen,
+sharded like the policy under FSDP2) and the step logs the loss, `reward_margin` (mean margin),
+`reward_accuracy` (share of pairs with a positive margin) and the policy's flow losses on both sides.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from training.config import TrainConfig
+from training.parallel import Dist
 from training.step import Micro, velocity
 
 
@@ -34,9 +39,38 @@ from training.step import Micro, velocity
 class DPOResult:
     loss: torch.Tensor  # scalar, with gradients to the policy
     margin: torch.Tensor  # [B] implicit reward margin, detached
-    accuracy: float  # share of pairs with margin > 0
-    policy_chosen: float  # mean flow loss of the policy on chosen (detached)
-    policy_rejected: float
+    err_chosen: torch.Tensor  # [B] the policy's flow error on chosen, detached
+    err_rejected: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:  # share of pairs with margin > 0
+        return float((self.margin > 0).float().mean())
+
+    @property
+    def policy_chosen(self) -> float:  # mean flow loss of the policy on chosen
+        return float(self.err_chosen.mean())
+
+    @property
+    def policy_rejected(self) -> float:
+        return float(self.err_rejected.mean())
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """What the trainer logs per step (tensors: no device sync per micro-batch)."""
+        return {
+            "reward_margin": self.margin.mean(),
+            "reward_accuracy": (self.margin > 0).float().mean(),
+            "flow_loss_chosen": self.err_chosen.mean(),
+            "flow_loss_rejected": self.err_rejected.mean(),
+        }
+
+
+@dataclass
+class PairMicro:
+    """A pair micro-batch: the chosen side as a flow Micro (its x0 and t are the pair's) and the
+    rejected latents."""
+
+    chosen: Micro
+    rejected_x1: torch.Tensor
 
 
 def velocity_errors(
@@ -77,14 +111,55 @@ def dpo_loss(
     d = (err[:b] - ref[:b]) - (err[b:] - ref[b:])
     logits = -0.5 * beta * d
     loss = -torch.nn.functional.logsigmoid(logits).mean()
-    margin = logits.detach()
-    return DPOResult(
-        loss,
-        margin,
-        float((margin > 0).float().mean()),
-        float(err[:b].detach().mean()),
-        float(err[b:].detach().mean()),
-    )
+    return DPOResult(loss, logits.detach(), err[:b].detach(), err[b:].detach())
+
+
+def dpo_loss_fn(reference: torch.nn.Module, beta: float) -> Any:
+    """The trainer's loss function (training.step.LossFn) of `objective: dpo`."""
+
+    def loss(tr: Any, m: PairMicro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        r = dpo_loss(tr.model, reference, m.chosen, m.rejected_x1, beta, tr.attention, tr.dtype, tr.autocast)
+        return r.loss, r.metrics()
+
+    return loss
+
+
+def build_reference(
+    cfg: TrainConfig,
+    text_dim: int,
+    latent_shape: tuple[int, int, int, int],
+    policy_config: dict[str, Any],
+    d: Dist,
+    spatial_compression: int | None = None,
+) -> torch.nn.Module:
+    """The frozen reference, wrapped like the policy (parallel.parallelize_frozen: FSDP2 on the same
+    mesh, same precision), no gradients, no optimizer state.
+
+    dpo.reference null: the run's starting weights, rebuilt the way the policy starts on a fresh run
+    (the seeded init or model.transformer, then model.init_from's trained weights), so a resumed run
+    gets the same reference back without storing it. A path: that checkpoint's export (EMA, or raw
+    with dpo.reference_weights), which must have the policy's architecture.
+    """
+    from training.checkpoint import load_model_weights, resolve_checkpoint
+    from training.modeling import build_transformer
+    from training.parallel import parallelize_frozen
+
+    if cfg.dpo.reference is None:
+        torch.manual_seed(cfg.seed)  # build_model's seed: the policy's initial weights
+        model = build_transformer(cfg, text_dim, latent_shape, spatial_compression)
+    else:
+        model = load_reference(cfg.dpo.reference, cfg.dpo.reference_weights)
+        own = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+        want = {k: v for k, v in policy_config.items() if not k.startswith("_")}
+        diff = sorted(k for k in set(own) | set(want) if own.get(k) != want.get(k))
+        if diff:
+            raise ValueError(
+                f"dpo.reference {cfg.dpo.reference}: its transformer differs from the policy's in {diff[:5]}"
+            )
+    model = parallelize_frozen(model.to(d.device), cfg.parallel, d)
+    if cfg.dpo.reference is None and cfg.model.init_from:
+        load_model_weights(resolve_checkpoint(cfg.model.init_from), model)
+    return model
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -137,3 +137,12 @@ def parallelize(model: torch.nn.Module, cfg: ParallelConfig, d: Dist) -> torch.n
     elif d.distributed:
         raise RuntimeError("parallel.fsdp=off with several ranks: use fsdp auto/on (DDP is not wired)")
     return model
+
+
+def parallelize_frozen(model: torch.nn.Module, cfg: ParallelConfig, d: Dist) -> torch.nn.Module:
+    """A frozen model (the Video-DPO reference) wrapped like the policy: the same bf16 norms, compile
+    and FSDP2 per block and at the root with the same mesh and mixed precision, so both compute in the
+    same dtype on the same shards; no activation checkpointing (it never runs backward), no gradients,
+    so it has no gradient buffers and no optimizer state."""
+    model.eval().requires_grad_(False)
+    return parallelize(model, cfg.model_copy(update={"activation_checkpointing": False}), d)

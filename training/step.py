@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -125,20 +125,40 @@ class StepResult:
     grad_norm: float
     finite: bool
     lr: float
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's own (DPO: margin, ...)
 
 
-def train_step(tr: Trainer, micros: Iterable[Micro], n_micro: int, step: int) -> StepResult:
+# An objective's loss of one micro-batch: (scalar loss with gradients, detached scalar metrics).
+LossFn = Callable[["Trainer", Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def flow_loss_fn(tr: Trainer, m: Micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The rectified-flow objective (`train.objective: flow`): no metrics beside the loss."""
+    return micro_loss(tr.model, m, tr.attention, tr.dtype, tr.autocast), {}
+
+
+def train_step(
+    tr: Trainer, micros: Iterable[Any], n_micro: int, step: int, loss_fn: LossFn = flow_loss_fn
+) -> StepResult:
     """One optimizer step over n_micro micro-batches (gradient accumulation; under FSDP only the last
-    one reduce-scatters). A non-finite loss or gradient skips the update but advances the schedule."""
+    one reduce-scatters). A non-finite loss or gradient skips the update but advances the schedule.
+    The objective's metrics are averaged over the micro-batches and the ranks (one all-reduce)."""
     loss_sum = torch.zeros((), device=tr.d.device)
+    stats: dict[str, torch.Tensor] = {}
     for i, m in enumerate(micros):
         if tr.fsdp:
             tr.model.set_requires_gradient_sync(i == n_micro - 1)
-        loss = micro_loss(tr.model, m, tr.attention, tr.dtype, tr.autocast)
+        loss, extra = loss_fn(tr, m)
         (loss / n_micro).backward()
         loss_sum += loss.detach()
+        for k, v in extra.items():
+            stats[k] = stats.get(k, 0) + v.detach().float()
     grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.grad_clip))
     loss_mean = tr.d.all_mean(loss_sum / n_micro)
+    metrics: dict[str, float] = {}
+    if stats:
+        means = tr.d.all_mean(torch.stack([stats[k] for k in stats]).to(tr.d.device) / n_micro).tolist()
+        metrics = dict(zip(stats, means, strict=True))
     finite = bool(torch.isfinite(loss_mean).item() and torch.isfinite(grad_norm).item())
     if finite:
         tr.optimizer.step()
@@ -148,7 +168,7 @@ def train_step(tr: Trainer, micros: Iterable[Micro], n_micro: int, step: int) ->
     with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
         warnings.simplefilter("ignore", UserWarning)
         tr.scheduler.step()
-    return StepResult(float(loss_mean.item()), float(grad_norm.item()), finite, lr)
+    return StepResult(float(loss_mean.item()), float(grad_norm.item()), finite, lr, metrics)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -17,7 +17,8 @@ Here the stage shards are read by random access instead:
   through fsspec): its tar members are contiguous and parsed from those bytes.
 
 The same member decoding as the webdataset loader (training.data.loader.decode_sample) turns bytes
-into tensors, so pixel shards and latent shards from `vjp encode` both work, through a plain
+into tensors, so pixel shards, latent shards from `vjp encode` and Video-DPO pair shards from
+`vjp pairs` (their index is a PairIndex, read by loader.resolve_stage) all work, through a plain
 torch DataLoader whose sampler yields the counters in order (workers keep the order).
 """
 
@@ -35,6 +36,7 @@ import torch
 
 from training.data import store
 from training.data.loader import collate, decode_sample, resolve_stage
+from training.data.pair_format import PairIndex
 from training.data.sample_format import META_DIR, ShardIndex
 from training.data.sample_table import (
     TableColumns,
@@ -146,7 +148,7 @@ class SampleTable:
         cls,
         source: str,
         urls: list[str],
-        index: ShardIndex | None,
+        index: ShardIndex | PairIndex | None,
         cache_dir: str | None,
         so: dict[str, Any],
     ) -> SampleTable:
@@ -178,7 +180,9 @@ class SampleTable:
         return cls(urls, open_table(cache), cache, so)
 
 
-def _local_table(stage_dir: str, index: ShardIndex, cache_dir: str | None, so: dict[str, Any]) -> str:
+def _local_table(
+    stage_dir: str, index: ShardIndex | PairIndex, cache_dir: str | None, so: dict[str, Any]
+) -> str:
     """A local file holding the index's table: in place, or fetched from the store (verified)."""
     ref = index.sample_table
     assert ref is not None

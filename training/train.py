@@ -5,7 +5,9 @@
     python -m training.train ... --resume          # one process (CPU or one GPU)
 
 `vjp train` (jobs/train.py) runs the same `train()` in process, under torchrun, or in Ray Train
-workers. Randomness of a step (noise, t, caption dropout, VAE posterior sample) is drawn from a
+workers. `train.objective` picks what a step optimises (`build_objective`): rectified flow on stage
+shards, or Video-DPO on pair shards from `vjp pairs` against a frozen reference (training/dpo.py).
+Randomness of a step (noise, t, caption dropout, VAE posterior sample) is drawn from a
 generator seeded by (seed, rank, step, micro-step) and the data stream is a function of the
 position, so a resumed run repeats an uninterrupted one step for step.
 """
@@ -17,7 +19,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +43,12 @@ from training.modeling import (
 )
 from training.parallel import Dist, compute_dtype, init_distributed
 from training.step import (
+    LossFn,
     Micro,
     Trainer,
     build_model,
     build_trainer,
+    flow_loss_fn,
     make_micro,
     train_step,
 )
@@ -75,6 +79,7 @@ class Conditioning:
     latent_scale: float
     fps: float
     pixel_shape: tuple[int, int, int]  # frames, height, width
+    pairs: bool = False  # Video-DPO pair shards (vjp pairs): batches have a rejected side too
 
 
 def build_conditioning(
@@ -82,6 +87,7 @@ def build_conditioning(
 ) -> Conditioning:
     first = stream[0]
     kind = "latents" if "latents" in first else "pixels"
+    pairs = "rejected_latents" in first or "rejected_video" in first
     if cfg.data.kind != "auto" and cfg.data.kind != kind:
         raise ValueError(f"data.kind={cfg.data.kind} but the shards hold {kind}")
     meta = first["meta"]
@@ -94,7 +100,16 @@ def build_conditioning(
         vae = VAE(cfg.vae, device, dtype)
         shape = vae.latent_shape(*pixel_shape)
         return Conditioning(
-            kind, shape, text.dim, uncond, vae, text, vae.scaling_factor, float(meta["fps"]), pixel_shape
+            kind,
+            shape,
+            text.dim,
+            uncond,
+            vae,
+            text,
+            vae.scaling_factor,
+            float(meta["fps"]),
+            pixel_shape,
+            pairs,
         )
     if cfg.text.hidden_layer != -1:  # vjp encode stores Encoders' (the same TextEncoder's) last layer
         raise ValueError(
@@ -109,7 +124,7 @@ def build_conditioning(
         )
     scale = float(cfg.vae.scaling_factor or meta["latents"]["vae_scaling_factor"])
     return Conditioning(
-        kind, (f, c, h, w), text.dim, uncond, None, None, scale, float(meta["fps"]), pixel_shape
+        kind, (f, c, h, w), text.dim, uncond, None, None, scale, float(meta["fps"]), pixel_shape, pairs
     )
 
 
@@ -117,12 +132,11 @@ def prepare(
     cond: Conditioning, batch: dict[str, Any], cfg: TrainConfig, gen: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch -> (x1 [B, F, C, H, W] scaled latents, text [B, L, D], mask [B, L]), dropout applied."""
+    x1 = latents_of(cond, batch, gen, device)
     if cond.kind == "pixels":
-        assert cond.vae is not None and cond.text is not None
-        x1 = cond.vae.encode(batch["video"], generator=gen)
+        assert cond.text is not None
         emb, mask = cond.text.encode(batch["caption"])
     else:
-        x1 = batch["latents"].permute(0, 2, 1, 3, 4).to(device) * cond.latent_scale
         emb, mask = pad_text(batch["text_emb"], batch["text_mask"], cfg.text.max_length)
     emb, mask = emb.to(device), mask.to(device)
     drop = torch.rand(x1.shape[0], generator=gen) < cfg.flow.caption_dropout
@@ -133,6 +147,55 @@ def prepare(
     return x1.float(), emb.float(), mask
 
 
+def latents_of(
+    cond: Conditioning, batch: dict[str, Any], gen: torch.Generator, device: torch.device, side: str = ""
+) -> torch.Tensor:
+    """x1 [B, F, C, H, W], scaled latents of a batch's videos (side "rejected_": a pair's other side)."""
+    if cond.kind == "pixels":
+        assert cond.vae is not None
+        return cond.vae.encode(batch[side + "video"], generator=gen).float()
+    return (batch[side + "latents"].permute(0, 2, 1, 3, 4).to(device) * cond.latent_scale).float()
+
+
+@dataclass
+class Objective:
+    """What `train.objective` changes in the loop: how a loader batch becomes a micro-batch (with the
+    step's randomness) and that micro-batch's loss and metrics."""
+
+    make: Callable[[dict[str, Any], torch.Generator], Any]
+    loss: LossFn
+    flops_factor: float = 1.0  # model FLOPs of one item relative to one flow sample (for MFU)
+
+
+def build_objective(
+    cfg: TrainConfig, cond: Conditioning, alpha: float, model_config: dict[str, Any], d: Dist, spatial: int
+) -> Objective:
+    """flow: stage shards, one micro-batch per batch. dpo: pair shards; the pair's t and noise are
+    drawn once (make_micro on the chosen side) and shared by the rejected side, against a frozen
+    reference built like the policy (training.dpo.build_reference)."""
+    want_pairs = cfg.objective == "dpo"
+    if cond.pairs != want_pairs:
+        have = "pair shards (vjp pairs)" if cond.pairs else "stage shards, not pair shards (vjp pairs)"
+        raise ValueError(f"train.objective={cfg.objective} but --shards holds {have}")
+
+    def flow_micro(batch: dict[str, Any], gen: torch.Generator) -> Micro:
+        x1, emb, mask = prepare(cond, batch, cfg, gen, d.device)
+        return make_micro(x1, emb, mask, cfg.flow, alpha, gen)
+
+    if not want_pairs:
+        return Objective(flow_micro, flow_loss_fn)
+    from training import dpo
+
+    reference = dpo.build_reference(cfg, cond.text_dim, cond.latent_shape, model_config, d, spatial)
+
+    def pair_micro(batch: dict[str, Any], gen: torch.Generator) -> dpo.PairMicro:
+        chosen = flow_micro(batch, gen)
+        return dpo.PairMicro(chosen, latents_of(cond, batch, gen, d.device, "rejected_"))
+
+    # per pair: policy forward + backward on both sides (2x), reference forward on both (2 x 1/3)
+    return Objective(pair_micro, dpo.dpo_loss_fn(reference, cfg.dpo.beta), flops_factor=8 / 3)
+
+
 class Feed:
     """Micro-batches from the rank's loader, with the step's randomness: counts the samples taken
     (the stream position a checkpoint saves) and the time spent waiting for data."""
@@ -140,16 +203,15 @@ class Feed:
     def __init__(
         self,
         batches: Iterator[dict[str, Any]],
-        cond: Conditioning,
+        make: Callable[[dict[str, Any], torch.Generator], Any],
         cfg: TrainConfig,
-        alpha: float,
         d: Dist,
         consumed: int,
     ) -> None:
-        self.batches, self.cond, self.cfg, self.alpha, self.d = batches, cond, cfg, alpha, d
+        self.batches, self.make, self.cfg, self.d = batches, make, cfg, d
         self.consumed, self.wait = consumed, 0.0
 
-    def micros(self, step: int) -> Iterator[Micro]:
+    def micros(self, step: int) -> Iterator[Any]:
         cfg = self.cfg
         for i in range(cfg.grad_accum):
             tw = time.perf_counter()
@@ -157,8 +219,7 @@ class Feed:
             self.wait += time.perf_counter() - tw
             self.consumed += cfg.data.batch_size
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.d.rank, step, i))
-            x1, emb, mask = prepare(self.cond, batch, cfg, gen, self.d.device)
-            yield make_micro(x1, emb, mask, cfg.flow, self.alpha, gen)
+            yield self.make(batch, gen)
 
 
 def build_stream(cfg: TrainConfig, shards: str, out: str, d: Dist) -> RankStream:
@@ -209,6 +270,7 @@ def restore(cfg: TrainConfig, tr: Trainer, ckpt: str | None, stream: RankStream)
 def export_meta(cfg: TrainConfig, cond: Conditioning, alpha: float) -> dict[str, Any]:
     """What the sampler needs beside the weights (export/videojp.json)."""
     return {
+        "objective": cfg.objective,
         "text": cfg.text.model_dump(mode="json"),
         "vae": cfg.vae.model_dump(mode="json"),
         "flow": cfg.flow.model_dump(mode="json"),
@@ -245,22 +307,24 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
     spatial = cond.pixel_shape[1] // cond.latent_shape[2]  # measured: 8 on CogVideoX's VAE, 32 on LTX's
     model, model_config, params = build_model(cfg, cond.text_dim, cond.latent_shape, d, spatial)
     tr = build_trainer(cfg, model, d)
+    objective = build_objective(cfg, cond, alpha, model_config, d, spatial)
     step, consumed, skipped_total = restore(cfg, tr, ckpt, stream)
 
     dc = cfg.data
     loader = make_loader(stream, consumed, dc.batch_size, dc.num_workers, dc.prefetch_factor, dc.pin_memory)
-    feed = Feed(iter(loader), cond, cfg, alpha, d, consumed)
+    feed = Feed(iter(loader), objective.make, cfg, d, consumed)
     log = StepLog(out, cfg.log.every, cfg.log.tensorboard, cfg.log.progress, cfg.steps, step, d.is_main)
     f_, _, h_, w_ = cond.latent_shape
     p = model_config["patch_size"]
     video_tokens = f_ * (h_ // p) * (w_ // p)
     flops = train_flops_per_sample(model_config, params, video_tokens, cfg.text.max_length)
+    flops *= objective.flops_factor
     peak = peak_tflops(cfg.log.peak_tflops)
     meta_out = export_meta(cfg, cond, alpha) if cfg.checkpoint.export else None
     in_a_row, last_loss, last_ckpt = 0, float("nan"), ckpt
     while step < cfg.steps:
         t0, wait0 = time.perf_counter(), feed.wait
-        r = train_step(tr, feed.micros(step), cfg.grad_accum, step)
+        r = train_step(tr, feed.micros(step), cfg.grad_accum, step, objective.loss)
         step += 1
         skipped_total += not r.finite
         in_a_row = 0 if r.finite else in_a_row + 1
@@ -281,6 +345,7 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
                 "skipped": not r.finite,
                 "skipped_total": skipped_total,
                 "step_time": dt,
+                **r.metrics,
             }
         )
         if in_a_row >= cfg.max_nonfinite_in_a_row:

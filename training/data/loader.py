@@ -31,6 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.data.pair_format import (
+    CHOSEN_LATENTS,
+    CHOSEN_MP4,
+    REJECTED_LATENTS,
+    REJECTED_MP4,
+    PairIndex,
+)
 from training.data.sample_format import (
     JSON,
     LATENTS,
@@ -55,9 +62,26 @@ def _seed(*parts: int) -> int:
     return s
 
 
+def read_any_index(path: str, storage_options: dict[str, Any] | None = None) -> ShardIndex | PairIndex:
+    """A stage split's ShardIndex, or the PairIndex of Video-DPO pair shards (`vjp pairs`): both
+    name their shards and sample table the same way, so one stream reads either."""
+    from pydantic import ValidationError
+
+    from training.data.pair_format import PAIR_INDEX_SCHEMA
+    from training.data.store import read_bytes
+
+    data = read_bytes(path, storage_options)
+    if f'"{PAIR_INDEX_SCHEMA}"'.encode() not in data:
+        return read_index(path, storage_options)
+    try:
+        return PairIndex.model_validate_json(data)
+    except ValidationError as e:
+        raise ValueError(f"{path}: not a valid pair index ({e.error_count()} errors: {e})") from e
+
+
 def resolve_stage(
     source: str | os.PathLike[str], split: str = "train", storage_options: dict[str, Any] | None = None
-) -> tuple[list[str], ShardIndex | None, str | None]:
+) -> tuple[list[str], ShardIndex | PairIndex | None, str | None]:
     """(shard URLs, index, stage folder) from a stage folder, a split folder or an index file,
     local or an fsspec URL (s3://, gs://, hf://); other strings (brace patterns, `pipe:`) are
     expanded into URLs without an index."""
@@ -71,13 +95,15 @@ def resolve_stage(
 
     if s.endswith(".json"):
         index_file, stage_dir = s, up(s, 2)
-        index: ShardIndex | None = read_index(index_file, storage_options)
+        index: ShardIndex | PairIndex | None = read_any_index(index_file, storage_options)
     else:
         parent = up(s, 1)
         is_split = s.rsplit("/", 1)[-1] == split and store.exists(index_path(parent, split), storage_options)
         stage_dir = parent if is_split else s
         index_file = index_path(stage_dir, split)
-        index = read_index(index_file, storage_options) if store.exists(index_file, storage_options) else None
+        index = (
+            read_any_index(index_file, storage_options) if store.exists(index_file, storage_options) else None
+        )
     if index is not None:
         if index.split != split:
             raise ValueError(f"{source}: the index is of split {index.split!r}, not {split!r}")
@@ -118,14 +144,21 @@ def decode_sample(sample: dict[str, Any], decode_threads: int = 1) -> dict[str, 
         "caption": sample[TXT].decode("utf-8"),
         "meta": meta,
     }
-    if MP4 in sample:
-        frames = decode_mp4(sample[MP4], decode_threads)
-        want = (meta["frames"], meta["height"], meta["width"], 3)
-        if frames.shape != want:
-            raise ValueError(f"{out['key']}: mp4 is {frames.shape}, json says {want}")
-        out["video"] = video_tensor(frames)
-    if LATENTS in sample:
-        out["latents"] = torch.from_numpy(load_npy(sample[LATENTS]).astype(np.float32))
+    want = (meta["frames"], meta["height"], meta["width"], 3)
+    # A preference pair (training/data/pair_format.py) is a sample whose video or latents are the
+    # chosen side, with the rejected side beside them: everything that reads a stage sample reads
+    # the chosen side of a pair the same way.
+    for member, name in ((MP4, "video"), (CHOSEN_MP4, "video"), (REJECTED_MP4, "rejected_video")):
+        if member in sample:
+            frames = decode_mp4(sample[member], decode_threads)
+            if frames.shape != want:
+                raise ValueError(f"{out['key']}: {member} is {frames.shape}, json says {want}")
+            out[name] = video_tensor(frames)
+    latents = ((LATENTS, "latents"), (CHOSEN_LATENTS, "latents"), (REJECTED_LATENTS, "rejected_latents"))
+    for member, name in latents:
+        if member in sample:
+            out[name] = torch.from_numpy(load_npy(sample[member]).astype(np.float32))
+    if TEXT_EMB in sample:
         out["text_emb"] = torch.from_numpy(load_npy(sample[TEXT_EMB]).astype(np.float32))
     return out
 
@@ -133,10 +166,10 @@ def decode_sample(sample: dict[str, Any], decode_threads: int = 1) -> dict[str, 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack videos/latents; pad text embeddings to the longest with a mask (stored unpadded)."""
     batch: dict[str, Any] = {k: [s[k] for s in samples] for k in ("key", "caption", "meta")}
-    if "video" in samples[0]:
-        batch["video"] = torch.stack([s["video"] for s in samples])
+    for k in ("video", "rejected_video", "latents", "rejected_latents"):
+        if k in samples[0]:
+            batch[k] = torch.stack([s[k] for s in samples])
     if "latents" in samples[0]:
-        batch["latents"] = torch.stack([s["latents"] for s in samples])
         embs = [s["text_emb"] for s in samples]
         n = max(e.shape[0] for e in embs)
         padded = torch.zeros(len(embs), n, embs[0].shape[1])
