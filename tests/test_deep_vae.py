@@ -158,6 +158,14 @@ def test_ltx_vae_encodes_trains_samples_and_evaluates_through_the_same_commands(
         member = next(m for m in tf.getmembers() if m.name.endswith("latents.npy"))
         lat = np.load(io.BytesIO(tf.extractfile(member).read()), allow_pickle=False)  # type: ignore[union-attr]
     assert lat.shape == (TINY_LTX_CHANNELS, 3, 2, 2)  # [C, F, H, W] unscaled, as the CogVideoX shards
+    with tarfile.open(tar) as tf:  # the samples record which VAE made them; a CogVideoX run is refused
+        meta = json.loads(tf.extractfile(member.name.replace("latents.npy", "json")).read())  # type: ignore[union-attr]
+    assert (meta["latents"]["vae_preset"], meta["latents"]["vae_compression"]) == ("ltx", [32, 8])
+    from training.vae import check_latent_vae
+
+    check_latent_vae(meta, VAEConfig(cls="ltx", model=models["vae"], subfolder=None), str(tar))
+    with pytest.raises(ValueError, match=r"encoded by VAE ltx .* but this run's vae config is cogvideox"):
+        check_latent_vae(meta, VAEConfig(model=models["vae"], subfolder=None), str(tar))
     # vjp encode stores what the trainer's pixel path computes (LTX channel standardisation included)
     from training.data.loader import video_tensor
     from training.data.sample_format import decode_mp4

@@ -174,3 +174,49 @@ def test_encode_and_the_trainer_share_one_text_encoder(setup: dict[str, Any]) ->
         assert int(mask[i].sum()) == n
         np.testing.assert_allclose(emb[i, :n].numpy(), s, atol=1e-4, rtol=1e-4)
         assert not emb[i, n:].any()
+
+
+def _first_meta(latents: Path) -> tuple[str, dict[str, Any]]:
+    """(shard path, json) of the first sample of the first train shard, as the trainer reads it."""
+    import webdataset as wds
+
+    url = str(sorted((latents / "train").glob("*.tar"))[0])
+    return url, next(iter(wds.WebDataset(url, shardshuffle=False).decode()))["json"]
+
+
+def test_latent_shards_record_their_vae_and_a_run_with_another_is_refused(setup: dict[str, Any]) -> None:
+    from training.config import VAEConfig
+    from training.data.sample_format import SampleMeta
+    from training.vae import check_latent_vae
+
+    url, meta = _first_meta(setup["latents"])
+    lat = meta["latents"]
+    assert lat["vae"] == str(setup["vae"])
+    assert (lat["vae_cls"], lat["vae_preset"], lat["vae_revision"], lat["vae_compression"]) == (
+        "diffusers:AutoencoderKLCogVideoX", "cogvideox", None, [8, 4]
+    )  # fmt: skip
+    SampleMeta.model_validate(meta)  # the record is the schema's (sample_json.v1, optional fields)
+    vae = str(setup["vae"])
+    check_latent_vae(meta, VAEConfig(model=vae, subfolder=None), url)  # the encoding VAE: accepted
+    check_latent_vae(meta, VAEConfig(cls="cogvideox", model=vae + "/", subfolder=None), url)
+    with pytest.raises(ValueError) as e:
+        check_latent_vae(meta, VAEConfig(cls="ltx", model=vae, subfolder=None), url)
+    msg = str(e.value)
+    assert url in msg and meta["key"] in msg and "class differ" in msg
+    assert "cogvideox (diffusers:AutoencoderKLCogVideoX" in msg
+    assert "ltx (diffusers:AutoencoderKLLTXVideo" in msg
+    assert "8x space / 4x time" in msg
+    with pytest.raises(ValueError, match="weights differ"):
+        check_latent_vae(meta, VAEConfig(), url)  # THUDM/CogVideoX-2b/vae, not the folder that encoded
+    with pytest.raises(ValueError, match="revision differ"):
+        check_latent_vae(meta, VAEConfig(model=vae, subfolder=None, revision="v2"), url)
+    # shards encoded before the class was recorded: accepted with a warning, checked on the path only
+    recorded = ("vae_cls", "vae_preset", "vae_revision", "vae_compression")
+    old = {**meta, "latents": {k: v for k, v in lat.items() if k not in recorded}}
+    SampleMeta.model_validate(old)
+    with pytest.warns(UserWarning, match="encoded before vjp encode recorded the VAE class"):
+        check_latent_vae(old, VAEConfig(cls="ltx", model=vae, subfolder=None), url)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="class not recorded"):
+        check_latent_vae(old, VAEConfig(), url)
+    with pytest.raises(ValueError, match="no latents info"):
+        check_latent_vae({k: v for k, v in meta.items() if k != "latents"}, VAEConfig(), url)

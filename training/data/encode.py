@@ -44,6 +44,7 @@ from training.data.sample_format import (
 )
 from training.data.shard_writer import read_record, split_dir, write_shard_files, write_split_index
 from training.data.stages import EncodeConfig
+from training.vae import vae_location
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -69,7 +70,7 @@ class Encoders:
 
         from training.config import TextConfig
         from training.modeling import TextEncoder
-        from training.vae import vae_class
+        from training.vae import latent_record, vae_class
 
         self.cfg = cfg
         self.device, dtype_name = resolve_device(cfg)
@@ -88,6 +89,8 @@ class Encoders:
             self.dtype,
         )
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        # recorded in every sample's latents info: which VAE (class, preset, revision, compression)
+        self.vae_record = latent_record(cfg.vae_cls, cfg.vae_revision, self.vae)
 
     def encode_videos(self, videos: Sequence[np.ndarray]) -> list[np.ndarray]:
         """uint8 [T, H, W, 3] clips -> VAE posterior means [C, T', H', W'] (store dtype)."""
@@ -135,7 +138,7 @@ def encode_samples(samples: list[dict[str, Any]], enc: Encoders, encode_hash: st
     out = []
     for meta, caption, lat, emb in zip(metas, captions, latents, embs, strict=True):
         info = LatentInfo(
-            vae=cfg.vae if not cfg.vae_subfolder else f"{cfg.vae}/{cfg.vae_subfolder}",
+            vae=vae_location(cfg.vae, cfg.vae_subfolder),
             vae_scaling_factor=enc.scaling_factor,
             latents_shape=list(lat.shape),
             latents_dtype=str(lat.dtype),
@@ -144,6 +147,7 @@ def encode_samples(samples: list[dict[str, Any]], enc: Encoders, encode_hash: st
             text_len=int(emb.shape[0]),
             text_emb_dtype=str(emb.dtype),
             encode_hash=encode_hash,
+            **enc.vae_record,
         )
         derived = meta.model_copy(update={"latents": info})
         out.append(

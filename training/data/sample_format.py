@@ -178,6 +178,12 @@ class LatentInfo(_Model):
     text_len: int = Field(description="tokens in text_emb (no padding stored)")
     text_emb_dtype: str
     encode_hash: str
+    # Which VAE made the latents (training.vae.latent_record; absent in shards encoded before): the
+    # trainer checks a run's vae config against them (training.vae.check_latent_vae).
+    vae_cls: str | None = Field(None, description="module:Class of the encoding VAE")
+    vae_preset: str | None = Field(None, description="its preset (cogvideox | ltx), null for another class")
+    vae_revision: str | None = None
+    vae_compression: list[int] | None = Field(None, description="[spatial, temporal] compression of the VAE")
 
 
 class SampleMeta(_Model):
