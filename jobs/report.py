@@ -3,7 +3,12 @@
 their thresholds, caption lengths and Japanese share, counts per source, shard sizes, a contact
 sheet of clips (several frames each) beside their Japanese captions, and, after training, the
 loss curve and generated videos. Images are data URLs; the Japanese glyphs the captions need are
-embedded as a font subset, so the page renders the same on any machine."""
+embedded as a font subset, so the page renders the same on any machine.
+
+OUT may be an object-store URL (s3://bucket/prefix): the report reads the manifests and results
+there and writes OUT/report.html there too (one object: thumbnails and plots are inside the page),
+or into a local folder with --report-dir. The store's endpoint and credentials come from the
+environment (FSSPEC_S3_ENDPOINT_URL, AWS_*), as for every other command."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import os
 from collections import Counter
 from typing import Any
 
+from curation import atomic
 from jobs import report_plots as plots
 from jobs.report_data import RunData, read_run
 from jobs.report_fonts import CSS_FAMILIES, font_face_css
@@ -26,6 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", nargs="?", default=None, help="output folder of `vjp run` or `vjp curate`")
     p.add_argument("--out", default=None, help="the same, as a flag (older spelling)")
     p.add_argument("--max-clips", type=int, default=24, help="clips on the contact sheet")
+    p.add_argument(
+        "--report-dir",
+        default=None,
+        help="write report.html into this folder (local or URL) instead of OUT; e.g. a local copy "
+        "of the report of a run in a bucket",
+    )
 
 
 def esc(x: Any) -> str:
@@ -134,8 +146,8 @@ def contact_sheet(d: RunData, max_clips: int) -> tuple[str, list[str]]:
     cards, texts = [], []
     for c in chosen:
         folder = "clips" if c["status"] == "kept" else "staging"
-        path = os.path.join(d.out, folder, f"{c['clip_id']}.mp4")
-        src = clip_strip_url(path) if os.path.exists(path) else None
+        path = atomic.join(d.out, folder, f"{c['clip_id']}.mp4")
+        src = clip_strip_url(path) if atomic.exists(path) else None
         if src is None and c["clip_id"] in d.thumbs:
             src = data_url(d.thumbs[c["clip_id"]], "image/jpeg")
         img = (
@@ -180,9 +192,21 @@ EVAL_DIR = "eval"
 
 def eval_section(out: str) -> tuple[str, list[str]]:
     """`vjp eval --out OUT/eval`'s section (FVD, settings, generated beside real) and its captions."""
-    folder = os.path.join(out, EVAL_DIR)
-    if not os.path.isfile(os.path.join(folder, "metrics.json")):
+    folder = atomic.join(out, EVAL_DIR)
+    if not atomic.exists(atomic.join(folder, "metrics.json")):
         return "", []
+    if not atomic.is_url(folder):
+        return _eval_section(folder)
+    import tempfile
+
+    from jobs.run_paths import sync_down
+
+    with tempfile.TemporaryDirectory(prefix="vjp-eval-") as tmp:  # the section reads a local folder
+        sync_down(folder, tmp)
+        return _eval_section(tmp)
+
+
+def _eval_section(folder: str) -> tuple[str, list[str]]:
     from training.eval.report import render_section
 
     prompts = os.path.join(folder, "prompts.jsonl")
@@ -211,7 +235,8 @@ td.err{font-size:12px;border-bottom:1px solid #ddd;padding:2px 6px}""".replace("
 
 def render(d: RunData, max_clips: int = 24) -> str:
     summary = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in summary_rows(d))
-    parts = [f'<h1>videojp run report</h1><p class="meta">{esc(os.path.abspath(d.out))}</p>']
+    where = d.out if atomic.is_url(d.out) else os.path.abspath(d.out)
+    parts = [f'<h1>videojp run report</h1><p class="meta">{esc(where)}</p>']
     parts.append(f'<h2 id="summary">Summary</h2><table class="summary">{summary}</table>')
     ja_texts: list[str] = []
     if d.clips:
@@ -271,12 +296,14 @@ def render(d: RunData, max_clips: int = 24) -> str:
     )
 
 
-def write_report(out: str, max_clips: int = 24) -> str:
-    from curation.atomic import atomic_output
-
-    page = render(read_run(out), max_clips)
-    path = os.path.join(out, "report.html")
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+def write_report(
+    out: str, max_clips: int = 24, report_dir: str | None = None, train_folder: str | None = None
+) -> str:
+    """Render the report of OUT into REPORT_DIR/report.html (default OUT; either may be a URL):
+    one object, written whole. Returns its path."""
+    page = render(read_run(out, train_folder), max_clips)
+    path = atomic.join(report_dir or out, "report.html")
+    with atomic.atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(page)
     return path
 
@@ -285,8 +312,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out_dir or args.out
     if not out:
         raise SystemExit("vjp report: give the output folder (vjp report OUT)")
-    if not os.path.isdir(out):
-        print(f"vjp report: {out} is not a folder", flush=True)
+    if not atomic.isdir(out):
+        print(f"vjp report: {out} is not a folder (or a prefix with objects)", flush=True)
         return 2
-    print(write_report(out, args.max_clips))
+    print(write_report(out, args.max_clips, args.report_dir))
     return 0

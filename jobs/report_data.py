@@ -1,19 +1,21 @@
-"""What the report shows, read from a run's output folder; every part is optional (a run that
-stopped after curation still gets a report of what it did)."""
+"""What the report shows, read from a run's output folder or object-store prefix (OUT = s3://...:
+manifests through curation.manifest's readers, the rest as objects); every part is optional (a run
+that stopped after curation still gets a report of what it did)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
 
+from curation import atomic
 from curation.config import CurateConfig
-from curation.manifest import THUMB_SCHEMA, VIDEO_SCHEMA, read_one, read_rows, read_table
+from curation.manifest import THUMB_SCHEMA, VIDEO_SCHEMA, read_rows, read_table
 from curation.pipeline import Layout
 
 
@@ -74,41 +76,47 @@ class Thumbs(Mapping[str, bytes]):
 
 
 def _json(path: str) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8")) if os.path.exists(path) else None
+    return json.loads(atomic.read_bytes(path)) if atomic.exists(path) else None
+
+
+def _parquet_rows(path: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(atomic.read_bytes(path))).to_pylist() if atomic.exists(path) else []
 
 
 def _stage_folders(root: str) -> list[str]:
-    if not os.path.isdir(root):
-        return []
-    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "__index__")))
+    """Stage names below OUT/shards or OUT/latents: the folders that have an index folder."""
+    if not atomic.is_url(root):
+        if not os.path.isdir(root):
+            return []
+        return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "__index__")))
+    return [d for d in atomic.listdir(root) if "__index__" in atomic.listdir(atomic.join(root, d))]
 
 
 def read_stages(out: str) -> list[StageShards]:
-    import pyarrow.parquet as pq
-
     from training.data.sample_format import SPLITS, index_path, read_index, samples_path
 
     stages = []
     for kind in ("shards", "latents"):
-        root = os.path.join(out, kind)
+        root = atomic.join(out, kind)
         for name in _stage_folders(root):
-            folder = os.path.join(root, name)
+            folder = atomic.join(root, name)
             st = StageShards(name, kind)
             for split in SPLITS:
-                if os.path.exists(index_path(folder, split)):
+                if atomic.exists(index_path(folder, split)):
                     st.splits[split] = read_index(index_path(folder, split))
-            if os.path.exists(samples_path(folder)):
-                st.samples = pq.read_table(samples_path(folder)).to_pylist()
+            st.samples = _parquet_rows(samples_path(folder))
             stages.append(st)
     return stages
 
 
 def read_metrics(train_dir: str) -> list[dict[str, Any]]:
-    path = os.path.join(train_dir, "metrics.jsonl")
+    path = atomic.join(train_dir, "metrics.jsonl")
     rows: list[dict[str, Any]] = []
-    if not os.path.exists(path):
+    if not atomic.exists(path):
         return rows
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in atomic.read_bytes(path).decode("utf-8").splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -119,37 +127,43 @@ def read_metrics(train_dir: str) -> list[dict[str, Any]]:
 
 
 def read_samples(train_dir: str) -> list[dict[str, Any]]:
-    """Generated videos of the newest step that has them (RUN/samples/step_N/prompts.json)."""
-    root = os.path.join(train_dir, "samples")
-    if not os.path.isdir(root):
-        return []
-    for step_dir in sorted(os.listdir(root), reverse=True):
-        meta = _json(os.path.join(root, step_dir, "prompts.json"))
+    """Generated videos of the newest step that has them (RUN/samples/step_N/prompts.json); each
+    with its `path` (a local path or a URL: report_media reads both)."""
+    root = atomic.join(train_dir, "samples")
+    for step_dir in sorted(atomic.listdir(root), reverse=True):
+        meta = _json(atomic.join(root, step_dir, "prompts.json"))
         if meta:
+            present = set(atomic.listdir(atomic.join(root, step_dir)))
             return [
-                {**m, "path": os.path.join(root, step_dir, m["file"])}
+                {**m, "path": atomic.join(root, step_dir, m["file"])}
                 for m in meta["samples"]
-                if os.path.exists(os.path.join(root, step_dir, m["file"]))
+                if m["file"] in present
             ]
     return []
 
 
-def read_run(out: str) -> RunData:
+def read_run(out: str, train_folder: str | None = None) -> RunData:
+    """Everything the report shows. `train_folder` is run.train.folder (default: the one in
+    OUT/run/config.json, else "train"); with OUT on a store the trainer's results are read from
+    where `vjp run` published them (jobs.run_paths.train_results)."""
     from captioning.config import CaptionConfig
     from captioning.manifest import read_captions
+    from jobs.run_paths import train_results
 
+    if not atomic.is_url(out):
+        out = atomic.strip_file(out)
     layout = Layout(out)
-    videos = read_rows(layout.videos, VIDEO_SCHEMA) if os.path.isdir(layout.videos) else []
-    clips = read_one(layout.clips_manifest) if os.path.exists(layout.clips_manifest) else []
+    videos = read_rows(layout.videos, VIDEO_SCHEMA)
+    clips = read_table(os.path.dirname(layout.clips_manifest), group_key=None).to_pylist()
     thumbs = Thumbs(layout.thumbs)
-    cap_dir = Path(out) / "manifests" / "captions"
-    captions = read_captions(cap_dir, latest=True).to_pylist() if cap_dir.is_dir() else []
-    config = _json(os.path.join(out, "run", "config.json"))
-    curate_json = _json(os.path.join(out, "manifests", "config.json"))
+    captions = read_captions(atomic.join(out, "manifests", "captions"), latest=True).to_pylist()
+    config = _json(atomic.join(out, "run", "config.json"))
+    curate_json = _json(atomic.join(out, "manifests", "config.json"))
     curate_cfg = CurateConfig.model_validate(curate_json) if curate_json else CurateConfig()
     caption_cfg = CaptionConfig.model_validate((config or {}).get("caption") or {})
-    folder = ((config or {}).get("run") or {}).get("train", {}).get("folder", "train")
-    train_dir = os.path.join(out, folder)
+    if train_folder is None:
+        train_folder = ((config or {}).get("run") or {}).get("train", {}).get("folder", "train")
+    train_dir = train_results(out, train_folder or "train")
     return RunData(
         out=out,
         videos=videos,
@@ -158,11 +172,11 @@ def read_run(out: str) -> RunData:
         captions=captions,
         curate_cfg=curate_cfg,
         caption_cfg=caption_cfg,
-        curate_summary=_json(os.path.join(out, "manifests", "summary.json")) or {},
+        curate_summary=_json(atomic.join(out, "manifests", "summary.json")) or {},
         stages=read_stages(out),
         metrics=read_metrics(train_dir),
-        train_summary=_json(os.path.join(train_dir, "summary.json")),
+        train_summary=_json(atomic.join(train_dir, "summary.json")),
         samples=read_samples(train_dir),
-        steps=_json(os.path.join(out, "run", "steps.json")) or {},
+        steps=_json(atomic.join(out, "run", "steps.json")) or {},
         config=config,
     )

@@ -1,6 +1,7 @@
 """Pictures for the report: frame strips of clips and of generated videos, animated previews.
 
-Everything comes back as a data URL, so the page stays one self-contained file.
+Everything comes back as a data URL, so the page stays one self-contained file. Videos are local
+paths or object-store URLs (OUT = s3://...: fetched to a temporary file first).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import io
 import av
 import numpy as np
 from PIL import Image
+
+from curation import atomic
 
 
 def data_url(payload: bytes, mime: str) -> str:
@@ -62,7 +65,8 @@ def clip_frames(path: str, n: int = 4) -> list[np.ndarray]:
 
 def clip_strip_url(path: str, n: int = 4, height: int = 90) -> str | None:
     try:
-        frames = clip_frames(path, n)
+        with atomic.local_file(path) as local:
+            frames = clip_frames(local, n)
     except (av.error.FFmpegError, OSError, IndexError):
         return None
     return data_url(strip(frames, height), "image/jpeg") if frames else None
@@ -91,5 +95,5 @@ def animated_url(video: np.ndarray, fps: float, height: int = 128) -> str:
 
 
 def read_video(path: str) -> np.ndarray:
-    with av.open(path) as c:
+    with atomic.local_file(path) as local, av.open(local) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])

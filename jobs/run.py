@@ -11,8 +11,12 @@ Steps run in pipeline order, each one on what the previous one wrote:
     OUT/latents/<stage>/    encode (optional)
     OUT/train/              train: checkpoints/, metrics.jsonl, summary.json, samples/ (run.train.folder)
     OUT/models/             tiny models built here when run.tiny_models asks (nothing downloaded)
-    OUT/run/steps.json      one summary per step (counts, wall and CPU seconds)
+    OUT/run/steps.json      one summary per step (counts, wall and CPU seconds); config.json, log.txt
     OUT/report.html         the whole run on one page
+
+OUT may be an object-store URL (`run.out: s3://bucket/prefix`): every step then writes its outputs
+there, and only the tiny models, the trainer's checkpoints and read-through copies live in a local
+folder (run.local); see jobs/run_paths.py for what goes where and why.
 
 Rerun the same command after a crash or a kill: every step skips what is finished (curated
 videos, captions, shards whose plan is unchanged, encoded shards, training checkpoints), so the
@@ -90,17 +94,22 @@ def caption_reason(reason: str | None) -> str:
 # ---- the pipeline ---------------------------------------------------------------------------
 class Pipeline:
     def __init__(self, config_path: str, cfg: RunConfig, raw: dict[str, Any], overrides: list[str]) -> None:
+        from jobs.run_paths import RunPaths
+
         self.config_path = config_path
         self.cfg = cfg
         self.raw = raw
         self.overrides = overrides
-        self.out = os.path.abspath(cfg.run.out)
-        self.shards_root = os.path.join(self.out, "shards")
-        self.latents_root = os.path.join(self.out, "latents")
-        self.train_dir = os.path.join(self.out, cfg.run.train.folder)
-        self.models_dir = os.path.join(self.out, "models")
-        self.run_dir = os.path.join(self.out, "run")
+        self.paths = RunPaths.of(cfg.run.out, cfg.run.local, cfg.run.train.folder)
+        self.out = self.paths.out
+        self.shards_root = self.paths.shards_root
+        self.latents_root = self.paths.latents_root
+        self.train_dir = self.paths.train_dir
+        self.models_dir = self.paths.models_dir
+        self.run_dir = self.paths.run_dir
         self.steps: list[str] = list(cfg.run.steps)
+        self.ray_env: dict[str, str] = {}
+        self._log_lines: list[str] = []
 
     # The tiny models replace hub ids in the sections, then everything is validated again.
     def _reconfigure(self, overrides: list[str]) -> None:
@@ -116,16 +125,54 @@ class Pipeline:
         data_ray = data_ray or ("encode" in self.steps and (r.encode.runner or r.runner) == "ray")
         return data_ray or caption_ray or ("train" in self.steps and r.train.launcher == "ray")
 
-    def run(self, log: Callable[[str], None]) -> list[StepResult]:
-        from curation.atomic import atomic_output
+    def _storage(self) -> None:
+        """run.storage_options become the defaults of every filesystem of OUT's protocol, here and
+        in every process started from here; the shard and train sections get them explicitly
+        unless they set their own (their workers may run on other nodes)."""
+        from jobs.run_paths import install_storage_options
 
-        os.makedirs(self.run_dir, exist_ok=True)
-        with atomic_output(os.path.join(self.run_dir, "config.json")) as tmp:
-            Path(tmp).write_text(json.dumps(self.raw, indent=2, ensure_ascii=False), encoding="utf-8")
-        if self._uses_ray():
+        so = self.cfg.run.storage_options
+        self.ray_env = install_storage_options(self.out, so)
+        if so and not self.cfg.shard.storage_options:
+            self._reconfigure([f"shard.storage_options={json.dumps(so)}"])
+        train_data = (self.raw.get("train") or {}).get("data") or {}
+        if so and self.cfg.train is not None and not train_data.get("storage_options"):
+            self.overrides = [*self.overrides, f"train.data.storage_options={json.dumps(so)}"]
+
+    def _init_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if not self.ray_env:
             from jobs.runner import init_ray
 
             init_ray(self.cfg.run.address)
+            return
+        # The storage settings reach the workers of every node, not only those started from here.
+        address = self.cfg.run.address
+        ray.init(
+            address=address or None,
+            log_to_driver=False,
+            include_dashboard=False if not address else None,
+            runtime_env={"env_vars": self.ray_env},
+        )
+
+    def prepare(self) -> None:
+        """Storage settings in place, OUT/run/config.json written (run.storage_options holds no
+        credential: refused when the config is parsed)."""
+        from curation import atomic
+
+        self._storage()
+        atomic.makedirs(self.run_dir)
+        atomic.write_bytes(
+            atomic.join(self.run_dir, "config.json"),
+            json.dumps(self.raw, indent=2, ensure_ascii=False).encode("utf-8"),
+        )
+
+    def run(self, log: Callable[[str], None]) -> list[StepResult]:
+        if self._uses_ray():
+            self._init_ray()
         results: list[StepResult] = []
         for name in STEPS:
             if name not in self.steps:
@@ -145,14 +192,25 @@ class Pipeline:
                 break
         return results
 
-    def _save(self, results: list[StepResult]) -> None:
-        from curation.atomic import atomic_output
+    def record(self, line: str) -> None:
+        """Append a line to OUT/run/log.txt (the `vjp run:` lines of every attempt; one PUT each on
+        a store, where nothing can be appended to)."""
+        from curation import atomic
 
-        path = os.path.join(self.run_dir, "steps.json")
-        prev = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+        path = atomic.join(self.run_dir, "log.txt")
+        if not self._log_lines and atomic.exists(path):
+            self._log_lines = atomic.read_bytes(path).decode("utf-8", errors="replace").splitlines()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._log_lines.append(f"{stamp} {line}")
+        atomic.write_bytes(path, ("\n".join(self._log_lines) + "\n").encode("utf-8"))
+
+    def _save(self, results: list[StepResult]) -> None:
+        from curation import atomic
+
+        path = atomic.join(self.run_dir, "steps.json")
+        prev = json.loads(atomic.read_bytes(path)) if atomic.exists(path) else {}
         prev.update({r.name: {"ok": r.ok, "line": r.line, **r.summary} for r in results})
-        with atomic_output(path) as tmp:
-            Path(tmp).write_text(json.dumps(prev, indent=2, ensure_ascii=False))
+        atomic.write_bytes(path, json.dumps(prev, indent=2, ensure_ascii=False).encode("utf-8"))
 
     # ---- steps ----------------------------------------------------------------------------
     def step_curate(self) -> StepResult:
@@ -174,19 +232,22 @@ class Pipeline:
         return StepResult("curate", not (s["videos"] and s["videos_ok"] == 0), line, s)
 
     def _tiny_captioner(self) -> None:
-        """Build OUT/models/captioner once (atomic), sized to the frames the caption step samples."""
+        """Build LOCAL/models/captioner once (atomic), sized to the frames the caption step samples."""
         from captioning.frames import sample_frames
         from captioning.manifest import read_kept_clips, resolve_layout
+        from captioning.runner import clip_abspath
+        from curation import atomic
 
         path = os.path.join(self.models_dir, "captioner")
         if not os.path.exists(os.path.join(path, "config.json")):
             from captioning.tiny import build_demo_captioner
 
-            _, clips_dir, _ = resolve_layout(os.path.join(self.out, "manifests"))
+            root, clips_dir, _ = resolve_layout(self.paths.manifests)
             clips = read_kept_clips(clips_dir)
             if not clips:
                 raise FileNotFoundError("no kept clips to size the tiny captioner's frames on")
-            frames = sample_frames(os.path.join(self.out, clips[0]["clip_path"]), self.cfg.caption.frames)
+            with atomic.local_file(clip_abspath(clips[0], root) or "") as local:
+                frames = sample_frames(local, self.cfg.caption.frames)
             t, h, w, _ = frames.shape
             build_demo_captioner(
                 path, (h, w), t, steps=self.cfg.run.tiny_models.captioner_steps, cfg=self.cfg.caption
@@ -194,15 +255,20 @@ class Pipeline:
         if self.cfg.caption.model.id != path:
             self._reconfigure([f"caption.model.id={json.dumps(path)}"])
 
-    def step_caption(self) -> StepResult:
+    def _captions(self) -> list[dict[str, Any]]:
         from captioning.manifest import read_captions
+        from curation import atomic
+
+        return read_captions(atomic.join(self.paths.manifests, "captions"), latest=True).to_pylist()
+
+    def step_caption(self) -> StepResult:
         from jobs.caption import caption_clips
 
         if self.cfg.run.tiny_models.captioner:
             self._tiny_captioner()
         r = self.cfg.run
         s = caption_clips(
-            os.path.join(self.out, "manifests"),
+            self.paths.manifests,
             self.cfg.caption,
             r.caption.backend,
             r.caption.executor,
@@ -210,7 +276,7 @@ class Pipeline:
             retry_rejected=r.caption.retry_rejected,
             redo_stale=r.caption.redo_stale,
         )
-        rows = read_captions(Path(self.out) / "manifests" / "captions", latest=True).to_pylist()
+        rows = self._captions()
         status = Counter(row["status"] for row in rows)
         reasons = Counter(caption_reason(row["reason"]) for row in rows if row["status"] == "rejected")
         s.update(
@@ -225,20 +291,33 @@ class Pipeline:
         )
         return StepResult("caption", not status.get("error"), line, s)
 
+    def _shard_input(self) -> str:
+        """The manifests folder `vjp shard` reads. With OUT on a store: a local copy of the clip and
+        caption manifests and of the kept clips (jobs/shard.py opens local files); clip paths in
+        the manifests are relative to OUT, so the copy keeps OUT's layout."""
+        if not self.paths.remote:
+            return self.paths.manifests
+        from captioning.manifest import read_kept_clips
+        from curation import atomic
+        from jobs.run_paths import sync_down
+
+        mirror = os.path.join(self.paths.mirror, "out")
+        for folder in ("clips", "captions"):
+            sync_down(atomic.join(self.paths.manifests, folder), os.path.join(mirror, "manifests", folder),
+                      prune=True)  # fmt: skip
+        kept = read_kept_clips(os.path.join(mirror, "manifests", "clips"))
+        names = {str(c["clip_path"]) for c in kept if not atomic.is_url(str(c["clip_path"]))}
+        sync_down(self.out, mirror, names=names)
+        return os.path.join(mirror, "manifests")
+
     def step_shard(self) -> StepResult:
         from jobs.shard import shard_stage
 
         r = self.cfg.run
+        clips_arg = self._shard_input()
         per_stage, lines, ok = {}, [], True
         for stage in r.stages:
-            s = shard_stage(
-                os.path.join(self.out, "manifests"),
-                stage,
-                self.shards_root,
-                self.cfg.shard,
-                r.runner,
-                r.address,
-            )
+            s = shard_stage(clips_arg, stage, self.shards_root, self.cfg.shard, r.runner, r.address)
             per_stage[stage] = s
             shards = s["train"]["shards"] + s["eval"]["shards"]
             lines.append(
@@ -251,10 +330,24 @@ class Pipeline:
         return StepResult("shard", ok, "shard " + "; ".join(lines), {"stages": per_stage})
 
     def _tiny_trainer_models(self) -> dict[str, str]:
-        """training.tiny's VAE + text encoder in OUT/models/train (built once, kill-safe)."""
+        """training.tiny's VAE + text encoder in LOCAL/models/train (built once, kill-safe)."""
         from training.tiny import build_tiny_models
 
         return build_tiny_models(Path(self.models_dir) / "train")
+
+    def _encode_input(self, stage: str) -> str:
+        """The stage folder `vjp encode` reads: OUT/shards/<stage>, or with OUT on a store a local
+        copy of it (the encoder reads local tars; its latents go to the store)."""
+        from curation import atomic
+
+        src = atomic.join(self.shards_root, stage)
+        if not self.paths.remote:
+            return src
+        from jobs.run_paths import sync_down
+
+        dest = os.path.join(self.paths.mirror, "shards", stage)
+        sync_down(src, dest, prune=True)
+        return dest
 
     def step_encode(self) -> StepResult:
         from jobs.encode import encode_stage
@@ -275,7 +368,7 @@ class Pipeline:
         per_stage, lines, ok = {}, [], True
         for stage in r.stages:
             s = encode_stage(
-                os.path.join(self.shards_root, stage),
+                self._encode_input(stage),
                 self.latents_root,
                 self.cfg.shard,
                 list(r.encode.splits),
@@ -295,11 +388,18 @@ class Pipeline:
         return StepResult("encode", ok, "encode " + "; ".join(lines), {"stages": per_stage})
 
     def train_data(self) -> str:
+        """The stage the trainer streams: OUT/latents/<stage> or OUT/shards/<stage> (a URL when OUT
+        is on a store: the trainer reads the bucket itself, one ranged GET per sample)."""
+        from curation import atomic
+        from training.data import store
+        from training.data.sample_format import index_path
+
         t = self.cfg.run.train
         kind = t.data if t.data != "auto" else ("latents" if "encode" in self.steps else "shards")
-        if t.data == "auto" and kind == "shards" and os.path.isdir(os.path.join(self.latents_root, t.stage)):
+        latents = atomic.join(self.latents_root, t.stage)
+        if t.data == "auto" and kind == "shards" and store.exists(index_path(latents, "train")):
             kind = "latents"  # encoded by an earlier run of this config
-        return os.path.join(self.latents_root if kind == "latents" else self.shards_root, t.stage)
+        return latents if kind == "latents" else atomic.join(self.shards_root, t.stage)
 
     def step_train(self) -> StepResult:
         try:
@@ -314,9 +414,10 @@ class Pipeline:
             from training.tiny import tiny_train_overrides
 
             overrides = [*tiny_train_overrides(self._tiny_trainer_models()), *overrides]
+        data = self.train_data()
         s = train_from_config(
             self.config_path,
-            self.train_data(),
+            data,
             self.train_dir,
             resume=True,
             overrides=overrides,
@@ -329,29 +430,51 @@ class Pipeline:
         )
         if t.samples:
             s["samples"] = self._samples(s, t.samples)
+        if self.paths.remote:
+            s["published"] = self._publish_train(s)
         loss = s.get("final_loss")
+        where = data.removeprefix(self.out).lstrip("/") if data.startswith(self.out) else data
         line = (
-            f"train: {s.get('steps')} steps on {os.path.relpath(self.train_data(), self.out)}, final loss "
-            f"{loss:.4f}"
+            f"train: {s.get('steps')} steps on {where}, final loss {loss:.4f}"
             if isinstance(loss, float)
             else f"train: {s.get('steps')} steps, no loss"
         )
         return StepResult("train", True, f"{line}, checkpoint {s.get('checkpoint')}", dict(s))
 
+    def _publish_train(self, summary: dict[str, Any]) -> str:
+        """The training results into OUT/<folder>: summary, metrics, the trainer's config copy,
+        sample videos, and the final checkpoint's export (the weights `vjp sample`/`vjp eval`
+        load) at the same relative path as in the run folder. The resumable state (optimizer,
+        every checkpoint) stays in the run folder; a rerun publishes again (idempotent)."""
+        from jobs.run_paths import publish
+
+        dest = self.paths.train_results
+        publish(self.train_dir, dest, TRAIN_LOCAL_ONLY)
+        ckpt = summary.get("checkpoint")
+        if ckpt and os.path.isdir(os.path.join(ckpt, "export")):
+            rel = os.path.relpath(os.path.join(ckpt, "export"), self.train_dir)
+            if not rel.startswith(".."):
+                from curation import atomic
+
+                publish(os.path.join(ckpt, "export"), atomic.join(dest, *rel.split(os.sep)))
+        return dest
+
     def sample_prompts(self, n: int) -> list[str]:
         """Captions of the trained stage's held-out samples first, then of its training samples."""
+        import io
+
         import pyarrow.parquet as pq
 
-        from captioning.manifest import read_captions
+        from curation import atomic
         from training.data.sample_format import samples_path
 
-        path = samples_path(os.path.join(self.shards_root, self.cfg.run.train.stage))
-        rows = pq.read_table(path).to_pylist() if os.path.exists(path) else []
+        path = samples_path(atomic.join(self.shards_root, self.cfg.run.train.stage))
+        rows = pq.read_table(io.BytesIO(atomic.read_bytes(path))).to_pylist() if atomic.exists(path) else []
         order = sorted(
             (r for r in rows if r["status"] == "written"), key=lambda r: (r["split"] != "eval", r["clip_id"])
         )
         caps: dict[str, dict[str, str]] = {}
-        for c in read_captions(Path(self.out) / "manifests" / "captions", latest=True).to_pylist():
+        for c in self._captions():
             if c["status"] == "ok" and c["caption"]:
                 caps.setdefault(c["clip_id"], {})[c["caption_type"]] = c["caption"]
         prompts: list[str] = []
@@ -401,6 +524,10 @@ class Pipeline:
         return {"folder": str(folder), "videos": len(meta)}
 
 
+# The trainer's resumable state and caches: local (or a shared volume), never copied to OUT.
+TRAIN_LOCAL_ONLY = ("checkpoints", "stream", "ray")
+
+
 def select_steps(cfg: RunConfig, steps_arg: str | None) -> list[str]:
     if not steps_arg:
         return list(cfg.run.steps)
@@ -423,6 +550,8 @@ def run(args: argparse.Namespace) -> int:
 
     def log(msg: str) -> None:
         print(f"vjp run: {msg}", file=sys.stderr, flush=True)
+        if not args.check:
+            pipe.record(msg)
 
     missing = missing_requirements(cfg, raw, pipe.steps)
     if missing:  # fail before any step starts (and before an image build or a Slurm job goes on)
@@ -438,12 +567,16 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         log(f"config ok; steps {', '.join(pipe.steps)} -> {pipe.out}")
         return 0
-    log(f"steps {', '.join(pipe.steps)} -> {pipe.out}")
+    pipe.prepare()
+    log(
+        f"steps {', '.join(pipe.steps)} -> {pipe.out}"
+        + (f" (local: {pipe.paths.local})" if pipe.paths.remote else "")
+    )
     results = pipe.run(log)
     if cfg.run.report and not args.no_report:
         from jobs.report import write_report
 
         t0 = time.perf_counter()
-        path = write_report(pipe.out)
+        path = write_report(pipe.out, train_folder=cfg.run.train.folder)
         log(f"report: {path}; {time.perf_counter() - t0:.1f} s")
     return 0 if results and all(r.ok for r in results) else 1

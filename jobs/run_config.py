@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from captioning.config import CaptionConfig
 from curation.config import CurateConfig
@@ -54,7 +54,11 @@ class TrainStep(_Strict):
     """How the train step runs (the trainer's settings are the `train:` section)."""
 
     stage: str = Field("stage1", description="the stage whose shards (or latents) are trained on")
-    folder: str = Field("train", description="run folder, relative to run.out (or absolute)")
+    folder: str = Field(
+        "train",
+        description="the trainer's run folder, relative to run.out (to run.local with OUT on an object "
+        "store, results published to OUT/<folder>) or absolute",
+    )
     data: Literal["auto", "shards", "latents"] = Field(
         "auto", description="auto = the encode step's latents when `encode` is among the steps, else pixels"
     )
@@ -71,7 +75,8 @@ class TrainStep(_Strict):
 
 
 class TinyModels(_Strict):
-    """Models built locally into OUT/models when missing, for a run with nothing to download."""
+    """Models built locally into OUT/models (run.local/models with OUT on an object store) when
+    missing, for a run with nothing to download."""
 
     captioner: bool = Field(
         False, description="train the tiny demo Qwen2-VL (captioning.tiny) and caption with it"
@@ -84,7 +89,22 @@ class TinyModels(_Strict):
 
 class RunSection(_Strict):
     version: Literal[1] = 1
-    out: str = Field(description="output root: curation at OUT/, shards at OUT/shards, ... (shared FS)")
+    out: str = Field(
+        description="output root: curation at OUT/, shards at OUT/shards, ...: a folder every worker "
+        "sees, or an object-store URL (s3://bucket/prefix, gs://...; see jobs/run_paths.py)"
+    )
+    local: str | None = Field(
+        None,
+        description="with OUT on an object store: the local folder for tiny models, the trainer's run "
+        "folder (checkpoints) and copies of clips/shards the shard and encode steps read; null = "
+        "~/.cache/videojp/runs/<bucket>/<prefix>. Unused with a local OUT (everything is in OUT)",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for OUT's protocol (endpoint_url, region, profile...), given to "
+        "every step; credentials only from the environment, never here (refused: the config is "
+        "copied into OUT/run)",
+    )
     sources: list[str] = Field(
         min_length=1,
         description="curate's sources, curated into one output (dedup spans them all): pixabay:URL, "
@@ -95,7 +115,9 @@ class RunSection(_Strict):
     runner: Literal["ray", "local"] = Field("ray", description="curate/shard/encode: Ray tasks or threads")
     address: str | None = Field(None, description="Ray address; null = RAY_ADDRESS, a job's cluster or local")
     limit: int = Field(0, ge=0, description="curate at most this many videos (0 = all)")
-    report: bool = Field(True, description="write OUT/report.html at the end")
+    report: bool = Field(
+        True, description="write OUT/report.html at the end (into the bucket with a URL OUT)"
+    )
     caption: CaptionStep = CaptionStep()
     encode: EncodeStep = EncodeStep()
     train: TrainStep = TrainStep()
@@ -105,7 +127,16 @@ class RunSection(_Strict):
     def _order(self) -> RunSection:
         if len(set(self.steps)) != len(self.steps):
             raise ValueError(f"steps has duplicates: {self.steps}")
+        if self.local is not None and "://" in self.local and not self.local.startswith("file://"):
+            raise ValueError(f"local must be a local folder, not a URL: {self.local}")
         return self
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from training.data.store import check_storage_options
+
+        return check_storage_options(v, "storage_options")
 
 
 # Each step's section is validated by the step's own model (and described by its own schema),
