@@ -201,9 +201,17 @@ def read_kept_clips(clips_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_captions(captions_dir: str | Path, latest: bool = True) -> pa.Table:
-    """All caption rows, or (latest=True) the newest row per (clip_id, caption_type)."""
-    table = read_table(os.fspath(captions_dir), ARROW_SCHEMA, group_key=None)
+def read_captions(
+    captions_dir: str | Path, latest: bool = True, columns: list[str] | None = None
+) -> pa.Table:
+    """All caption rows, or (latest=True) the newest row per (clip_id, caption_type).
+
+    `columns`: only these (plus the keys that pick the latest row) are read, so millions of
+    captions need not load their raw outputs and sampling parameters."""
+    if columns is not None:
+        keys = ["clip_id", "caption_type", "created_at"]
+        columns = [*keys, *(c for c in columns if c not in keys)]
+    table = read_table(os.fspath(captions_dir), ARROW_SCHEMA, columns=columns, group_key=None)
     if not latest or table.num_rows == 0:
         return table
     table = table.sort_by(

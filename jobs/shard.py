@@ -69,6 +69,40 @@ def read_kept_clips(clips_dir: Path) -> list[dict[str, Any]]:
     return sorted((r for r in rows if r.get("clip_path")), key=lambda r: r["clip_id"])
 
 
+def read_kept_table(clips_dir: Path) -> Any:
+    """Kept clips with a file, sorted by clip id, as an Arrow table of the columns planning reads."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from training.data.planning import PLAN_COLUMNS
+
+    if not any(clips_dir.glob("*.parquet")):
+        raise FileNotFoundError(f"no parquet parts in {clips_dir}")
+    dset = ds.dataset(str(clips_dir), format="parquet")
+    missing = {"clip_id", "video_id", "status", "clip_path"} - set(dset.schema.names)
+    if missing:
+        raise ValueError(f"clip manifest {clips_dir} lacks columns {sorted(missing)}")
+    cols = [c for c in PLAN_COLUMNS if c in dset.schema.names]
+    table = dset.to_table(
+        columns=cols, filter=(ds.field("status") == "kept") & ds.field("clip_path").is_valid()
+    )
+    table = table.filter(pc.not_equal(table.column("clip_path"), ""))  # a row with "" has no file either
+    return table.sort_by("clip_id")
+
+
+def read_caption_table(captions_dir: Path, clip_ids: Any) -> Any:
+    """The latest caption per (clip, type) of the clips in `clip_ids` (training.data.planning)."""
+    import pyarrow as pa
+
+    from training.data.planning import VARIANT_COLUMNS, CaptionTable
+
+    if not captions_dir.is_dir() or not any(captions_dir.glob("*.parquet")):
+        return CaptionTable(pa.table({}), clip_ids)
+    from captioning.manifest import read_captions
+
+    return CaptionTable(read_captions(captions_dir, latest=True, columns=list(VARIANT_COLUMNS)), clip_ids)
+
+
 def read_caption_variants(captions_dir: Path) -> dict[str, dict[str, Any]]:
     """clip_id -> {caption_type: CaptionVariant}, latest row per (clip, type), every status."""
     from training.data.sample_format import CaptionVariant
@@ -150,27 +184,27 @@ def _row(
 
 
 def plan_stage(
-    clips: list[dict[str, Any]], variants: dict[str, Any], root: str, stage_name: str, cfg: Any, runner: str
+    clips: Any, captions: Any, root: str, stage_name: str, cfg: Any, runner: str
 ) -> tuple[list[Any], dict[str, dict[str, Any]], float | None]:
-    """Probe every clip file (in parallel), then plan each sample: (plans, skipped rows, bytes estimate)."""
-    from training.data.shard_writer import estimate_sample_bytes, plan_sample, shard_order, split_of
+    """Probe every clip file (in parallel), then plan each sample: (plans, skipped rows, bytes estimate).
+
+    `clips`: read_kept_table's Arrow table; `captions`: read_caption_table's. Plans are lazy
+    (training.data.planning): a few hundred bytes per sample until a shard renders it."""
+    from training.data.planning import plan_samples
+    from training.data.shard_writer import estimate_sample_bytes, shard_order, split_of
 
     probes: dict[str, Any] = {}
-    todo = [(c["clip_id"], c["clip_path"]) for c in clips]
+    todo = list(zip(clips.column("clip_id").to_pylist(), clips.column("clip_path").to_pylist(), strict=True))
     for batch, result, exc in _run(
         _probe_batch, _batches(todo, cfg.runner.probe_batch), (root,), runner, cfg
     ):
         for cid, probe in result if exc is None else [(cid, "unreadable") for cid, _ in batch or []]:
             probes[cid] = probe
-    plans, rows = [], {}
-    for c in clips:
-        plan = plan_sample(c, variants.get(c["clip_id"], {}), probes[c["clip_id"]], stage_name, cfg)
-        if isinstance(plan, str):
-            rows[c["clip_id"]] = _row(
-                c["clip_id"], c["video_id"], split_of(c["video_id"], cfg.split), plan, None
-            )
-        else:
-            plans.append(plan)
+    del todo
+    plans, skips = plan_samples(clips, captions, probes.__getitem__, stage_name, cfg)
+    rows = {
+        s.clip_id: _row(s.clip_id, s.video_id, split_of(s.video_id, cfg.split), s.reason, None) for s in skips
+    }
     # Bytes per sample from a few real encodes (deterministic: the first samples in shard order).
     stage = cfg.stage(stage_name)
     n_cal = cfg.runner.calibration_samples if stage.target_shard_bytes else 0
@@ -194,7 +228,7 @@ def write_indexes(
             # No record: the shard's task failed (reported, exit 1); a rerun retries it.
             reason = (rec.skipped.get(p.key) if rec else "shard_failed") or None
             shard = None if reason else f"{sh.split}/{sh.name}"
-            rows[p.key] = _row(p.key, p.meta.video_id, sh.split, reason, shard, ok=rec is not None)
+            rows[p.key] = _row(p.key, p.video_id, sh.split, reason, shard, ok=rec is not None)
     table = sorted(rows.values(), key=lambda r: r["clip_id"])
     stage_dir = store.join(out, stage_name)
     so = cfg.storage_options
@@ -233,13 +267,13 @@ def shard_stage(
     stage = cfg.stage(stage_name)
     root_path, clips_dir, captions_dir = resolve_layout(clips_arg)
     root = str(root_path)
-    clips = read_kept_clips(clips_dir)
-    variants = read_caption_variants(captions_dir)
+    clips = read_kept_table(clips_dir)
+    captions = read_caption_table(captions_dir, clips.column("clip_id"))
     if runner == "ray":
         init_ray(address)
 
     # 1. plan everything and group into shards before writing anything
-    plans, rows, est = plan_stage(clips, variants, root, stage_name, cfg, runner)
+    plans, rows, est = plan_stage(clips, captions, root, stage_name, cfg, runner)
     per_shard = samples_per_shard(stage, est)
     shards = group_shards(plans, per_shard, cfg.seed)
     planned = {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS}
@@ -272,7 +306,7 @@ def shard_stage(
         "stage": stage_name,
         "config_hash": cfg.stage_hash(stage_name),
         **splits,
-        "clips_kept": len(clips),
+        "clips_kept": clips.num_rows,
         "samples_written": sum(1 for r in rows.values() if r["status"] == "written"),
         "skipped_by_reason": dict(sorted(reasons.items())),
         "samples_per_shard": per_shard,

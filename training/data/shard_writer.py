@@ -175,68 +175,148 @@ def crop_region(
     return (x0, y0, x0 + rw, y0 + rh), round(scale, 6)
 
 
-@dataclass(frozen=True)
 class SamplePlan:
-    """Everything a worker needs to render one sample; `meta` is the final json member."""
+    """Everything a worker needs to render one sample; `meta` is the final json member.
 
-    meta: SampleMeta
-    clip_path: str  # relative to the curation output folder
-    size_bytes: int  # clip file size at planning time: a changed input changes the plan hash
+    Either eager (`SamplePlan(meta, clip_path, size_bytes)`) or lazy (`SamplePlan.lazy`): a lazy plan
+    keeps a row number into shared columnar inputs (training.data.planning) and builds its meta on
+    each access, so millions of planned samples cost a few hundred bytes each, not a pydantic tree.
+    Pickling (Ray tasks) sends the built meta, never the shared inputs.
+    """
+
+    __slots__ = ("_meta", "_row", "_source", "clip_path", "key", "size_bytes", "split", "video_id")
+
+    def __init__(self, meta: SampleMeta, clip_path: str, size_bytes: int) -> None:
+        self._meta: SampleMeta | None = meta
+        self._source: Any = None
+        self._row = -1
+        self.clip_path = clip_path  # relative to the curation output folder
+        self.size_bytes = size_bytes  # clip file size at planning time: a changed input changes the plan hash
+        self.key: str = meta.key
+        self.split: str = meta.split
+        self.video_id: str = meta.video_id
+
+    @classmethod
+    def lazy(
+        cls, source: Any, row: int, key: str, split: str, video_id: str, clip_path: str, size_bytes: int
+    ) -> SamplePlan:
+        """A plan whose meta is `source.meta(row)` (built on demand, not kept)."""
+        self = cls.__new__(cls)
+        self._meta, self._source, self._row = None, source, row
+        self.clip_path, self.size_bytes = clip_path, size_bytes
+        self.key, self.split, self.video_id = key, split, video_id
+        return self
 
     @property
-    def key(self) -> str:
-        return self.meta.key
+    def meta(self) -> SampleMeta:
+        return self._meta if self._meta is not None else self._source.meta(self._row)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"meta": self.meta.model_dump(mode="json"), "size": self.size_bytes}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SamplePlan, (self.meta, self.clip_path, self.size_bytes))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SamplePlan):
+            return NotImplemented
+        return (self.meta, self.clip_path, self.size_bytes) == (other.meta, other.clip_path, other.size_bytes)
+
+    __hash__ = None  # type: ignore[assignment]  # like the frozen dataclass it was: meta is unhashable
+
+    def __repr__(self) -> str:
+        return f"SamplePlan(key={self.key!r}, clip_path={self.clip_path!r}, size_bytes={self.size_bytes})"
 
 
 def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def plan_sample(
-    clip: Mapping[str, Any],
-    variants: Mapping[str, CaptionVariant],
-    probe: ClipProbe | SkipReason,
-    stage_name: str,
-    cfg: ShardConfig,
-) -> SamplePlan | SkipReason:
-    """Decide everything about one sample from its manifest row, captions and probe; no decoding."""
+@dataclass(frozen=True)
+class PlanContext:
+    """What every sample of one stage shares: computed once per job, not once per sample (the
+    package version alone is a metadata file parse)."""
+
+    stage_name: str
+    stage: StagePreset
+    seed: int
+    split: SplitConfig
+    captions: CaptionChoice
+    config_hash: str
+    package_version: str
+
+
+def plan_context(stage_name: str, cfg: ShardConfig) -> PlanContext:
+    return PlanContext(
+        stage_name=stage_name,
+        stage=cfg.stage(stage_name),
+        seed=cfg.seed,
+        split=cfg.split,
+        captions=cfg.captions,
+        config_hash=cfg.stage_hash(stage_name),
+        package_version=package_version(),
+    )
+
+
+def precheck(
+    clip: Mapping[str, Any], variants: Mapping[str, Any], probe: ClipProbe | SkipReason, choice: CaptionChoice
+) -> tuple[str, str] | SkipReason:
+    """The checks that need no stage: a safe key, a caption, a readable clip (in that order)."""
     if not sample_format.is_safe_key(clip["clip_id"]):
         return "unsafe_key"
-    picked = pick_caption(variants, clip.get("source_caption"), cfg.captions)
+    picked = pick_caption(variants, clip.get("source_caption"), choice)
     if picked is None:
         return "no_caption"
     if isinstance(probe, str):
         return probe
-    stage = cfg.stage(stage_name)
-    indices = frame_window(probe.n_frames, probe.fps, stage, cfg.seed, clip["clip_id"])
-    if isinstance(indices, str):
-        return indices
-    crop = (
+    return picked
+
+
+def clip_crop(clip: Mapping[str, Any]) -> tuple[float, float, float, float]:
+    return (
         float(clip.get("crop_top") or 0.0),
         float(clip.get("crop_bottom") or 0.0),
         float(clip.get("crop_left") or 0.0),
         float(clip.get("crop_right") or 0.0),
     )
-    region = crop_region(probe.width, probe.height, crop, stage)
+
+
+def place(
+    clip: Mapping[str, Any], probe: ClipProbe, ctx: PlanContext
+) -> tuple[list[int], tuple[tuple[int, int, int, int], float]] | SkipReason:
+    """Frame window and crop region of a sample (or why it has none)."""
+    indices = frame_window(probe.n_frames, probe.fps, ctx.stage, ctx.seed, clip["clip_id"])
+    if isinstance(indices, str):
+        return indices
+    region = crop_region(probe.width, probe.height, clip_crop(clip), ctx.stage)
     if isinstance(region, str):
         return region
-    box, scale = region
+    return indices, region
+
+
+def build_meta(
+    clip: Mapping[str, Any],
+    variants: Mapping[str, CaptionVariant],
+    probe: ClipProbe,
+    ctx: PlanContext,
+    picked: tuple[str, str],
+    placed: tuple[list[int], tuple[tuple[int, int, int, int], float]],
+) -> SampleMeta:
+    """The json member of a sample whose checks passed (`precheck`, `place`)."""
+    indices, (box, scale) = placed
     start_s = float(clip.get("start_s") or 0.0)
     caption, field = picked
-    meta = SampleMeta(
+    return SampleMeta(
         key=check_key(clip["clip_id"]),
         clip_id=clip["clip_id"],
         video_id=clip["video_id"],
         source=clip.get("source") or "",
-        stage=stage_name,
-        split=split_of(clip["video_id"], cfg.split),  # type: ignore[arg-type]
-        width=stage.width,
-        height=stage.height,
-        frames=stage.frames,
-        fps=stage.fps,
+        stage=ctx.stage_name,
+        split=split_of(clip["video_id"], ctx.split),  # type: ignore[arg-type]
+        width=ctx.stage.width,
+        height=ctx.stage.height,
+        frames=ctx.stage.frames,
+        fps=ctx.stage.fps,
         clip=ClipInfo(
             clip_path=clip["clip_path"],
             start_s=start_s,
@@ -247,7 +327,7 @@ def plan_sample(
             height=probe.height,
             source_width=clip.get("width"),
             source_height=clip.get("height"),
-            crop_box=crop,
+            crop_box=clip_crop(clip),
             decision_hash=clip.get("decision_hash"),
         ),
         window=Window(
@@ -262,10 +342,32 @@ def plan_sample(
         caption_field=field,
         captions=dict(sorted(variants.items())),
         source_caption=clip.get("source_caption"),
-        seed=cfg.seed,
-        config_hash=cfg.stage_hash(stage_name),
-        package_version=package_version(),
+        seed=ctx.seed,
+        config_hash=ctx.config_hash,
+        package_version=ctx.package_version,
     )
+
+
+def plan_sample(
+    clip: Mapping[str, Any],
+    variants: Mapping[str, CaptionVariant],
+    probe: ClipProbe | SkipReason,
+    stage_name: str,
+    cfg: ShardConfig,
+    ctx: PlanContext | None = None,
+) -> SamplePlan | SkipReason:
+    """Decide everything about one sample from its manifest row, captions and probe; no decoding.
+
+    Many samples: pass `ctx=plan_context(stage_name, cfg)` once, or use training.data.planning."""
+    picked = precheck(clip, variants, probe, cfg.captions)
+    if isinstance(picked, str):
+        return picked
+    assert not isinstance(probe, str)
+    ctx = ctx or plan_context(stage_name, cfg)
+    placed = place(clip, probe, ctx)
+    if isinstance(placed, str):
+        return placed
+    meta = build_meta(clip, variants, probe, ctx, picked, placed)
     return SamplePlan(meta=meta, clip_path=clip["clip_path"], size_bytes=probe.size_bytes)
 
 
@@ -293,7 +395,7 @@ def group_shards(plans: Iterable[SamplePlan], samples_per_shard: int, seed: int)
     """Deterministic shards per split, planned before anything is written (one task per shard)."""
     by_split: dict[str, list[SamplePlan]] = {s: [] for s in SPLITS}
     for p in plans:
-        by_split[p.meta.split].append(p)
+        by_split[p.split].append(p)
     out: list[ShardPlan] = []
     for split in SPLITS:
         ordered = shard_order(by_split[split], seed)

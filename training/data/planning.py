@@ -1,0 +1,192 @@
+"""Shard planning at corpus scale: columnar inputs, lazy sample plans, the same plans as plan_sample.
+
+Millions of kept clips: the clip rows stay one Arrow table (the columns planning reads), the latest
+captions another, grouped by clip row (offsets), and a planned sample keeps a row number. Its
+SampleMeta is built when something needs it (rendering, the plan hash) by the same functions that
+`shard_writer.plan_sample` uses (precheck, place, build_meta), so a lazy plan and an eager one are
+equal field for field (tests/test_shard_planning.py). Types are checked once per column when the
+tables are read (`check_columns`), and each row is validated by pydantic when its meta is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from training.data.sample_format import CaptionVariant, SampleMeta, SkipReason
+from training.data.shard_writer import (
+    SCORE_COLUMNS,
+    ClipProbe,
+    PlanContext,
+    SamplePlan,
+    build_meta,
+    place,
+    plan_context,
+    precheck,
+    split_of,
+)
+from training.data.stages import ShardConfig
+
+# The clip manifest columns a sample plan reads (those absent from a manifest are left out, as
+# plan_sample leaves out a score its row does not have).
+PLAN_COLUMNS = (
+    "clip_id",
+    "video_id",
+    "source",
+    "clip_path",
+    "start_s",
+    "end_s",
+    "width",
+    "height",
+    "decision_hash",
+    "crop_top",
+    "crop_bottom",
+    "crop_left",
+    "crop_right",
+    "source_caption",
+    *SCORE_COLUMNS,
+)
+VARIANT_COLUMNS = tuple(CaptionVariant.model_fields)
+CHUNK_ROWS = 32_768  # rows turned into Python objects at a time during planning
+
+
+def check_columns(table: pa.Table, required: Sequence[str], what: str) -> None:
+    """Bulk validation at the boundary: required columns present and without nulls."""
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}")
+    nulls = [c for c in required if table.column(c).null_count]
+    if nulls:
+        raise ValueError(f"{what} has null values in required columns {nulls}")
+
+
+class _Pick(NamedTuple):
+    """What pick_caption reads of a caption (status, text), without a pydantic model."""
+
+    caption: str | None
+    status: str
+
+
+class CaptionTable:
+    """The latest caption row per (clip, type), grouped by the rows of a sorted clip table.
+
+    `captions` holds at most one row per (clip_id, caption_type), as `read_captions(latest=True)`
+    returns them; rows of clips not in `clip_ids` are dropped.
+    """
+
+    def __init__(self, captions: pa.Table, clip_ids: pa.Array | pa.ChunkedArray) -> None:
+        n = len(clip_ids)
+        cols = ["caption_type", *VARIANT_COLUMNS]
+        if captions.num_rows == 0:
+            self.table = pa.table({c: pa.array([], pa.string()) for c in cols})
+            self.offsets = np.zeros(n + 1, dtype=np.int64)
+            return
+        check_columns(captions, ["clip_id", "caption_type", "status"], "caption manifest")
+        ids = clip_ids.combine_chunks() if isinstance(clip_ids, pa.ChunkedArray) else clip_ids
+        row = pc.index_in(captions.column("clip_id"), value_set=ids)
+        row_np = row.to_numpy(zero_copy_only=False)
+        row_np = np.where(row.is_null().to_numpy(zero_copy_only=False), -1, row_np).astype(np.int64)
+        keep = np.nonzero(row_np >= 0)[0]
+        # Stable: within a clip, rows stay in caption_type order (the order plan_sample's dict had).
+        order = keep[np.argsort(row_np[keep], kind="stable")]
+        present = [c for c in cols if c in captions.column_names]
+        self.table = captions.select(present).take(pa.array(order, type=pa.int64()))
+        self.offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row_np[order], minlength=n), out=self.offsets[1:])
+
+    def picks(self, lo: int, hi: int) -> list[dict[str, _Pick]]:
+        """For clip rows [lo, hi): {caption_type: (caption, status)}."""
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        part = self.table.slice(a, b - a)
+        types = part.column("caption_type").to_pylist()
+        caps = part.column("caption").to_pylist()
+        status = part.column("status").to_pylist()
+        out: list[dict[str, _Pick]] = []
+        for i in range(lo, hi):
+            s, e = int(self.offsets[i]) - a, int(self.offsets[i + 1]) - a
+            out.append({types[k]: _Pick(caps[k], status[k]) for k in range(s, e)})
+        return out
+
+    def variants(self, i: int) -> dict[str, CaptionVariant]:
+        """The validated caption variants of clip row i, by type."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        out: dict[str, CaptionVariant] = {}
+        for r in self.table.slice(a, b - a).to_pylist():
+            ctype = r.pop("caption_type")
+            out[ctype] = CaptionVariant.model_validate(r)
+        return out
+
+
+ProbeOf = Callable[[str], "ClipProbe | SkipReason"]
+
+
+class PlanSource:
+    """Shared inputs of lazy plans: rebuilds the meta of one clip row on demand."""
+
+    def __init__(self, clips: pa.Table, captions: CaptionTable, probe_of: ProbeOf, ctx: PlanContext) -> None:
+        self.clips = clips
+        self.captions = captions
+        self.probe_of = probe_of
+        self.ctx = ctx
+
+    def clip(self, i: int) -> dict[str, Any]:
+        return self.clips.slice(i, 1).to_pylist()[0]
+
+    def meta(self, i: int) -> SampleMeta:
+        clip = self.clip(i)
+        variants = self.captions.variants(i)
+        probe = self.probe_of(clip["clip_id"])
+        picked = precheck(clip, variants, probe, self.ctx.captions)
+        if isinstance(picked, str) or isinstance(probe, str):
+            raise RuntimeError(f"clip {clip['clip_id']}: its inputs changed after planning ({picked})")
+        placed = place(clip, probe, self.ctx)
+        if isinstance(placed, str):
+            raise RuntimeError(f"clip {clip['clip_id']}: its inputs changed after planning ({placed})")
+        return build_meta(clip, variants, probe, self.ctx, picked, placed)
+
+
+class Skip(NamedTuple):
+    clip_id: str
+    video_id: str
+    reason: SkipReason
+
+
+def plan_samples(
+    clips: pa.Table,
+    captions: CaptionTable,
+    probe_of: ProbeOf,
+    stage_name: str,
+    cfg: ShardConfig,
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[list[SamplePlan], list[Skip]]:
+    """plan_sample for every row of `clips` (sorted by clip_id), as lazy plans; (plans, skips) in
+    row order. The checks run now on plain values; metas are built later, one at a time."""
+    check_columns(clips, ["clip_id", "video_id", "clip_path"], "clip manifest")
+    ctx = plan_context(stage_name, cfg)
+    source = PlanSource(clips, captions, probe_of, ctx)
+    plans: list[SamplePlan] = []
+    skips: list[Skip] = []
+    for lo in range(0, clips.num_rows, chunk_rows):
+        hi = min(lo + chunk_rows, clips.num_rows)
+        rows = clips.slice(lo, hi - lo).to_pylist()
+        picks = captions.picks(lo, hi)
+        for k, clip in enumerate(rows):
+            probe = probe_of(clip["clip_id"])
+            picked = precheck(clip, picks[k], probe, ctx.captions)
+            if isinstance(picked, str):
+                skips.append(Skip(clip["clip_id"], clip["video_id"], picked))
+                continue
+            assert not isinstance(probe, str)
+            placed = place(clip, probe, ctx)
+            if isinstance(placed, str):
+                skips.append(Skip(clip["clip_id"], clip["video_id"], placed))
+                continue
+            vid = clip["video_id"]
+            split = split_of(vid, ctx.split)
+            cid, path = clip["clip_id"], clip["clip_path"]
+            plans.append(SamplePlan.lazy(source, lo + k, cid, split, vid, path, probe.size_bytes))
+    return plans, skips
