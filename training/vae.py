@@ -243,11 +243,12 @@ def check_latent_vae(meta: dict[str, Any], vae_cfg: Any, source: str | None = No
         if bad
     ]
     if mismatch:
+        verb = "differ" if len(mismatch) > 1 or mismatch == ["weights"] else "differs"
         compression = lat.get("vae_compression")
         made = f", {compression[0]}x space / {compression[1]}x time" if compression else ""
         raise ValueError(
             f"{where}: the latents were encoded by VAE {_describe(shard_cls, shard_path, shard_rev)}{made}, "
             f"but this run's vae config is {_describe(run_cls, run_path, run_rev)} ({' and '.join(mismatch)} "
-            "differ): set vae.cls / vae.model / vae.subfolder / vae.revision to the encoding VAE, or "
+            f"{verb}): set vae.cls / vae.model / vae.subfolder / vae.revision to the encoding VAE, or "
             "re-run vjp encode with this one"
         )
