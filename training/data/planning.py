@@ -81,6 +81,7 @@ class CaptionTable:
     def __init__(self, captions: pa.Table, clip_ids: pa.Array | pa.ChunkedArray) -> None:
         n = len(clip_ids)
         cols = ["caption_type", *VARIANT_COLUMNS]
+        self._columns: dict[str, pa.Array] | None = None
         if captions.num_rows == 0:
             self.table = pa.table({c: pa.array([], pa.string()) for c in cols})
             self.offsets = np.zeros(n + 1, dtype=np.int64)
@@ -114,8 +115,14 @@ class CaptionTable:
     def variants(self, i: int) -> dict[str, CaptionVariant]:
         """The validated caption variants of clip row i, by type."""
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        if self._columns is None:
+            self._columns = {
+                n: c.combine_chunks()
+                for n, c in zip(self.table.column_names, self.table.columns, strict=True)
+            }
         out: dict[str, CaptionVariant] = {}
-        for r in self.table.slice(a, b - a).to_pylist():
+        for k in range(a, b):
+            r = {name: col[k].as_py() for name, col in self._columns.items()}
             ctype = r.pop("caption_type")
             out[ctype] = CaptionVariant.model_validate(r)
         return out
@@ -129,12 +136,16 @@ class PlanSource:
 
     def __init__(self, clips: pa.Table, captions: CaptionTable, probe_of: ProbeOf, ctx: PlanContext) -> None:
         self.clips = clips
+        # One contiguous array per column: a row is read by index, no per-row table slice.
+        self._columns = {
+            name: col.combine_chunks() for name, col in zip(clips.column_names, clips.columns, strict=True)
+        }
         self.captions = captions
         self.probe_of = probe_of
         self.ctx = ctx
 
     def clip(self, i: int) -> dict[str, Any]:
-        return self.clips.slice(i, 1).to_pylist()[0]
+        return {name: col[i].as_py() for name, col in self._columns.items()}
 
     def meta(self, i: int) -> SampleMeta:
         clip = self.clip(i)
@@ -166,6 +177,7 @@ def plan_samples(
     """plan_sample for every row of `clips` (sorted by clip_id), as lazy plans; (plans, skips) in
     row order. The checks run now on plain values; metas are built later, one at a time."""
     check_columns(clips, ["clip_id", "video_id", "clip_path"], "clip manifest")
+    clips = clips.combine_chunks()  # one chunk per column: rows are then read by index (PlanSource)
     ctx = plan_context(stage_name, cfg)
     source = PlanSource(clips, captions, probe_of, ctx)
     plans: list[SamplePlan] = []

@@ -9,6 +9,7 @@ of seed and clip id, x264 runs single-threaded with fixed crf/preset, the mp4 mu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -128,6 +129,17 @@ def probe_clip(path: str) -> ClipProbe | SkipReason:
     return ClipProbe(int(w), int(h), n, float(rate), os.path.getsize(path))
 
 
+@functools.lru_cache(maxsize=1024)
+def _window_offsets(src_fps: float, fps: float, frames: int) -> tuple[int, ...] | None:
+    """Offsets of the window's frames from its first (None when a frame would repeat); a corpus has
+    few distinct frame rates, so this is computed a few times, not once per clip."""
+    ratio = src_fps / fps
+    offsets = tuple(math.floor(k * ratio + 0.5) for k in range(frames))
+    if any(b <= a for a, b in itertools.pairwise(offsets)):
+        return None
+    return offsets
+
+
 def frame_window(
     n_frames: int, src_fps: float, stage: StagePreset, seed: int, clip_id: str
 ) -> list[int] | SkipReason:
@@ -136,9 +148,8 @@ def frame_window(
     Nearest source frame to each target time; the start does not depend on the stage, so stages
     sharing a frame rate take the same moment of a clip (same content, higher resolution).
     """
-    ratio = src_fps / stage.fps
-    offsets = [math.floor(k * ratio + 0.5) for k in range(stage.frames)]
-    if any(b <= a for a, b in itertools.pairwise(offsets)):
+    offsets = _window_offsets(src_fps, stage.fps, stage.frames)
+    if offsets is None:
         return "low_fps"  # a frame would repeat: that is temporal stretching
     span = offsets[-1] + 1
     if span > n_frames:
