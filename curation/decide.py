@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.config import FilterConfig, SplitConfig
-from curation.scores.phash import near_duplicates
+from curation.scores.phash import duplicate_roots, near_duplicates
 
 # Order matters: the first failing check is the recorded reason, cheapest and most basic first.
 REASONS = (
@@ -162,20 +162,7 @@ def decide_table(
     ph = scores.column("phashes")
     has_ph = (pc.list_value_length(ph).to_numpy(zero_copy_only=False) > 0) if n else passing
     cand = np.nonzero(passing & has_ph)[0]
-    take = pa.array(cand, type=pa.int64())
-    # Python objects only for the clips that compete in deduplication.
-    cand_ids = scores.column("clip_id").take(take).to_pylist()
-    dup_of = near_duplicates(
-        list(zip(cand_ids, ph.take(take).to_pylist(), strict=True)), f.dedup_max_distance
-    )
-    losers = [k for k, cid in enumerate(cand_ids) if cid in dup_of]
-    mat[cand[losers], REASONS.index("near_duplicate")] = True
-    dup_idx = np.full(n, -1, dtype=np.int64)
-    dup_idx[cand[losers]] = np.arange(len(losers))
-    dup_values = pa.array([dup_of[cand_ids[k]] for k in losers], type=pa.string())
-    duplicate_of = (
-        pc.take(dup_values, pa.array(dup_idx, mask=dup_idx < 0)) if n else pa.array([], pa.string())
-    )
+    duplicate_of = _dedup(scores.column("clip_id"), ph, cand, f.dedup_max_distance, mat, n)
     failed = mat.any(axis=1)
     reasons = pa.array(REASONS, type=pa.string())
     first = (
@@ -189,3 +176,38 @@ def decide_table(
         .append_column("status", status)
         .append_column("reason", reason)
     )
+
+
+def _dedup(
+    clip_id: pa.ChunkedArray,
+    phashes: pa.ChunkedArray,
+    cand: np.ndarray,
+    max_distance: int,
+    mat: np.ndarray,
+    n: int,
+) -> pa.Array:
+    """near_duplicates over the candidate rows, columnar: marks the losers' near_duplicate column in
+    `mat` and returns the duplicate_of column (null for every other row). Same groups and survivors
+    as near_duplicates (the smallest clip id of a group survives), without a Python object per clip."""
+    if not n:
+        return pa.array([], pa.string())
+    take = pa.array(cand, type=pa.int64())
+    ids = clip_id.take(take).combine_chunks()
+    order = pc.sort_indices(ids).to_numpy()  # clip id order: the smallest index of a group survives
+    ids = ids.take(pa.array(order))
+    if len(ids) > 1 and pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py():
+        raise ValueError("clip ids must be unique")
+    lists = phashes.take(take).combine_chunks()
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    n_frames = int(lengths[0]) if len(lengths) else 0
+    if len(lengths) and (n_frames == 0 or (lengths != n_frames).any()):
+        raise ValueError("every clip needs the same, non-zero number of hashes")
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    hashes = values.reshape(len(ids), max(n_frames, 1))[order] if len(ids) else values.reshape(0, 1)
+    root = duplicate_roots(hashes, max_distance) if len(ids) else np.empty(0, dtype=np.int64)
+    losers = np.nonzero(root != np.arange(len(root)))[0]
+    rows = cand[order[losers]]
+    mat[rows, REASONS.index("near_duplicate")] = True
+    dup_idx = np.full(n, -1, dtype=np.int64)
+    dup_idx[rows] = root[losers]
+    return pc.take(ids, pa.array(dup_idx, mask=dup_idx < 0))

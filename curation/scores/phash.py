@@ -62,27 +62,33 @@ def _bands(n_bands: int) -> list[tuple[int, int]]:
     return [(int(lo), int(hi - lo)) for lo, hi in itertools.pairwise(edges.tolist())]
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+def _components(label: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components over edges (a[k], b[k]), vectorised; returns each item's smallest member.
 
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:  # path compression
-            parent[i], i = root, parent[i]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # Keep the smaller index as root: with items sorted by id, the root is the survivor.
-            if ra < rb:
-                self.parent[rb] = ra
-            else:
-                self.parent[ra] = rb
+    `label` starts as a forest with label[i] <= i (exact duplicates already pointing at their first
+    member). Each round hooks the larger of the two roots of every edge under the smaller, then
+    compresses paths; roots only ever get smaller, so the root of a component ends as its smallest
+    index (the union-find with smallest-index roots it replaces gave the same)."""
+    label = label.copy()
+    while True:
+        nxt = label[label]
+        if np.array_equal(nxt, label):
+            break
+        label = nxt
+    while a.size:
+        ra, rb = label[a], label[b]
+        diff = ra != rb
+        if not diff.any():
+            break
+        a, b = a[diff], b[diff]
+        ra, rb = ra[diff], rb[diff]
+        np.minimum.at(label, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:
+            nxt = label[label]
+            if np.array_equal(nxt, label):
+                break
+            label = nxt
+    return label
 
 
 def _same_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,26 +153,38 @@ def near_duplicates(items: Sequence[tuple[str, Sequence[int]]], max_distance: in
     n_frames = len(items[0][1])
     if n_frames == 0 or any(len(h) != n_frames for _, h in items):
         raise ValueError("every clip needs the same, non-zero number of hashes")
-
-    # Sort by id so index order == id order: the union-find root (smallest index) is the survivor.
+    # Sort by id so index order == id order: the smallest index of a group is its survivor.
     order = sorted(range(len(ids)), key=ids.__getitem__)
     ids = [ids[i] for i in order]
     hashes = np.array([[h & _MASK64 for h in items[i][1]] for i in order], dtype=np.uint64)
-    uf = _UnionFind(len(ids))
+    root = duplicate_roots(hashes, max_distance)
+    return {ids[i]: ids[r] for i, r in enumerate(root.tolist()) if r != i}
 
-    # Exact duplicates first: union them and keep one representative (the smallest id) for the search.
-    _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
-    for i, rep in enumerate(first[inverse].tolist()):
-        if rep != i:
-            uf.union(rep, i)
-    reps = np.sort(first)
-    rh = hashes[reps]
 
+def duplicate_roots(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """The array core of :func:`near_duplicates`: ``hashes`` is [clips, frames] (int64 or uint64, rows
+    in clip id order); returns for each clip the index of its group's survivor (itself when it
+    survives). No Python object per clip: millions of clips take seconds and a few arrays of memory.
+    """
+    if max_distance < 0:
+        raise ValueError("max_distance must be >= 0")
+    n = hashes.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    if hashes.ndim != 2 or hashes.shape[1] == 0:
+        raise ValueError("every clip needs the same, non-zero number of hashes")
+    hashes = np.ascontiguousarray(hashes).view(np.uint64) if hashes.dtype == np.int64 else hashes
+    n_frames = hashes.shape[1]
     if max_distance >= 64:  # every pair of 64-bit hashes is within 64 bits: one group
-        for i in range(1, len(ids)):
-            uf.union(0, i)
-    elif reps.size > 1 and max_distance > 0:
+        return np.zeros(n, dtype=np.int64)
+
+    # Exact duplicates first: each points at its first member; one representative each in the search.
+    _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
+    label = first[inverse.ravel()].astype(np.int64)
+    reps = np.sort(first).astype(np.int64)
+    rh = hashes[reps]
+    found: list[np.ndarray] = []
+    if reps.size > 1 and max_distance > 0:
         bands = _bands(max_distance + 1)
         frames = (0, n_frames - 1) if n_frames > 1 else (0,)
         band_vals = [
@@ -179,24 +197,17 @@ def near_duplicates(items: Sequence[tuple[str, Sequence[int]]], max_distance: in
             if len(frames) == 1
             else ((a << np.uint64(bands[j][1])) | b for a in band_vals[0] for j, b in enumerate(band_vals[1]))
         )
-        found: list[np.ndarray] = []
         for keys in tables:
             a, b = _same_key_pairs(keys)
             if a.size == 0:
                 continue
-            dist = _popcount(rh[a] ^ rh[b]).max(axis=1)
-            ok = dist <= max_distance
+            ok = _popcount(rh[a] ^ rh[b]).max(axis=1) <= max_distance
             if ok.any():
+                # A pair agreeing on several bands is found several times: keep one code per pair.
                 lo = np.minimum(a[ok], b[ok]).astype(np.int64)
                 hi = np.maximum(a[ok], b[ok]).astype(np.int64)
-                found.append(lo * reps.size + hi)
-        if found:
-            for code in np.unique(np.concatenate(found)).tolist():
-                uf.union(int(reps[code // reps.size]), int(reps[code % reps.size]))
-
-    out: dict[str, str] = {}
-    for i, cid in enumerate(ids):
-        root = uf.find(i)
-        if root != i:
-            out[cid] = ids[root]
-    return out
+                found.append(np.unique(lo * reps.size + hi))
+    if not found:
+        return _components(label, np.empty(0, np.int64), np.empty(0, np.int64))
+    codes = np.unique(np.concatenate(found))
+    return _components(label, reps[codes // reps.size], reps[codes % reps.size])
