@@ -9,6 +9,10 @@ Two presets, both classes that ship in diffusers:
 is sized from the latents a clip actually gives (training.modeling.VAE.latent_shape encodes zeros
 once per size): in_channels = C, the positional table = F x H x W, and the patch is chosen so one
 token covers ~16x16 pixels (patch 2 on the 8x VAE, patch 1 on the 32x VAE).
+
+Also here: the decode of LTX-Video >= 0.9.1's timestep-conditioned VAEs (decode timestep and seeded
+noise, as diffusers' LTXPipeline), and what `vjp encode` records about the VAE in every latent
+sample, with `check_latent_vae`, which refuses a run whose `vae` config is not that VAE.
 """
 
 from __future__ import annotations
