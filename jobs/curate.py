@@ -151,7 +151,7 @@ def _progress(enabled: bool) -> Any:
 def run(args: argparse.Namespace) -> int:
     cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "curate", args.overrides))
     summary = curate(args.source, args.out, cfg, args.runner, args.address, args.limit)
-    if not args.no_report and not atomic.is_url(args.out):  # the HTML report is written locally only
+    if not args.no_report:  # OUT/report.html, also into a bucket (jobs/report.py reads URLs)
         from jobs.report import write_report
 
         summary["report"] = write_report(args.out)

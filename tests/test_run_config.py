@@ -12,6 +12,9 @@ from curation.configfile import ConfigError, apply_overrides, load_section
 from jobs.cli import main
 from jobs.run import caption_reason, select_steps
 from jobs.run_config import load_run_config, parse_run_config
+from tests.s3_fixtures import S3Env, s3, s3_server
+
+__all__ = ["s3", "s3_server"]  # fixtures, found by name
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -137,3 +140,103 @@ def test_every_command_takes_set_and_reports_the_key_path(
     err = capsys.readouterr().err
     assert path in err and "with --set overrides" in err
     assert not (tmp_path / "c").exists()  # nothing ran
+
+
+# ---- OUT on object storage: where things go, storage options, copies ------------------------
+def test_run_storage_options_refuse_credentials_and_local_is_not_a_url() -> None:
+    raw = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    raw["run"].update(out="s3://bucket/demo", storage_options={"client_kwargs": {"endpoint_url": "http://x"}})
+    assert parse_run_config(raw).run.storage_options == {"client_kwargs": {"endpoint_url": "http://x"}}
+    for bad in ({"secret": "s"}, {"client_kwargs": {"aws_secret_access_key": "s"}}, {"token": "t"}):
+        raw["run"]["storage_options"] = bad
+        with pytest.raises(ConfigError, match=r"run\.storage_options.*credentials do not belong"):
+            parse_run_config(raw)
+    raw["run"].update(storage_options={}, local="s3://bucket/local")
+    with pytest.raises(ConfigError, match="local must be a local folder"):
+        parse_run_config(raw)
+
+
+def test_run_paths_keep_everything_in_a_local_out_and_split_a_bucket_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs.run_paths import RunPaths
+
+    local = RunPaths.of(str(tmp_path / "out"), str(tmp_path / "ignored"), "train")
+    assert local.local == local.out == str(tmp_path / "out") and not local.remote
+    assert local.train_dir == local.train_results == str(tmp_path / "out" / "train")
+    assert local.models_dir == str(tmp_path / "out" / "models")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bucket = RunPaths.of("s3://bkt/a/../runs/x/", None, "train")
+    assert (
+        bucket.remote
+        and bucket.out == "s3://bkt/a/../runs/x"
+        and bucket.shards_root == f"{bucket.out}/shards"
+    )
+    # the default local folder is named after the URL and never escapes the cache folder
+    assert bucket.local == str(tmp_path / "cache" / "videojp" / "runs" / "s3" / "bkt" / "a" / "runs" / "x")
+    assert bucket.train_dir == f"{bucket.local}/train" and bucket.train_results == f"{bucket.out}/train"
+    absolute = RunPaths.of("s3://bkt/x", str(tmp_path / "l"), str(tmp_path / "shared" / "run1"))
+    assert absolute.train_dir == str(tmp_path / "shared" / "run1")
+    assert absolute.train_results == "s3://bkt/x/train"
+
+
+def test_install_storage_options_reaches_this_process_and_its_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import fsspec.config
+
+    from jobs.run_paths import install_storage_options
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"anon": False})
+    monkeypatch.setenv("FSSPEC_S3", json.dumps({"requester_pays": True}))
+    so = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}}
+    assert install_storage_options("/local/out", so) == {}  # a local OUT: nothing to set
+    env = install_storage_options("s3://b/p", so)
+    assert json.loads(env["FSSPEC_S3"]) == {"requester_pays": True, **so}  # merged with what was there
+    assert fsspec.config.conf["s3"] == {"anon": False, **so}
+    child = subprocess.run(
+        [sys.executable, "-c", "import fsspec.config, json; print(json.dumps(fsspec.config.conf.get('s3')))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(child.stdout) == {"requester_pays": True, **so}
+
+
+def test_sync_down_fetches_what_changed_and_publish_uploads_a_folder(s3: S3Env, tmp_path: Path) -> None:
+    import os
+
+    from jobs.run_paths import SYNC_STATE, publish, sync_down
+
+    src = tmp_path / "run"
+    files = {"summary.json": b"{}", "samples/step_1/a.mp4": b"AAA", "checkpoints/x": b"state"}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    (src / ".summary.json.tmp-1").write_bytes(b"half")  # a killed writer's temporary
+    url = s3.bucket("sync") + "/out"
+    assert publish(str(src), url + "/train", skip=("checkpoints",)) == 2
+    fs = s3.fs()
+    assert sorted(p.split("/out/")[1] for p in fs.find(url.removeprefix("s3://"))) == [
+        "train/samples/step_1/a.mp4", "train/summary.json"
+    ]  # fmt: skip
+
+    dest = tmp_path / "copy"
+    assert sync_down(url, str(dest)) == 2
+    assert (dest / "train" / "samples" / "step_1" / "a.mp4").read_bytes() == b"AAA"
+    assert sync_down(url, str(dest)) == 0  # current: nothing fetched again
+    fs.pipe_file(url.removeprefix("s3://") + "/train/summary.json", b'{"steps": 6}')  # rewritten
+    (dest / "train" / "samples" / "step_1" / "a.mp4").write_bytes(b"A")  # a truncated copy
+    assert sync_down(url, str(dest)) == 2
+    assert (dest / "train" / "summary.json").read_bytes() == b'{"steps": 6}'
+    assert (dest / "train" / "samples" / "step_1" / "a.mp4").read_bytes() == b"AAA"
+    # only the names asked for; prune drops local files the store no longer has
+    fs.rm_file(url.removeprefix("s3://") + "/train/summary.json")
+    assert sync_down(url, str(dest / "only"), names={"train/samples/step_1/a.mp4"}) == 1
+    assert sorted(p.name for p in (dest / "only").rglob("*") if p.is_file()) == [SYNC_STATE, "a.mp4"]
+    sync_down(url, str(dest), prune=True)
+    assert not (dest / "train" / "summary.json").exists() and (dest / "train" / "samples").is_dir()
+    assert not [n for n in os.listdir(dest / "train" / "samples" / "step_1") if n.startswith(".")]

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as ds
 import pytest
 
 from tests.run_fixtures import DemoRuns, demo_runs, tail
@@ -30,14 +29,19 @@ MANIFESTS = {
 }
 
 
-def manifest_rows(out: Path, name: str) -> list[dict[str, Any]]:
-    folder = out / "manifests" / name
+def manifest_rows(out: Path | str, name: str) -> list[dict[str, Any]]:
+    """The committed rows of OUT/manifests/NAME (OUT a folder or a bucket URL), through the project's
+    readers: a folder mid-compaction holds parts a plain dataset would read twice."""
+    from curation.atomic import join
+    from curation.manifest import read_rows
+
+    folder = join(str(out), "manifests", name)
     if name == "captions":
         from captioning.manifest import read_captions
 
         rows = read_captions(folder, latest=True).to_pylist()
     else:
-        rows = ds.dataset(str(folder), format="parquet").to_table().to_pylist()
+        rows = read_rows(folder)
     keys = MANIFESTS[name]
     clean = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
     return sorted(clean, key=lambda r: tuple(str(r[k]) for k in keys))

@@ -1,0 +1,225 @@
+"""`vjp run jobs/configs/demo.yaml` with run.out in a bucket of a real S3-protocol server on loopback
+(moto, tests/s3_fixtures): every step writes there, the trainer streams its shards from there, the
+report is written there; the endpoint reaches every process only through run.storage_options, and
+the secret key in the environment reaches no object, file or log. Then the same run killed with
+SIGKILL in curate and in caption and rerun: its manifests and shards equal the uninterrupted run's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.run_fixtures import DEMO, REPO, tail
+from tests.s3_fixtures import s3_server
+from tests.test_run_demo import MANIFESTS, manifest_rows
+
+__all__ = ["s3_server"]  # the session fixture, found by name
+
+pytestmark = pytest.mark.slow
+
+SECRET = "vjp-run-s3-secret-5d1e0b"
+RUN_TIMEOUT_S = 900
+
+
+@dataclass
+class BucketRuns:
+    endpoint: str
+    local: Path  # run.local of both runs (the tiny models are built once, by the first)
+    reference: str  # s3://A/run, uninterrupted, every step
+    resumed: str  # s3://B/run, curate -> caption -> shard, killed and rerun
+    kills: list[str] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def fs(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs={"endpoint_url": self.endpoint})
+
+    def objects(self, url: str) -> dict[str, bytes]:
+        fs, root = self.fs(), url.removeprefix("s3://")
+        return {p[len(root) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
+
+
+def _env() -> dict[str, str]:
+    """The child's environment: credentials only (the secret one must never be written), and no
+    endpoint: it reaches the steps through run.storage_options alone."""
+    drop = ("RAY_ADDRESS", "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL", "FSSPEC_S3", "AWS_PROFILE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _cmd(url: str, endpoint: str, local: Path, *extra: str) -> list[str]:
+    so = json.dumps({"client_kwargs": {"endpoint_url": endpoint}})
+    sets = ["--set", f"run.local={json.dumps(str(local))}", "--set", f"run.storage_options={so}"]
+    return [sys.executable, "-m", "jobs.cli", "run", str(DEMO), "--out", url, *sets, *extra]
+
+
+def _run(cmd: list[str], log: Path, trigger: Callable[[], bool] | None = None) -> tuple[int | None, bool]:
+    """Run `vjp run`; SIGKILL its driver once `trigger()` holds. (returncode, killed)."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        t0 = time.monotonic()
+        try:
+            while proc.poll() is None:
+                if trigger is not None and trigger():
+                    proc.send_signal(signal.SIGKILL)  # the driver only, as the OOM killer would
+                    proc.wait()
+                    return None, True
+                if time.monotonic() - t0 > RUN_TIMEOUT_S:
+                    proc.kill()
+                    raise TimeoutError(f"vjp run did not finish in {RUN_TIMEOUT_S} s; see {log}")
+                time.sleep(0.2)
+            return proc.returncode, False
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # Ray's agents outlive a killed driver
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.5)
+
+
+def _any(runs: BucketRuns, prefix: str) -> Callable[[], bool]:
+    fs = runs.fs()
+
+    def found() -> bool:
+        fs.invalidate_cache()
+        return any(p.endswith(".parquet") for p in fs.find(prefix.removeprefix("s3://")))
+
+    return found
+
+
+@pytest.fixture(scope="module")
+def bucket_runs(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BucketRuns]:
+    import fsspec.config
+
+    base = tmp_path_factory.mktemp("runs3")
+    names = [f"{p}-{uuid.uuid4().hex[:10]}" for p in ("ref", "res")]
+    runs = BucketRuns(s3_server, base / "local", f"s3://{names[0]}/run", f"s3://{names[1]}/run")
+    # This process reads the buckets too (the project's manifest readers): the endpoint here only.
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}.items():  # fmt: skip
+            mp.setenv(k, v)
+        mp.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": s3_server}})
+        fs = runs.fs()
+        for n in names:
+            fs.mkdir(n)
+
+        log = base / "reference.log"
+        runs.logs.append(log)
+        rc, _ = _run(_cmd(runs.reference, s3_server, runs.local), log)
+        assert rc == 0, tail(log)
+
+        steps = ("--steps", "curate,caption,shard", "--no-report")
+        triggers = [
+            ("curate", _any(runs, f"{runs.resumed}/manifests/videos")),
+            ("caption", _any(runs, f"{runs.resumed}/manifests/captions")),
+        ]
+        for name, trigger in triggers:
+            log = base / f"killed-in-{name}.log"
+            runs.logs.append(log)
+            rc, killed = _run(_cmd(runs.resumed, s3_server, runs.local, *steps), log, trigger)
+            if killed:
+                runs.kills.append(name)
+            elif rc == 0:
+                break  # finished before the trigger (a fast machine): nothing left to interrupt
+            else:
+                pytest.fail(f"run before the {name} kill failed:\n{tail(log)}")
+        log = base / "resumed.log"
+        runs.logs.append(log)
+        rc, _ = _run(_cmd(runs.resumed, s3_server, runs.local, *steps), log)
+        assert rc == 0, tail(log)
+        yield runs
+        for n in names:
+            with contextlib.suppress(OSError):
+                fs.rm(n, recursive=True)
+
+
+def test_demo_in_a_bucket_runs_every_step_and_trains_from_its_shards(bucket_runs: BucketRuns) -> None:
+    runs = bucket_runs
+    objects = runs.objects(runs.reference)
+    steps = json.loads(objects["run/steps.json"])
+    assert list(steps) == ["curate", "caption", "shard", "encode", "train"]
+    assert all(s["ok"] for s in steps.values()), steps
+    log = runs.logs[0].read_text()
+    assert f"-> {runs.reference} (local: {runs.local})" in log
+    assert re.search(r"vjp run: train: 6 steps on latents/demo, final loss [\d.]+", log), tail(runs.logs[0])
+    # The run's own record is in the bucket: the resolved config (with the endpoint, no secret)
+    # and every `vjp run:` line.
+    config = json.loads(objects["run/config.json"])
+    assert config["run"]["storage_options"] == {"client_kwargs": {"endpoint_url": runs.endpoint}}
+    assert "train: 6 steps" in objects["run/log.txt"].decode()
+
+    # Every step's outputs are objects: clips, manifests, shards and latents with their indexes.
+    assert [n for n in objects if n.startswith("clips/") and n.endswith(".mp4")]
+    assert len(manifest_rows(runs.reference, "captions")) == 10
+    for kind in ("shards", "latents"):
+        index = json.loads(objects[f"{kind}/demo/__index__/train.json"])
+        assert index["shards"] and all(f"{kind}/demo/train/{e['name']}" in objects for e in index["shards"])
+
+    # The trainer streamed the latents from the bucket: no local copy of them exists, and the
+    # sample table it fetched from the bucket sits in its run folder's cache.
+    assert not list(runs.local.rglob("latents"))
+    assert list((runs.local / "train" / "stream").glob("*.arrow"))
+    trainer_cfg = json.loads(objects["train/config.json"])
+    assert trainer_cfg["data"]["storage_options"] == config["run"]["storage_options"]
+    # Results published to the bucket; checkpoints (resumable state) stay in the local run folder.
+    summary = json.loads(objects["train/summary.json"])
+    assert summary["steps"] == 6 and (runs.local / "train" / "checkpoints" / "step_000006" / "dcp").is_dir()
+    assert [json.loads(x)["step"] for x in objects["train/metrics.jsonl"].decode().splitlines()] == [
+        1, 2, 3, 4, 5, 6
+    ]  # fmt: skip
+    assert "train/checkpoints/step_000006/export/videojp.json" in objects
+    assert not [n for n in objects if "/dcp/" in n or n.startswith("train/stream/")]
+    prompts = json.loads(objects["train/samples/step_000006/prompts.json"])
+    assert len(prompts["samples"]) == 2
+    assert all(f"train/samples/step_000006/{s['file']}" in objects for s in prompts["samples"])
+
+    # The report, in the bucket, built from the bucket.
+    page = objects["report.html"].decode("utf-8")
+    for section in ("Summary", "Filter funnel", "Contact sheet", "Training loss", "Generated samples"):
+        assert f">{section}<" in page
+    assert runs.reference in page and page.count('class="strip"') >= 5  # clip frames from the bucket
+
+    # No secret anywhere: objects, local files, logs.
+    assert not [n for n, data in objects.items() if SECRET.encode() in data]
+    local = [p for p in runs.local.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000]
+    assert not [p for p in local if SECRET.encode() in p.read_bytes()]
+    assert not [p for p in runs.logs if SECRET in p.read_text(errors="replace")]
+
+
+def test_sigkill_and_rerun_in_a_bucket_give_the_uninterrupted_result(bucket_runs: BucketRuns) -> None:
+    runs = bucket_runs
+    assert runs.kills, f"the runs finished before every kill point: {[tail(p, 5) for p in runs.logs]}"
+    for name in MANIFESTS:
+        a, b = manifest_rows(runs.reference, name), manifest_rows(runs.resumed, name)
+        assert len(a) == len(b) > 0, name
+        diff = sorted({k for x, y in zip(a, b, strict=True) for k in x if x[k] != y.get(k)})
+        assert a == b, f"manifests/{name} differ in {diff}"
+    a, b = runs.objects(runs.reference), runs.objects(runs.resumed)
+    # Clips, shard tars and the per-clip table byte for byte (indexes hold creation times).
+    tables = r"shards/demo/__index__/samples\.parquet"
+    for pattern in (r"clips/.*\.mp4", r"shards/demo/(train|eval)/.*\.tar", tables):
+        sel_a = {k: v for k, v in a.items() if re.fullmatch(pattern, k)}
+        assert sel_a and sel_a == {k: v for k, v in b.items() if re.fullmatch(pattern, k)}, pattern
+    steps = json.loads(b["run/steps.json"])
+    assert list(steps) == ["curate", "caption", "shard"] and all(s["ok"] for s in steps.values())
+    assert not [n for n, data in b.items() if SECRET.encode() in data]
