@@ -5,8 +5,13 @@ caller (a thread of the local runner, a Ray worker) borrows a long-lived child f
 and sends it one call at a time over a pipe: no process start per video. A child that crashes,
 is killed (OOM killer, SIGKILL) or hangs past the timeout costs the call it was running, which
 raises `IsolatedError` with the reason; the next call gets a fresh child. Children are forked from
-a forkserver that has already imported the heavy modules, so a replacement costs milliseconds,
-and a child is also replaced after `MAX_CALLS` calls to bound leaks in native libraries.
+a forkserver that has already imported the heavy modules, and a child is replaced after
+`MAX_CALLS` calls to bound leaks in native libraries.
+
+A child's results must not depend on what it ran before (a resumed run must equal an
+uninterrupted one bit for bit): `_pin_child_state` fixes the process-wide settings that could
+make them, once, before the first call, and tests/test_reused_child.py checks that a real video
+scores bit-identically in a fresh child and after other real videos in a reused one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,11 +29,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 _PRELOAD = ["curation.pipeline"]
-# A child serves one call by default: reusing it across videos (VJP_ISOLATE_MAX_CALLS=1000) cuts
-# the fixed cost per video from ~0.4 s to ~10 ms of CPU, but motion scores then differed in their
-# last bits with the child's history (3 of 36 clips of the real-video resume test), which breaks
-# "a resumed run equals an uninterrupted one". Opt in only where that does not matter.
-MAX_CALLS = 1
+# Calls a child serves before it is replaced. A fresh child costs ~0.4 s of CPU (fork of the
+# preloaded forkserver, copy-on-write faults, exit) against ~2-15 ms of fixed cost per video in a
+# reused one; 256 calls bound slow leaks in native code at < 2 ms per video.
+# VJP_ISOLATE_MAX_CALLS=1 restores a fresh child per call.
+MAX_CALLS = 256
 _ctx: Any = None
 
 
@@ -53,10 +59,24 @@ def _cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _pin_child_state() -> None:
+    """Process-wide settings that every call of this child sees, fixed before the first one.
+
+    One video per core is the parallelism, so OpenCV's pool gets one thread: its parallel loops
+    then run in one fixed order, and a call cannot inherit a pool size some earlier call (or a
+    library it loaded) chose. The thread variables for BLAS/OpenMP are set before the forkserver
+    starts (`_context`).
+    """
+    cv2 = sys.modules.get("cv2")  # preloaded with curation.pipeline; never imported just for this
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+
+
 def _serve(conn: Connection) -> None:
     """The child's loop: one (fn, args) at a time until the parent closes the pipe or dies."""
     # Ctrl-C reaches the whole process group: the parent decides, the child finishes or is killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _pin_child_state()
     while True:
         try:
             fn, args = conn.recv()

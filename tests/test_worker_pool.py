@@ -169,7 +169,8 @@ def test_batched_ray_run_equals_the_per_video_path_on_real_videos(
         CFG.model_copy(update={"runner": CFG.runner.model_copy(update={"videos_per_task": 2})}),
         runner="ray",
     )
-    # The former path: a fresh child process per decode call, one video per thread.
+    # The former path: a fresh child process per decode call, one video per thread (the batched
+    # run's children are reused, the default): the same manifests and clips bit for bit.
     isolate.shutdown()
     monkeypatch.setenv("VJP_ISOLATE_MAX_CALLS", "1")
     per_video = tmp_path / "per_video"
