@@ -356,8 +356,7 @@ def sim_step(step: str, out: str, n: int, k: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         clips = read_kept_clips(os.path.join(out, "manifests", "clips"))
         captions = read_captions(cap)
-        ids = pa.array([c["clip_id"] for c in clips])
-        masks = pending_mask(ids, captions, ["short", "dense"], False)
+        masks = pending_mask(clips.table.column("clip_id"), captions, ["short", "dense"], False)
         res["planning_s"] = round(time.perf_counter() - t0, 2)
         res.update(
             kept=len(clips), captions=captions.num_rows, pending={t: int(v.sum()) for t, v in masks.items()}

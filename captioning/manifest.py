@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -182,8 +182,55 @@ def resolve_layout(clips_arg: str | Path) -> tuple[Any, Any, Any]:
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def read_kept_clips(clips_dir: str | Path) -> list[dict[str, Any]]:
-    """Kept clip rows (the columns captioning relies on; missing optional ones become None)."""
+class ClipRows(Sequence[dict[str, Any]]):
+    """Clip rows as dicts made on access from an Arrow table: millions of kept clips cost their
+    Arrow columns, not a dict each. Indexing, slicing, iteration and `==` against a list behave as
+    a list of the same dicts would."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table.combine_chunks()
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> ClipRows: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | ClipRows:
+        if isinstance(i, slice):
+            idx = range(len(self))[i]
+            if idx.step == 1:
+                return ClipRows(self.table.slice(idx.start, len(idx)))
+            return ClipRows(self.table.take(pa.array(list(idx), type=pa.int64())))
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("clip row index out of range")
+        return self.table.slice(i % n, 1).to_pylist()[0]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.table.to_batches(max_chunksize=_ROWS_PER_BATCH):
+            yield from batch.to_pylist()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ClipRows):
+            return self.table.equals(other.table)
+        if isinstance(other, list):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ClipRows({len(self)} rows)"
+
+
+_ROWS_PER_BATCH = 8192
+
+
+def read_kept_clips(clips_dir: str | Path) -> ClipRows:
+    """Kept clip rows sorted by clip id (the columns captioning relies on; missing optional ones are
+    None), as a sequence of dicts made on access."""
     folder = os.fspath(clips_dir)
     names = committed_files(folder)
     if not names:
@@ -194,11 +241,11 @@ def read_kept_clips(clips_dir: str | Path) -> list[dict[str, Any]]:
     if missing:
         raise ValueError(f"clip manifest {clips_dir} lacks columns {sorted(missing)}")
     table = read_table(folder, columns=cols, group_key=None, filter=ds.field("status") == "kept")
-    rows = table.sort_by("clip_id").to_pylist()
-    for r in rows:
-        for c in CLIP_COLUMNS:
-            r.setdefault(c, None)
-    return rows
+    table = table.sort_by("clip_id")
+    for c in CLIP_COLUMNS:
+        if c not in table.column_names:
+            table = table.append_column(c, pa.nulls(table.num_rows, pa.string()))
+    return ClipRows(table.select(CLIP_COLUMNS))
 
 
 def read_captions(
@@ -268,21 +315,32 @@ def pending_mask(
 
 
 def pending_work(
-    clips: list[dict[str, Any]],
+    clips: Sequence[dict[str, Any]],
     captions: pa.Table,
     caption_types: Iterable[str],
     retry_rejected: bool,
     current_hash: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Clips that still need captions, each with `caption_types` = the types to (re)do."""
+    """Clips that still need captions, each with `caption_types` = the types to (re)do.
+
+    With ClipRows (read_kept_clips), only the pending clips become dicts."""
     types = list(caption_types)
-    ids = pa.array([c["clip_id"] for c in clips], type=pa.string())
+    if isinstance(clips, ClipRows):
+        ids = clips.table.column("clip_id")
+    else:
+        ids = pa.array([c["clip_id"] for c in clips], type=pa.string())
     masks = pending_mask(ids, captions, types, retry_rejected, current_hash)
+    if not types:
+        return []
+    todo = np.stack([masks[t] for t in types], axis=1)
+    rows = np.nonzero(todo.any(axis=1))[0]
+    if isinstance(clips, ClipRows):
+        picked: Iterable[dict[str, Any]] = ClipRows(clips.table.take(pa.array(rows, type=pa.int64())))
+    else:
+        picked = [clips[i] for i in rows.tolist()]
     out = []
-    for i, clip in enumerate(clips):
-        todo = [t for t in types if masks[t][i]]
-        if todo:
-            out.append({**clip, "caption_types": todo})
+    for i, clip in zip(rows.tolist(), picked, strict=True):
+        out.append({**clip, "caption_types": [t for k, t in enumerate(types) if todo[i, k]]})
     return out
 
 
