@@ -97,7 +97,20 @@ def read_time(out: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_one(n: int, work: str, runner: str) -> dict[str, Any]:
+def git_commit() -> str:
+    p = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return p.stdout.strip() or "unknown"
+
+
+def _progress(n: int, res: dict[str, Any], step: str) -> None:
+    """One line per finished step on stderr: a run that cannot finish still shows how far it got."""
+    line = {"videos": n, "step_done": step, **res["steps"][step], "at": time.strftime("%H:%M:%S")}
+    print(json.dumps(line), file=sys.stderr, flush=True)
+
+
+def run_one(n: int, work: str, runner: str, progress: bool = False) -> dict[str, Any]:
     from captioning.config import config_from_dict
     from curation.config import parse_config
     from curation.configfile import load_section
@@ -109,16 +122,20 @@ def run_one(n: int, work: str, runner: str) -> dict[str, Any]:
     src, out = os.path.join(work, f"src{n}"), os.path.join(work, f"out{n}")
     _, gen_s, _ = timed(lambda: make_videos(src, n))
     shutil.rmtree(out, ignore_errors=True)
-    res: dict[str, Any] = {"videos": n, "generate_s": round(gen_s, 1), "steps": {}}
+    res: dict[str, Any] = {"videos": n, "commit": git_commit(), "generate_s": round(gen_s, 1), "steps": {}}
+    print(
+        json.dumps({"videos": n, "commit": res["commit"], "generated_s": res["generate_s"]}), file=sys.stderr
+    )
     rss0 = peak_rss_mb()
 
     # 160x96 videos: the short-side minimum lowered so that clips are kept and go on to caption/shard.
-    overrides = ["runner.progress=false", "filters.min_short_side=64"]
+    overrides = [f"runner.progress={str(progress).lower()}", "filters.min_short_side=64"]
     cfg = parse_config(*load_section(str(DEMO), "curate", overrides))
     summary, w, c = timed(lambda: curate(f"files:{src}/*.mp4", out, cfg, runner))
     res["steps"]["curate"] = {"wall_per_video_ms": 1e3 * w / n, "cpu_per_video_ms": 1e3 * c / n,
                               "driver_peak_rss_mb": peak_rss_mb()}  # fmt: skip
     res["clips_kept"] = summary["clips_kept"]
+    _progress(n, res, "curate")
 
     data, origin = load_section(str(DEMO), "caption", [])
     ccfg = config_from_dict(data, origin)
@@ -133,10 +150,13 @@ def run_one(n: int, work: str, runner: str) -> dict[str, Any]:
         build_demo_captioner(model, (h, w_), t, steps=40, cfg=ccfg)
     ccfg = config_from_dict({**data, "model": {"id": model}}, origin)
     _, w, c = timed(
-        lambda: caption_clips(os.path.join(out, "manifests"), ccfg, "transformers", "local", progress=False)
+        lambda: caption_clips(
+            os.path.join(out, "manifests"), ccfg, "transformers", "local", progress=progress
+        )
     )
     res["steps"]["caption"] = {"wall_per_video_ms": 1e3 * w / n, "cpu_per_video_ms": 1e3 * c / n,
                               "driver_peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    _progress(n, res, "caption")
 
     scfg = parse_shard(*load_section(str(DEMO), "shard", []))
     _, w, c = timed(
@@ -144,6 +164,7 @@ def run_one(n: int, work: str, runner: str) -> dict[str, Any]:
     )
     res["steps"]["shard"] = {"wall_per_video_ms": 1e3 * w / n, "cpu_per_video_ms": 1e3 * c / n,
                               "driver_peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    _progress(n, res, "shard")
     for s in res["steps"].values():
         for k in s:
             s[k] = round(s[k], 1)
@@ -168,8 +189,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             args.work,
             "--runner",
             args.runner,
+            *(["--progress"] if args.progress else []),
         ]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        # stderr passes through: per-step progress lines (and bars with --progress) reach the log.
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         print(json.dumps(r), flush=True)
@@ -418,11 +441,13 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--videos", type=int, action="append", required=True)
     r.add_argument("--runner", choices=["local", "ray"], default="local")
+    r.add_argument("--progress", action="store_true", help="progress bars of curate and caption on stderr")
     r.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vjp-scale-bench"))
     one = sub.add_parser("run-one")
     one.add_argument("--n", type=int, required=True)
     one.add_argument("--work", required=True)
     one.add_argument("--runner", default="local")
+    one.add_argument("--progress", action="store_true")
     s = sub.add_parser("sim")
     s.add_argument("--videos", type=int, default=1_000_000)
     s.add_argument("--clips-per-video", type=int, default=6)
@@ -439,7 +464,7 @@ def main() -> None:
         cmd_run(args)
     elif args.cmd == "run-one":
         os.makedirs(args.work, exist_ok=True)
-        print(json.dumps(run_one(args.n, args.work, args.runner)))
+        print(json.dumps(run_one(args.n, args.work, args.runner, args.progress)))
     elif args.cmd == "sim":
         os.makedirs(args.work, exist_ok=True)
         cmd_sim(args)
