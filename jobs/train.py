@@ -3,6 +3,7 @@
 vjp train --config jobs/configs/train.yaml --shards SHARDS/stage1 --out RUN [--resume] [--set k=v]
 vjp train ... --nproc 8                                   # torchrun on this machine
 vjp train ... --ray --address RAY_ADDRESS --num-workers 16 --gpus-per-worker 1
+vjp train ... --shards PAIRS/stage1 --set objective=dpo --set model.init_from=RUN   # Video-DPO
 """
 
 from __future__ import annotations
