@@ -306,8 +306,14 @@ class Pipeline:
             sync_down(atomic.join(self.paths.manifests, folder), os.path.join(mirror, "manifests", folder),
                       prune=True)  # fmt: skip
         kept = read_kept_clips(os.path.join(mirror, "manifests", "clips"))
-        names = {str(c["clip_path"]) for c in kept if not atomic.is_url(str(c["clip_path"]))}
-        sync_down(self.out, mirror, names=names)
+        # One listing per top folder of the clip paths (clips/), never of the whole OUT.
+        by_folder: dict[str, set[str]] = {}
+        for c in kept:
+            top, _, rest = str(c["clip_path"]).partition("/")
+            if rest and top not in (".", "..") and not atomic.is_url(str(c["clip_path"])):
+                by_folder.setdefault(top, set()).add(rest)
+        for top, names in sorted(by_folder.items()):
+            sync_down(atomic.join(self.out, top), os.path.join(mirror, top), names=names)
         return os.path.join(mirror, "manifests")
 
     def step_shard(self) -> StepResult:
