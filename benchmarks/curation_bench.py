@@ -14,13 +14,15 @@ two runs (ours: three runs), and how many frames' exported motion vectors differ
 frame-threaded decodes (the root cause of issue 8).
 
   pipeline       what `vjp curate` spends per video without clip extraction: the file's hash, the
-                 analysis in the isolated decoder child (CPU of both processes), the manifest parts
+                 analysis in the isolated decoder child (CPU of both processes; a reused child, as
+                 in a run, and one decode thread: workers run one video per core), the manifest parts
+  decode 1 thr   the plain decode pass with one FFmpeg thread (what the pipeline's decode costs)
 
 Then the fixed cost per video (issue 16): `vjp curate` on the embedded Ray over N tiny generated
 videos (160x96, 3 s), CPU of every process of the run (driver, Ray, workers, decoder children)
 per video, minus the same videos' work done in-process (hash, probe, analysis): batched tasks
-with a fresh decoder child per video (the default), batched with long-lived children (opt-in,
-VJP_ISOLATE_MAX_CALLS=1000), and the former way (a task and a child process per video).
+with reused decoder children (the default), batched with a fresh child per video
+(VJP_ISOLATE_MAX_CALLS=1), and the former way (a task and a child process per video).
 
 Goals: ours <= 1.3 x plain decode, >= 3 x faster than naive, reproducible (issue 2); pipeline
 <= 1.3 x decode on the small real videos and <= 1.1 x at 1080p, fixed cost <= 20 ms CPU per
@@ -77,12 +79,12 @@ def timed(fn: Callable[[], object]) -> float:
     return cpu() - t
 
 
-def plain_decode(path: str) -> float:
+def plain_decode(path: str, threads: int = 0) -> float:
     """Decodes every frame; returns the duration seen (containers may not state one)."""
     info = probe(path)
     last = 0.0
     n = 0
-    for _, t, _ in iter_frames(path, info.stream_index, export_mvs=False):
+    for _, t, _ in iter_frames(path, info.stream_index, export_mvs=False, threads=threads):
         last, n = t, n + 1
     return last + (last / (n - 1) if n > 1 else 0.0)
 
@@ -265,13 +267,14 @@ def overhead(n: int, tmp: str) -> None:
     print(f"{'one decode pass':36s}{'':11s}{1e3 * decode / n:11.1f}")
     repo = str(Path(__file__).resolve().parents[1])
     modes = (
-        ("batched, a child per video (default)", 0, "1"),
-        ("batched, long-lived children (opt-in)", 0, "1000"),
+        ("batched, reused children (default)", 0, ""),
+        ("batched, a fresh child per video", 0, "1"),
         ("a task + a child per video (before)", 1, "1"),
     )
     for i, (label, per_task, max_calls) in enumerate(modes):
         out = os.path.join(tmp, f"tiny-out-{i}")
-        # Ray's workers import this checkout; VJP_ISOLATE_MAX_CALLS: calls a decoder child serves.
+        # Ray's workers import this checkout; VJP_ISOLATE_MAX_CALLS: calls a decoder child serves
+        # (empty: the default, isolate.MAX_CALLS).
         env = {**os.environ, "PYTHONPATH": repo, "VJP_ISOLATE_MAX_CALLS": max_calls}
         code = _OVERHEAD_RUN.format(repo=repo, per_task=per_task, warm=warm, src=src, out=out)
         res = subprocess.run(
@@ -331,6 +334,8 @@ def main() -> None:
     h264 = []
     small: list[str] = []
     pipe_out = os.path.join(tmp, "pipeline-out")
+    # A run starts its decoder children once, not per video: start this process's before measuring.
+    pipeline(tiny_corpus(os.path.join(tmp, "warm"), 1)[0], cfg, os.path.join(tmp, "warm-out"))
     for v in videos:
         try:
             info = probe(v)
@@ -343,26 +348,29 @@ def main() -> None:
         if min(info.width, info.height) <= 480:
             small.append(os.path.basename(v))
         d = timed(lambda v=v: plain_decode(v))
+        d1 = timed(lambda v=v: plain_decode(v, threads=1))
         o = timed(lambda v=v: ours(v, cfg))
         m = timed(lambda v=v: ours(v, vec_cfg))
         b = timed(lambda v=v: before(v, vec_cfg))
         n = float("nan") if args.no_naive else timed(lambda v=v: naive(v))
         p = pipeline(v, cfg, pipe_out)
-        rows.append((os.path.basename(v), dur, d, o, m, b, n, p))
+        rows.append((os.path.basename(v), dur, d, o, m, b, n, p, d1))
         print(
             f"{os.path.basename(v):32s} {dur:6.1f}s  decode {d / dur:6.3f}  ours {o / dur:6.3f}  "
             f"vectors {m / dur:6.3f}  before {b / dur:6.3f}  naive {n / dur:6.3f}  pipeline {p / dur:6.3f}  "
-            f"ours/decode {o / d:5.2f}  pipeline/decode {p / d:5.2f}  naive/ours {n / o:5.2f}",
+            f"ours/decode {o / d:5.2f}  pipeline/decode {p / d:5.2f}  naive/ours {n / o:5.2f}  "
+            f"decode 1 thr/decode {d1 / d:5.2f}",
             flush=True,
         )
-    tot = [sum(r[i] for r in rows) for i in range(1, 8)]
-    dur, d, o, m, b, n, p = tot
+    tot = [sum(r[i] for r in rows) for i in range(1, 9)]
+    dur, d, o, m, b, n, p, d1 = tot
     print("-" * 100)
     label = f"TOTAL ({len(rows)} videos)"
     print(
         f"{label:32s} {dur:6.1f}s  decode {d / dur:6.3f}  ours {o / dur:6.3f}  vectors {m / dur:6.3f}  "
         f"before {b / dur:6.3f}  naive {n / dur:6.3f}  pipeline {p / dur:6.3f}  ours/decode {o / d:5.2f}  "
-        f"pipeline/decode {p / d:5.2f}  before/decode {b / d:5.2f}  naive/ours {n / o:5.2f}"
+        f"pipeline/decode {p / d:5.2f}  before/decode {b / d:5.2f}  naive/ours {n / o:5.2f}  "
+        f"decode 1 thr/decode {d1 / d:5.2f}"
     )
     shared = {p.name for p in SHARED.iterdir()} if SHARED.exists() else set()
     subsets = (
@@ -371,8 +379,11 @@ def main() -> None:
     )
     for name, sub in subsets:
         if sub:
-            d, o, b, p = (sum(r[i] for r in sub) for i in (2, 3, 5, 7))
-            ratios = f"ours/decode {o / d:5.2f}  pipeline/decode {p / d:5.2f}  before/decode {b / d:5.2f}"
+            d, o, b, p, d1 = (sum(r[i] for r in sub) for i in (2, 3, 5, 7, 8))
+            ratios = (
+                f"ours/decode {o / d:5.2f}  pipeline/decode {p / d:5.2f}  before/decode {b / d:5.2f}  "
+                f"decode 1 thr/decode {d1 / d:5.2f}"
+            )
             print(f"{name:32s} {ratios}")
     print(
         "(CPU seconds per second of source video; goals: ours/decode <= 1.3, naive/ours >= 3; "

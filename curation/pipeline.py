@@ -102,6 +102,13 @@ class Layout:
 
 # ---------------------------------------------------------------- child-process work (decoding)
 
+# FFmpeg threads per analysis decode in a worker when `analysis.decode_threads` is 0. Workers run
+# one video per core (runner.max_in_flight, num_cpus_per_video), so frame threads add no
+# throughput, only CPU: on the shared real videos one thread decoded with 10-35% less CPU than
+# FFmpeg's choice (benchmarks/curation_bench.py). Pixels, hence scores, are bit-exact under any
+# threading (tests/test_reproducible.py).
+WORKER_DECODE_THREADS = 1
+
 
 def _analysis_result(probe_row: dict[str, Any], a: VideoAnalysis, cfg: CurateConfig) -> dict[str, Any]:
     return {
@@ -122,13 +129,14 @@ def _analyze_in_child(
     from curation.sources.base import SplitHint
 
     cfg = CurateConfig.model_validate_json(cfg_json)
+    analysis = cfg.analysis
+    if analysis.decode_threads == 0:
+        analysis = analysis.model_copy(update={"decode_threads": WORKER_DECODE_THREADS})
     stage = "probe"
     try:
         info = probe(path)
         stage = "analyze"
-        a = analyze_video(
-            path, info, cfg.split, cfg.analysis, [SplitHint(**h) for h in hints], defer_transnet
-        )
+        a = analyze_video(path, info, cfg.split, analysis, [SplitHint(**h) for h in hints], defer_transnet)
         if a.transnet_frames is not None:
             return {"probe": info.to_dict(), "deferred": a}  # TransNetV2 runs on the GPU actor
         return _analysis_result(info.to_dict(), a, cfg)
