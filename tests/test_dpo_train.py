@@ -396,6 +396,15 @@ def test_votes_to_pairs_to_a_dpo_checkpoint_that_vjp_sample_loads(
     # the reference is the init_from checkpoint's weights: at step 1 the policy equals it
     assert m[1]["reward_margin"] == 0.0 and m[1]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert np.isfinite(m[2]["loss"]) and m[2]["loss"] != m[1]["loss"]
+    # an explicit reference: the checkpoint's raw export is the same weights, so again margin 0
+    explicit = tiny_config(tmp_path / "ref.yaml", pairs["models"], steps=1, checkpoint__every=1,
+                           objective="dpo", model__init_from=str(ckpt), data__batch_size=1,
+                           dpo__reference=str(ckpt), dpo__reference_weights="raw")  # fmt: skip
+    p = argparse.ArgumentParser()
+    train_args(p)
+    argv = ["--config", str(explicit), "--shards", str(out / "tiny"), "--out", str(tmp_path / "run_ref")]
+    assert train_run(p.parse_args(argv)) == 0
+    assert metrics(tmp_path / "run_ref")[1]["reward_margin"] == 0.0
     p = argparse.ArgumentParser()
     sample_args(p)
     video = tmp_path / "dpo.mp4"
