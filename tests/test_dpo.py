@@ -180,3 +180,60 @@ def test_vjp_sample_per_prompt_writes_seeded_candidates_for_an_ab_study(tmp_path
     study = open_study(str(tmp_path / "study"), str(out / "cand_00"), str(out / "cand_01"),
                        str(out / "cand_00" / "prompts.jsonl"))  # fmt: skip
     assert len(study["pairs"]) == 2 and not study["skipped"]
+
+
+def test_the_reference_is_frozen_and_sharded_like_the_policy(tmp_path: Path) -> None:
+    """Under FSDP2 (a one-rank gloo group in this process) the reference's parameters are DTensors on
+    the policy's mesh, frozen and outside the optimizer; a DPO train_step moves the policy only."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from training.dpo import PairMicro, build_reference, dpo_loss_fn
+    from training.parallel import Dist
+    from training.step import build_model, build_trainer, train_step
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        cfg = parse_train_config(
+            {
+                "seed": 0,
+                "objective": "dpo",
+                "text": {"max_length": TEXT_LEN},
+                "model": {"transformer_config": TINY_TRANSFORMER},
+                "parallel": {"fsdp": "on"},
+                "optim": {"lr": 1e-2, "warmup_steps": 0},
+                "dpo": {"beta": 10.0},
+            }
+        )
+        d = Dist(0, 1, 0, torch.device("cpu"), True)
+        policy, model_config, _ = build_model(cfg, TEXT_DIM, SHAPE, d)
+        tr = build_trainer(cfg, policy, d)
+        ref = build_reference(cfg, TEXT_DIM, SHAPE, model_config, d)
+        ref_params = list(ref.parameters())
+        assert ref_params and all(isinstance(p, DTensor) and not p.requires_grad for p in ref_params)
+        assert {p.device_mesh for p in ref_params} == {p.device_mesh for p in policy.parameters()}
+        assert not ref.training and tr.fsdp
+        in_optim = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+        assert not in_optim & {id(p) for p in ref_params}
+        before = [p.full_tensor().clone() for p in ref_params]
+        chosen, rejected, emb = _pairs()
+        m = PairMicro(_micro(chosen, emb, torch.Generator().manual_seed(0)), rejected)
+        r = train_step(tr, [m], 1, 0, dpo_loss_fn(ref, cfg.dpo.beta))
+        assert r.loss == pytest.approx(math.log(2), abs=1e-6) and r.metrics["reward_margin"] == 0.0
+        assert all(p.grad is None for p in ref_params)
+        assert all(torch.equal(a, p.full_tensor()) for a, p in zip(before, ref_params, strict=True))
+        r2 = train_step(tr, [m], 1, 1, dpo_loss_fn(ref, cfg.dpo.beta))
+        assert r2.metrics["reward_margin"] != 0.0  # the policy moved, the reference did not
+        assert set(r2.metrics) == {
+            "reward_margin",
+            "reward_accuracy",
+            "flow_loss_chosen",
+            "flow_loss_rejected",
+        }
+    finally:
+        dist.destroy_process_group()
