@@ -174,6 +174,14 @@ def test_pixel_pairs_are_fitted_to_the_stage(pairs: dict[str, Any], tmp_path: Pa
     assert vjp_pairs([*argv, "--out", str(tmp_path / "Q")]) == 0
     table_q = SampleTable.build(str(tmp_path / "Q" / "tiny"), "train")
     assert RankStream(table_q, 0, 0, 1).raw(0)["chosen.mp4"] == raw["chosen.mp4"]
+    # an input with no usable pair: exit 2, its error rows, and no index left to train on
+    jsonl.write_text(
+        json.dumps({"prompt": PROMPTS[0], "chosen": "v/c1.mp4", "rejected": "v/gone.mp4"}) + "\n"
+    )
+    assert vjp_pairs([*argv, "--out", str(tmp_path / "Q")]) == 2
+    [row] = read_rows(str(tmp_path / "Q" / "tiny"))
+    assert row.status == "error" and "gone.mp4" in (row.reason or "")
+    assert not (tmp_path / "Q" / "tiny" / "__index__" / "train.json").exists()
     item = RankStream(table, 0, 0, 1)[0]
     assert item["video"].shape == item["rejected_video"].shape == (16, 3, 32, 32)
 

@@ -370,7 +370,10 @@ def write_pair_shards(
         "shards_reused": len(shards) - len(todo),
         "kind": "latents" if encode else "video",
     }
-    if not entries:
+    if not entries:  # no usable pair: no index (an older one would name pairs this input no longer has)
+        old = store.join(stage_dir, META_DIR, f"{SPLIT}.json")
+        if store.exists(old, so):
+            store.remove(old, so)
         return summary
     index = PairIndex(
         kind="latents" if encode else "video",
