@@ -151,12 +151,19 @@ class Pipeline:
             return
         # The storage settings reach the workers of every node, not only those started from here.
         address = self.cfg.run.address
-        ray.init(
-            address=address or None,
-            log_to_driver=False,
-            include_dashboard=False if not address else None,
-            runtime_env={"env_vars": self.ray_env},
-        )
+        try:
+            ray.init(
+                address=address or None,
+                log_to_driver=False,
+                include_dashboard=False if not address else None,
+                runtime_env={"env_vars": self.ray_env},
+            )
+        except ValueError:
+            # A submitted job whose own runtime_env sets the same variable (Ray refuses to merge
+            # conflicting keys): the job's value holds for its workers.
+            from jobs.runner import init_ray
+
+            init_ray(address)
 
     def prepare(self) -> None:
         """Storage settings in place, OUT/run/config.json written (run.storage_options holds no
