@@ -176,7 +176,7 @@ def plan_pairs(
     for p in prefs:
         key = pair_key(p)
         sides: dict[str, PairSide] = {}
-        reason = f"the same pair as an earlier line ({key})" if key in seen else None
+        reason = f"the same pair as an earlier input ({key})" if key in seen else None
         for side in SIDES if reason is None else ():
             path = getattr(p, side)
             got = plan_side(path, stage, cfg.seed, key)
