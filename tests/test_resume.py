@@ -115,8 +115,9 @@ def test_sigkill_then_resume_on_real_videos(tmp_path: Path) -> None:
     src.mkdir()
     for name, shared in REAL_CORPUS.items():
         shutil.copyfile(shared_video(shared), src / name)
-    # Two in flight on CI's two cores: each decoder's frame threads then really run in parallel,
-    # which is what made exported motion vectors race (four in flight rarely showed it).
+    # Two in flight on CI's two cores. Decoder children are reused (the default), so after the kill
+    # the rerun's children score videos with other histories than the clean run's: results must
+    # not depend on them (tests/test_reused_child.py checks one video directly).
     config = tmp_path / "curate.yaml"
     config.write_text("curate:\n  runner:\n    max_in_flight: 2\n")
     _kill_resume_compare(src, tmp_path, len(REAL_CORPUS), config)
