@@ -97,9 +97,19 @@ def _same_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Sort the keys, then pair each sorted position with the one ``t`` places later for t = 1, 2, ...
     while both still lie in the same run of equal keys; the work is proportional to the number of pairs.
     """
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    n = sk.size
+    n = keys.size
+    idx_bits = max(1, (n - 1).bit_length())
+    key_bits = int(keys.max()).bit_length() if n else 0
+    if key_bits + idx_bits <= 64:
+        # Key and index packed in one word: a plain sort (much cheaper than argsort) gives both, and
+        # equal keys stay in index order as with a stable argsort.
+        packed = np.sort((keys << np.uint64(idx_bits)) | np.arange(n, dtype=np.uint64))
+        sk = packed >> np.uint64(idx_bits)
+        order = (packed & np.uint64((1 << idx_bits) - 1)).astype(np.int64)
+        del packed
+    else:
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
     # End (exclusive) of the run of equal keys each sorted position belongs to.
     starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
     run_ends = np.r_[starts[1:], n]
@@ -138,10 +148,12 @@ def near_duplicates(items: Sequence[tuple[str, Sequence[int]]], max_distance: in
     identical hash lists are merged up front, so large groups of identical frames (black, static slides)
     do not produce quadratic candidate lists. Candidates are verified on all frames, vectorised.
 
-    Cost (one core, uniformly random hashes, 5% planted duplicates): 1e6 clips x 3 frames, d=6: ~18 s;
-    d=8: ~6 min (keys get short, buckets crowded); 1e6 x 1 frame, d=4: ~27 s. Real hashes are less
-    uniform than random ones, so expect more; a large cluster of near-identical (not identical) clips is
-    still compared pairwise within its buckets.
+    Beyond 1.5M distinct clips with three or more frames, the key also joins a band of the middle frame
+    ((d+1)^3 tables of ~192/(d+1)-bit keys): with two frames' ~18-bit keys (d=6) a bucket holds
+    clips/2^18 clips on average, so the candidate pairs grow with the square of the clips (2.45M
+    clips: ~560M pairs, minutes and GBs); with three, they stay few and the cost is the sorts.
+    The work lives in :func:`duplicate_roots` (arrays in, arrays out); a large cluster of
+    near-identical (not identical) clips is still compared pairwise within its buckets.
     """
     if max_distance < 0:
         raise ValueError("max_distance must be >= 0")
@@ -161,7 +173,23 @@ def near_duplicates(items: Sequence[tuple[str, Sequence[int]]], max_distance: in
     return {ids[i]: ids[r] for i, r in enumerate(root.tolist()) if r != i}
 
 
-def duplicate_roots(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+# Measured here (d=6, random hashes, one core): two-frame keys 2.5 s at 245k clips, 9.2 s at 600k
+# (growing with the square); three-frame keys 7.8 s and 20.5 s (linear, ~100 s at 2.45M). They cross
+# near 2M clips.
+_THREE_FRAME_KEYS_FROM = 1_500_000  # representatives
+_VERIFY_CHUNK = 1 << 22  # candidate pairs verified at a time
+
+
+def _key_frames(n_frames: int, count: int) -> tuple[int, ...]:
+    """Which frames' bands make the search keys: the first, the last, then the middle one."""
+    if n_frames == 1 or count <= 1:
+        return (0,)
+    if n_frames == 2 or count == 2:
+        return (0, n_frames - 1)
+    return (0, n_frames // 2, n_frames - 1)
+
+
+def duplicate_roots(hashes: np.ndarray, max_distance: int, key_frames: int | None = None) -> np.ndarray:
     """The array core of :func:`near_duplicates`: ``hashes`` is [clips, frames] (int64 or uint64, rows
     in clip id order); returns for each clip the index of its group's survivor (itself when it
     survives). No Python object per clip: millions of clips take seconds and a few arrays of memory.
@@ -186,27 +214,33 @@ def duplicate_roots(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     found: list[np.ndarray] = []
     if reps.size > 1 and max_distance > 0:
         bands = _bands(max_distance + 1)
-        frames = (0, n_frames - 1) if n_frames > 1 else (0,)
+        if key_frames is None:
+            # Two frames give keys of ~2*64/(d+1) bits: fine while buckets hold about one clip; beyond
+            # that the candidate pairs grow with the square of the clips, so a third frame's band
+            # joins the key ((d+1)^3 tables of ~3*64/(d+1) bits: more sorts, few false candidates).
+            key_frames = 3 if reps.size > _THREE_FRAME_KEYS_FROM and len(bands) <= 8 else 2
+        frames = _key_frames(n_frames, key_frames)
         band_vals = [
             [(rh[:, f] >> np.uint64(shift)) & np.uint64((1 << width) - 1) for shift, width in bands]
             for f in frames
         ]
-        # Generated lazily: one N-sized key array alive at a time.
-        tables = (
-            band_vals[0]
-            if len(frames) == 1
-            else ((a << np.uint64(bands[j][1])) | b for a in band_vals[0] for j, b in enumerate(band_vals[1]))
-        )
-        for keys in tables:
+        widths = [w for _, w in bands]
+        for combo in itertools.product(range(len(bands)), repeat=len(frames)):
+            # One N-sized key array alive at a time: band combo[i] of frame i, concatenated.
+            keys = band_vals[0][combo[0]].copy()
+            for fi in range(1, len(frames)):
+                keys <<= np.uint64(widths[combo[fi]])
+                keys |= band_vals[fi][combo[fi]]
             a, b = _same_key_pairs(keys)
-            if a.size == 0:
-                continue
-            ok = _popcount(rh[a] ^ rh[b]).max(axis=1) <= max_distance
-            if ok.any():
-                # A pair agreeing on several bands is found several times: keep one code per pair.
-                lo = np.minimum(a[ok], b[ok]).astype(np.int64)
-                hi = np.maximum(a[ok], b[ok]).astype(np.int64)
-                found.append(np.unique(lo * reps.size + hi))
+            del keys
+            for lo_k in range(0, a.size, _VERIFY_CHUNK):  # bounded memory for crowded buckets
+                ca, cb = a[lo_k : lo_k + _VERIFY_CHUNK], b[lo_k : lo_k + _VERIFY_CHUNK]
+                ok = _popcount(rh[ca] ^ rh[cb]).max(axis=1) <= max_distance
+                if ok.any():
+                    # A pair agreeing on several bands is found several times: keep one code per pair.
+                    lo = np.minimum(ca[ok], cb[ok]).astype(np.int64)
+                    hi = np.maximum(ca[ok], cb[ok]).astype(np.int64)
+                    found.append(np.unique(lo * reps.size + hi))
     if not found:
         return _components(label, np.empty(0, np.int64), np.empty(0, np.int64))
     codes = np.unique(np.concatenate(found))
