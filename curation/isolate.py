@@ -29,9 +29,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 _PRELOAD = ["curation.pipeline"]
-# Calls a child serves before it is replaced. A fresh child costs ~0.4 s of CPU (fork of the
-# preloaded forkserver, copy-on-write faults, exit) against ~2-15 ms of fixed cost per video in a
-# reused one; 256 calls bound slow leaks in native code at < 2 ms per video.
+# Calls a child serves before it is replaced. A fresh child cost 30-90 ms of CPU forked from a plain
+# process and ~0.4 s in a Ray worker (fork, copy-on-write faults, first-call setup of codecs and
+# OpenCV), against a few ms per video in a reused one; 256 calls bound slow leaks in native code.
 # VJP_ISOLATE_MAX_CALLS=1 restores a fresh child per call.
 MAX_CALLS = 256
 _ctx: Any = None
