@@ -130,6 +130,11 @@ def test_vjp_pairs_writes_indexed_shards_and_names_bad_pairs(
     assert not torch.equal(item["latents"], item["rejected_latents"])
     assert item["caption"] in PROMPTS and item["text_emb"].shape[1] == 64
     assert item["meta"]["chosen"]["passthrough"] and item["meta"]["latents"]["vae_scaling_factor"] > 0
+    # the latents record which VAE made them, as vjp encode's do: a run's VAE check reads pairs alike
+    from training.vae import check_latent_vae
+
+    assert item["meta"]["latents"]["vae_preset"] == "cogvideox"
+    check_latent_vae(item["meta"], load_train_config(tiny_config(tmp_path / "t.yaml", pairs["models"])).vae)
     # resumable and deterministic: a copy that lost a shard (and its index) gets it rewritten alone,
     # byte for byte the same (the encoder's floats too), and the same index
     again = tmp_path / "P2"

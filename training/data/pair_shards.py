@@ -66,6 +66,7 @@ from training.data.shard_writer import (
     write_split_index,
 )
 from training.data.stages import ShardConfig, StagePreset
+from training.vae import vae_location
 
 SPLIT = "train"
 
@@ -264,7 +265,7 @@ def render_pair(
     [emb] = enc.encode_texts([meta.prompt])
     cfg = enc.cfg
     info = LatentInfo(
-        vae=cfg.vae if not cfg.vae_subfolder else f"{cfg.vae}/{cfg.vae_subfolder}",
+        vae=vae_location(cfg.vae, cfg.vae_subfolder),
         vae_scaling_factor=enc.scaling_factor,
         latents_shape=list(lat[0].shape),
         latents_dtype=str(lat[0].dtype),
@@ -273,7 +274,7 @@ def render_pair(
         text_len=int(emb.shape[0]),
         text_emb_dtype=str(emb.dtype),
         encode_hash=encode_hash or "",
-        **getattr(enc, "vae_record", {}),  # which VAE encoded them, where Encoders records it
+        **enc.vae_record,  # which VAE encoded them (class, preset, revision): check_latent_vae reads it
     )
     meta = meta.model_copy(update={"latents": info})
     return {
