@@ -220,17 +220,16 @@ def duplicate_roots(hashes: np.ndarray, max_distance: int, key_frames: int | Non
             # joins the key ((d+1)^3 tables of ~3*64/(d+1) bits: more sorts, few false candidates).
             key_frames = 3 if reps.size > _THREE_FRAME_KEYS_FROM and len(bands) <= 8 else 2
         frames = _key_frames(n_frames, key_frames)
-        band_vals = [
-            [(rh[:, f] >> np.uint64(shift)) & np.uint64((1 << width) - 1) for shift, width in bands]
-            for f in frames
-        ]
-        widths = [w for _, w in bands]
+        # One contiguous column per key frame; bands are cut from it per table (precomputing every
+        # band of every frame would hold (d+1) x frames N-sized arrays: 400 MB at 2.45M clips).
+        cols = [np.ascontiguousarray(rh[:, f]) for f in frames]
         for combo in itertools.product(range(len(bands)), repeat=len(frames)):
             # One N-sized key array alive at a time: band combo[i] of frame i, concatenated.
-            keys = band_vals[0][combo[0]].copy()
-            for fi in range(1, len(frames)):
-                keys <<= np.uint64(widths[combo[fi]])
-                keys |= band_vals[fi][combo[fi]]
+            keys = np.zeros(reps.size, dtype=np.uint64)
+            for fi, col in enumerate(cols):
+                shift, width = bands[combo[fi]]
+                keys <<= np.uint64(width)
+                keys |= (col >> np.uint64(shift)) & np.uint64((1 << width) - 1)
             a, b = _same_key_pairs(keys)
             del keys
             for lo_k in range(0, a.size, _VERIFY_CHUNK):  # bounded memory for crowded buckets
