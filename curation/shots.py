@@ -67,9 +67,17 @@ LAGS = 5  # each frame is compared with the 5 before it (a flash of up to 4 fram
 _SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
+# Flat indices of the 9 one-pixel-shifted (THUMB_H-2) x (THUMB_W-2) crops of a thumbnail, row by
+# row as in _SHIFTS: one gather per frame instead of a sliding-window view and its reshape copy.
+_CROP_ORIGINS = (np.arange(3)[:, None] * THUMB_W + np.arange(3)[None, :]).reshape(9, 1)
+_CROP_OFFSETS = (np.arange(THUMB_H - 2)[:, None] * THUMB_W + np.arange(THUMB_W - 2)[None, :]).reshape(1, -1)
+_CROP_INDEX = _CROP_ORIGINS + _CROP_OFFSETS
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=-1, keepdims=True)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-3)
+    # np.linalg.norm's own arithmetic for a real vector norm, without its per-call dispatch.
+    return x / np.maximum(np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True)), 1e-3)
 
 
 class CueTracker:
@@ -113,10 +121,8 @@ class CueTracker:
         )
         thumb = thumb.astype(np.float32)
         self.contrast.append(float(cv2.meanStdDev(thumb)[1][0, 0]))
-        h, w = THUMB_H - 2, THUMB_W - 2
-        # Every crop of h x w inside the thumbnail: the 9 one-pixel shifts, row by row as in _SHIFTS.
-        crops = np.lib.stride_tricks.sliding_window_view(thumb, (h, w))
-        shifted = _unit(crops.reshape(len(_SHIFTS), -1))
+        # Every (THUMB_H-2) x (THUMB_W-2) crop inside the thumbnail: the 9 one-pixel shifts.
+        shifted = _unit(thumb.ravel()[_CROP_INDEX])
         centre = shifted[4]
         if self._prev is None:
             self.content.append(0.0)
