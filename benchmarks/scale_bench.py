@@ -11,9 +11,11 @@ back. With two --videos values it prints the ratios of the larger to the smaller
 
 `sim`: manifest-only, no video: synthetic rows for N videos x K clips go through the real
 writers (parts of 1,000 videos), compaction, readers, the resume index, `vjp decide` (finalize),
-caption bookkeeping (parts written, compacted, read, pending work) and shard planning (plan_sample
-and group_shards with a synthetic probe per clip). Each step runs in its own process so its peak
-memory is its own. Clip files are simulated: the staging listing is given, moves are counted.
+caption bookkeeping (parts written, compacted, read, pending work) and shard planning (the job's
+columnar readers, plan_samples and group_shards with a synthetic probe per clip; plus the plan-hash
+check a rerun makes, timed per sample on the first 1,000 shards). Each step runs in its own
+process so its peak memory is its own. Clip files are simulated: the staging listing is given,
+moves are counted.
 
 Timings on a shared machine are noisy: compare ratios within one run.
 """
