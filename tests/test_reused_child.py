@@ -55,3 +55,8 @@ def test_a_reused_child_scores_like_a_fresh_one(tmp_path: Path) -> None:
         w.close()
     assert first == fresh
     assert again == fresh
+    # Workers decode with one FFmpeg thread (pipeline.WORKER_DECODE_THREADS); frame threads in this
+    # process give the same result.
+    cfg = CurateConfig()
+    threaded = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"decode_threads": 4})})
+    assert _exact(_analyze_in_child(target, threaded.model_dump_json(), [], False)) == fresh
