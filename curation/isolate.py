@@ -9,9 +9,9 @@ a forkserver that has already imported the heavy modules, and a child is replace
 `MAX_CALLS` calls to bound leaks in native libraries.
 
 A child's results must not depend on what it ran before (a resumed run must equal an
-uninterrupted one bit for bit): `_pin_child_state` fixes the process-wide settings that could
-make them, once, before the first call, and tests/test_reused_child.py checks that a real video
-scores bit-identically in a fresh child and after other real videos in a reused one.
+uninterrupted one bit for bit): `_pin_child_state` fixes, before the first call, the process-wide
+settings known to change float results (thread pools), and tests/test_reused_child.py checks that
+a real video scores bit-identically in a fresh child and after other real videos in a reused one.
 """
 
 from __future__ import annotations
