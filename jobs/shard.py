@@ -160,32 +160,61 @@ def _clean_stale(out: str, stage: str, planned: dict[str, int], storage_options:
     return removed
 
 
-def _write_samples_table(path: str, rows: list[dict[str, Any]], storage_options: Any = None) -> None:
+SAMPLE_COLUMNS = ("clip_id", "video_id", "split", "status", "reason", "shard")
+
+
+class SampleRows:
+    """samples.parquet as columns: one list entry per clip instead of a dict per clip (millions of
+    clips). Rows are added skips first (clip order), then planned samples (shard order)."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[str | None]] = {c: [] for c in SAMPLE_COLUMNS}
+
+    def add(
+        self, clip_id: str, video_id: str, split: str, reason: str | None, shard: str | None, ok: bool = True
+    ) -> None:
+        status = "written" if reason is None else ("skipped" if ok else "failed")
+        for c, v in zip(SAMPLE_COLUMNS, (clip_id, video_id, split, status, reason, shard), strict=True):
+            self.cols[c].append(v)
+
+    def __len__(self) -> int:
+        return len(self.cols["clip_id"])
+
+    def not_written(self, split: str | None = None) -> dict[str, int]:
+        """Clips left out (of one split, or all), by reason, in row order."""
+        out: dict[str, int] = {}
+        for sp, st, reason in zip(self.cols["split"], self.cols["status"], self.cols["reason"], strict=True):
+            if st != "written" and (split is None or sp == split):
+                out[reason] = out.get(reason, 0) + 1  # type: ignore[index]
+        return out
+
+    def written(self) -> int:
+        return sum(1 for st in self.cols["status"] if st == "written")
+
+    def table(self) -> Any:
+        """Sorted by clip id (the samples.parquet order)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        t = pa.table({c: pa.array(v, pa.string()) for c, v in self.cols.items()})
+        return t.take(pc.sort_indices(t.column("clip_id")))
+
+
+def _write_samples_table(path: str, rows: SampleRows, storage_options: Any = None) -> None:
     import io
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from training.data import store
 
-    schema = pa.schema(
-        [(c, pa.string()) for c in ("clip_id", "video_id", "split", "status", "reason", "shard")]
-    )
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+    pq.write_table(rows.table(), buf)
     store.write_bytes(path, buf.getvalue(), storage_options)
-
-
-def _row(
-    clip_id: str, video_id: str, split: str, reason: str | None, shard: str | None, ok: bool = True
-) -> dict:
-    status = "written" if reason is None else ("skipped" if ok else "failed")
-    return dict(clip_id=clip_id, video_id=video_id, split=split, status=status, reason=reason, shard=shard)
 
 
 def plan_stage(
     clips: Any, captions: Any, root: str, stage_name: str, cfg: Any, runner: str
-) -> tuple[list[Any], dict[str, dict[str, Any]], float | None]:
+) -> tuple[list[Any], SampleRows, float | None]:
     """Probe every clip file (in parallel), then plan each sample: (plans, skipped rows, bytes estimate).
 
     `clips`: read_kept_table's Arrow table; `captions`: read_caption_table's. Plans are lazy
@@ -202,9 +231,10 @@ def plan_stage(
             probes[cid] = probe
     del todo
     plans, skips = plan_samples(clips, captions, probes.__getitem__, stage_name, cfg)
-    rows = {
-        s.clip_id: _row(s.clip_id, s.video_id, split_of(s.video_id, cfg.split), s.reason, None) for s in skips
-    }
+    rows = SampleRows()
+    for sk in skips:
+        rows.add(sk.clip_id, sk.video_id, split_of(sk.video_id, cfg.split), sk.reason, None)
+    del skips
     # Bytes per sample from a few real encodes (deterministic: the first samples in shard order).
     stage = cfg.stage(stage_name)
     n_cal = cfg.runner.calibration_samples if stage.target_shard_bytes else 0
@@ -214,7 +244,7 @@ def plan_stage(
 
 
 def write_indexes(
-    out: str, stage_name: str, cfg: Any, shards: list[Any], records: dict, rows: dict[str, dict[str, Any]]
+    out: str, stage_name: str, cfg: Any, shards: list[Any], records: dict, rows: SampleRows
 ) -> dict[str, Any]:
     """samples.parquet (where is clip X, or why is it not there?), then per split its sample table
     and index: the index is the commit record, written last."""
@@ -228,17 +258,13 @@ def write_indexes(
             # No record: the shard's task failed (reported, exit 1); a rerun retries it.
             reason = (rec.skipped.get(p.key) if rec else "shard_failed") or None
             shard = None if reason else f"{sh.split}/{sh.name}"
-            rows[p.key] = _row(p.key, p.video_id, sh.split, reason, shard, ok=rec is not None)
-    table = sorted(rows.values(), key=lambda r: r["clip_id"])
+            rows.add(p.key, p.video_id, sh.split, reason, shard, ok=rec is not None)
     stage_dir = store.join(out, stage_name)
     so = cfg.storage_options
-    _write_samples_table(samples_path(stage_dir), table, so)
+    _write_samples_table(samples_path(stage_dir), rows, so)
     result = {}
     for split in SPLITS:
-        skipped: dict[str, int] = {}
-        for r in rows.values():
-            if r["split"] == split and r["status"] != "written":
-                skipped[r["reason"]] = skipped.get(r["reason"], 0) + 1
+        skipped = rows.not_written(split)
         keys = [(sh.split, sh.name) for sh in shards if sh.split == split]
         recs = [records[k] for k in keys if k in records]
         index = build_index(stage_name, split, cfg, recs, skipped)
@@ -298,16 +324,13 @@ def shard_stage(
 
     # 3. index per split, per-clip table, summary
     splits = write_indexes(out, stage_name, cfg, shards, records, rows)
-    reasons: dict[str, int] = {}
-    for r in rows.values():
-        if r["status"] != "written":
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    reasons = rows.not_written()
     return {
         "stage": stage_name,
         "config_hash": cfg.stage_hash(stage_name),
         **splits,
         "clips_kept": clips.num_rows,
-        "samples_written": sum(1 for r in rows.values() if r["status"] == "written"),
+        "samples_written": rows.written(),
         "skipped_by_reason": dict(sorted(reasons.items())),
         "samples_per_shard": per_shard,
         "est_bytes_per_sample": round(est) if est else None,

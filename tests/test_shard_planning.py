@@ -143,3 +143,26 @@ def test_captions_without_manifest_and_bad_rows(tmp_path: Path, corpus: Path) ->
         plan_samples(
             table.set_column(1, "video_id", pa.nulls(table.num_rows, pa.string())), empty, _probe, "s", cfg
         )
+
+
+def test_sample_rows_table_and_counts_as_the_dicts_were() -> None:
+    from jobs.shard import SampleRows
+
+    rows = SampleRows()
+    ref: dict[str, dict] = {}
+    entries = [
+        ("c9", "v1", "train", "no_caption", None, True),
+        ("c2", "v0", "eval", "too_short", None, True),
+        ("c5", "v2", "train", None, "train/000000.tar", True),
+        ("c1", "v2", "train", "decode_error", None, True),
+        ("c7", "v3", "eval", "shard_failed", None, False),
+        ("c3", "v3", "eval", None, "eval/000000.tar", True),
+    ]
+    for cid, vid, split, reason, shard, ok in entries:
+        rows.add(cid, vid, split, reason, shard, ok=ok)
+        status = "written" if reason is None else ("skipped" if ok else "failed")
+        ref[cid] = dict(clip_id=cid, video_id=vid, split=split, status=status, reason=reason, shard=shard)
+    assert rows.table().to_pylist() == sorted(ref.values(), key=lambda r: r["clip_id"])
+    assert rows.not_written("eval") == {"too_short": 1, "shard_failed": 1}
+    assert rows.not_written() == {"no_caption": 1, "too_short": 1, "decode_error": 1, "shard_failed": 1}
+    assert rows.written() == 2 and len(rows) == 6
