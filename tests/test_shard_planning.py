@@ -21,7 +21,7 @@ from captioning.manifest import ARROW_SCHEMA as CAPTION_SCHEMA
 from curation.manifest import CLIP_SCHEMA
 from jobs.shard import read_caption_table, read_caption_variants, read_kept_clips, read_kept_table
 from training.data.planning import plan_samples
-from training.data.shard_writer import ClipProbe, group_shards, plan_sample
+from training.data.shard_writer import ClipProbe, fingerprints, group_shards, plan_sample
 from training.data.stages import parse_config
 
 
@@ -126,6 +126,9 @@ def test_columnar_plans_equal_per_row_plans(corpus: Path, fallback: str) -> None
         assert lazy == ref
         assert pickle.loads(pickle.dumps(lazy)) == ref  # a task gets the built meta
     assert any(p.meta.captions.get("dense") and p.meta.captions["dense"].status == "ok" for p in plans)
+    assert fingerprints(plans) == [p.fingerprint() for p in eager]
+    # Metas built in bulk (what fingerprints does for 32+ lazy plans of one source) equal them too.
+    assert plans[0]._source.metas([p._row for p in plans]) == [p.meta for p in eager]
     new_shards = group_shards(plans, 4, cfg.seed)
     old_shards = group_shards(eager, 4, cfg.seed)
     assert [(s.split, s.name, s.plan_hash) for s in new_shards] == [

@@ -144,12 +144,28 @@ class PlanSource:
         self.probe_of = probe_of
         self.ctx = ctx
 
-    def clip(self, i: int) -> dict[str, Any]:
-        return {name: col[i].as_py() for name, col in self._columns.items()}
+    def metas(self, rows: Sequence[int]) -> list[SampleMeta]:
+        """meta(i) for many rows at once: one take per table instead of a lookup per value (a
+        rerun's plan-hash check builds the meta of every planned sample)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        clips = self.clips.take(pa.array(idx)).to_pylist()
+        lo, hi = self.captions.offsets[idx], self.captions.offsets[idx + 1]
+        counts = hi - lo
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        cap_idx = starts + np.arange(int(counts.sum()), dtype=np.int64)
+        cap_rows = self.captions.table.take(pa.array(cap_idx)).to_pylist() if len(cap_idx) else []
+        out: list[SampleMeta] = []
+        k = 0
+        for clip, n in zip(clips, counts.tolist(), strict=True):
+            variants: dict[str, CaptionVariant] = {}
+            for r in cap_rows[k : k + n]:
+                ctype = r.pop("caption_type")
+                variants[ctype] = CaptionVariant.model_validate(r)
+            k += n
+            out.append(self._build(clip, variants))
+        return out
 
-    def meta(self, i: int) -> SampleMeta:
-        clip = self.clip(i)
-        variants = self.captions.variants(i)
+    def _build(self, clip: dict[str, Any], variants: dict[str, CaptionVariant]) -> SampleMeta:
         probe = self.probe_of(clip["clip_id"])
         picked = precheck(clip, variants, probe, self.ctx.captions)
         if isinstance(picked, str) or isinstance(probe, str):
@@ -158,6 +174,12 @@ class PlanSource:
         if isinstance(placed, str):
             raise RuntimeError(f"clip {clip['clip_id']}: its inputs changed after planning ({placed})")
         return build_meta(clip, variants, probe, self.ctx, picked, placed)
+
+    def clip(self, i: int) -> dict[str, Any]:
+        return {name: col[i].as_py() for name, col in self._columns.items()}
+
+    def meta(self, i: int) -> SampleMeta:
+        return self._build(self.clip(i), self.captions.variants(i))
 
 
 class Skip(NamedTuple):

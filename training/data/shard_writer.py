@@ -394,7 +394,25 @@ class ShardPlan:
 
     @property
     def plan_hash(self) -> str:
-        return config_hash([s.fingerprint() for s in self.samples])
+        return config_hash(fingerprints(self.samples))
+
+
+def fingerprints(plans: Sequence[SamplePlan]) -> list[dict[str, Any]]:
+    """[p.fingerprint() for p in plans], building the metas of lazy plans in bulk per source."""
+    metas: list[SampleMeta | None] = [p._meta for p in plans]
+    groups: dict[int, tuple[Any, list[int]]] = {}
+    for k, p in enumerate(plans):
+        if p._meta is None:
+            groups.setdefault(id(p._source), (p._source, []))[1].append(k)
+    for source, ks in groups.values():
+        # In bulk only where it pays: a take per table costs more than a few row lookups.
+        built = source.metas([plans[k]._row for k in ks]) if len(ks) >= 32 else [plans[k].meta for k in ks]
+        for k, m in zip(ks, built, strict=True):
+            metas[k] = m
+    return [
+        {"meta": m.model_dump(mode="json"), "size": p.size_bytes}  # type: ignore[union-attr]
+        for m, p in zip(metas, plans, strict=True)
+    ]
 
 
 def shard_order(plans: Iterable[SamplePlan], seed: int) -> list[SamplePlan]:
