@@ -48,6 +48,7 @@ _SCALARS: dict[Any, pa.DataType] = {
 COMPACT_ROWS = 100_000
 COMPACT_BYTES = 128 << 20
 ROW_GROUP_ROWS = 20_000  # sorted by key, so a filtered read of one video touches one row group
+_SPILL_BYTES = 64 << 20  # rows a compaction holds before writing them to its spill files
 _COMPACTED = re.compile(r"^c-(\d{6})-(\d{5})\.parquet$")
 _RECORD = re.compile(r"^_compact-(\d{6})\.json$")
 
@@ -354,6 +355,23 @@ def _merge(
     written = [f"c-{gen:06d}-{i:05d}.parquet" for i in range(n_out)]
     with tempfile.TemporaryDirectory(prefix="vjp-compact-") as tmp:
         writers: dict[int, pq.ParquetWriter] = {}
+        # Pieces wait until a row group's worth has gathered: thousands of per-video parts written
+        # as thousands of tiny row groups cost ~230 kB of memory each when the spill is read back.
+        # Bounded: every output flushes at a row group's rows, all of them at _SPILL_BYTES in all.
+        waiting: dict[int, list[pa.Table]] = {}
+        rows_waiting: dict[int, int] = {}
+        bytes_waiting = 0
+
+        def flush(j: int) -> None:
+            nonlocal bytes_waiting
+            pieces = waiting.pop(j)
+            rows_waiting.pop(j)
+            bytes_waiting -= sum(x.nbytes for x in pieces)
+            piece = pa.concat_tables(pieces).combine_chunks()
+            if j not in writers:
+                writers[j] = pq.ParquetWriter(os.path.join(tmp, f"{j}.parquet"), piece.schema)
+            writers[j].write_table(piece)
+
         start = 0
         try:
             for name, size in zip(files, sizes.tolist(), strict=True):
@@ -365,9 +383,16 @@ def _merge(
                 out = np.where(p >= 0, p // step, -1)
                 for j in np.unique(out[out >= 0]).tolist():
                     piece = t.filter(pa.array(out == j))
-                    if j not in writers:
-                        writers[j] = pq.ParquetWriter(os.path.join(tmp, f"{j}.parquet"), piece.schema)
-                    writers[j].write_table(piece)
+                    waiting.setdefault(j, []).append(piece)
+                    rows_waiting[j] = rows_waiting.get(j, 0) + piece.num_rows
+                    bytes_waiting += piece.nbytes
+                    if rows_waiting[j] >= ROW_GROUP_ROWS:
+                        flush(j)
+                if bytes_waiting > _SPILL_BYTES:
+                    for j in list(waiting):
+                        flush(j)
+            for j in list(waiting):
+                flush(j)
         finally:
             for w in writers.values():
                 w.close()

@@ -174,3 +174,16 @@ def test_reading_scores_of_many_parts_and_compacted_files_agree(tmp_path: Path) 
     before = sorted(read_rows(str(tmp_path), SCORES_SCHEMA), key=lambda r: r["clip_id"])
     compact(str(tmp_path), SCORES_SCHEMA, sort_by=("video_id", "clip_id"))
     assert sorted(read_rows(str(tmp_path), SCORES_SCHEMA), key=lambda r: r["clip_id"]) == before
+
+
+def test_many_small_parts_compact_into_whole_row_groups(tmp_path: Path) -> None:
+    # Per-video parts (the local runner writes one per video): the compacted file has row groups of
+    # many parts, not one per part (tiny row groups made the compaction of 10k parts cost GBs).
+    for i in range(300):
+        _thumbs(tmp_path, f"v{i:04d}", 2)
+    before = sorted(r["clip_id"] for r in read_rows(str(tmp_path)))
+    compact(str(tmp_path), THUMB_SCHEMA, sort_by=("video_id", "clip_id"))
+    names = [n for n in os.listdir(tmp_path) if n.startswith("c-")]
+    assert len(names) == 1 and pq.ParquetFile(tmp_path / names[0]).num_row_groups == 1
+    rows = read_rows(str(tmp_path))
+    assert [r["clip_id"] for r in rows] == before  # sorted by video, then clip
