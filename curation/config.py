@@ -67,7 +67,9 @@ class AnalysisConfig(_Strict):
         "or ambiguous (auto) or never: vectors need a slice-threaded decode to be exact (one core)",
     )
     flow_size: int = Field(128, ge=32)
-    decode_threads: int = Field(0, ge=0, description="0 = FFmpeg's choice")
+    decode_threads: int = Field(
+        0, ge=0, description="FFmpeg threads per analysis decode; 0 = one per worker (workers fill the cores)"
+    )
     skip_loop_filter: Literal["none", "noref", "all"] = Field(
         "noref",
         description="skip deblocking in the analysis decode: 'noref' only on frames nothing predicts from "

@@ -247,6 +247,11 @@ def test_latent_shards_train_through_the_same_loop(data: dict[str, Any], tmp_pat
     rank0 = json.loads((Path(summary["checkpoint"]) / "ranks" / "rank_00000.json").read_text())
     assert rank0["position"]["consumed"] == 3 * 2 * 2  # steps x micro-steps x batch
     assert rank0["position"]["epoch"] == 3  # 4 samples per epoch on one rank
+    # the same shards under another VAE are refused before any step, naming the shard
+    config = tiny_config(tmp_path / "ltx.yaml", data["models"], steps=1, vae__cls="ltx")
+    with pytest.raises(ValueError, match=r"train/[^ ]+\.tar .*encoded by VAE cogvideox"):
+        train(load_train_config(config), str(data["latents"]), str(tmp_path / "ltx_run"))
+    assert not (tmp_path / "ltx_run" / "metrics.jsonl").exists()
 
 
 def test_bf16_compute_keeps_norms_in_fp32(data: dict[str, Any], tmp_path: Path) -> None:

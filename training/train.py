@@ -53,6 +53,7 @@ from training.step import (
     train_step,
 )
 from training.stream import RankStream, SampleTable, make_loader, resume_consumed
+from training.vae import check_latent_vae
 
 
 class NonFiniteError(RuntimeError):
@@ -122,6 +123,8 @@ def build_conditioning(
         raise ValueError(
             f"text_emb dim {first['text_emb'].shape[-1]} != text encoder {cfg.text.model} ({text.dim})"
         )
+    # the DiT would learn one VAE's latents and be decoded by another's: refuse before any step
+    check_latent_vae(meta, cfg.vae, stream.table.row(stream.global_index(0))[0])
     scale = float(cfg.vae.scaling_factor or meta["latents"]["vae_scaling_factor"])
     return Conditioning(
         kind, (f, c, h, w), text.dim, uncond, None, None, scale, float(meta["fps"]), pixel_shape, pairs
