@@ -483,3 +483,21 @@ def test_worker_processes_keep_the_stream_order(tiny_data: dict[str, Any]) -> No
     it = iter(make_loader(stream, 5, 2, 2, 2, False))  # two forkserver workers, from position 5
     keys = [k for _ in range(4) for k in next(it)["key"]]
     assert keys == _keys(stream, 5, 8)
+
+
+def test_the_console_line_shows_dpo_margin_and_accuracy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from training.metrics import StepLog
+
+    log = StepLog(str(tmp_path), every=1, tensorboard=False, progress=False, total=2, start=0, enabled=True)
+    base = {"lr": 1e-4, "grad_norm": 0.5, "samples_per_s": 3.0, "data_wait": 0.1, "skipped": False}
+    log.log({"step": 1, "loss": 0.7, **base})
+    log.log({"step": 2, "loss": 0.6, "reward_margin": 0.25, "reward_accuracy": 0.75, **base})
+    flow_line, dpo_line = capsys.readouterr().out.splitlines()
+    assert "margin" not in flow_line and flow_line.startswith("step 1 loss 0.70000 lr")
+    assert dpo_line.startswith("step 2 loss 0.60000 margin 0.250 acc 0.750 lr")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["reward_accuracy"] == 0.75 and "reward_margin" not in rows[0]

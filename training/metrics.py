@@ -135,14 +135,19 @@ class StepLog:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time"):
                     self.tb.add_scalar(f"train/{k}", v, row["step"])
+        # a DPO run is watched by its reward margin and accuracy, not only its loss
+        dpo = {"margin": row.get("reward_margin"), "acc": row.get("reward_accuracy")}
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            extra = {k: f"{v:.3f}" for k, v in dpo.items() if v is not None}
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", **extra)
         elif row["step"] % self.every == 0:
             mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
+            pref = "".join(f" {k} {v:.3f}" for k, v in dpo.items() if v is not None)
             print(
-                f"step {row['step']} loss {row['loss']:.5f} lr {row['lr']:.3e} gnorm {row['grad_norm']:.3f} "
-                f"{row['samples_per_s']:.2f} samples/s data {row['data_wait']:.0%}{mfu}"
+                f"step {row['step']} loss {row['loss']:.5f}{pref} lr {row['lr']:.3e} "
+                f"gnorm {row['grad_norm']:.3f} {row['samples_per_s']:.2f} samples/s "
+                f"data {row['data_wait']:.0%}{mfu}"
                 + (" SKIPPED (non-finite)" if row["skipped"] else ""),
                 flush=True,
             )
