@@ -633,30 +633,34 @@ def _publish(decided: pa.Table, layout: Layout) -> pa.Table:
 
 
 def summarize(videos: pa.Table, clips: pa.Table) -> dict[str, Any]:
-    """summarize() over Arrow tables: counts without a dict per row."""
+    """summarize() over Arrow tables: counts without a dict per row, and without filtering whole
+    tables (at 6M clips a filtered copy of the decided table was the peak of `vjp decide`): each
+    count reads the one column it needs under a mask."""
 
-    def counts(table: pa.Table, col: str) -> dict[str, int]:
-        if table.num_rows == 0:
+    def counts(col: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+        if len(col) == 0:
             return {}
-        vc = pc.value_counts(table.column(col)).to_pylist()
+        vc = pc.value_counts(col).to_pylist()
         return dict(sorted((d["values"], d["counts"]) for d in vc if d["values"] is not None))
 
-    vstatus = counts(videos, "status")
-    errors = videos.filter(pc.equal(videos.column("status"), "error")) if videos.num_rows else videos
-    rejected = clips.filter(pc.equal(clips.column("status"), "rejected")) if clips.num_rows else clips
-    kept = clips.filter(pc.equal(clips.column("status"), "kept")) if clips.num_rows else clips
+    def where(table: pa.Table, col: str, status: str) -> pa.ChunkedArray | pa.Array:
+        if table.num_rows == 0:
+            return pa.array([], table.schema.field(col).type)
+        return pc.filter(table.column(col), pc.equal(table.column("status"), status))
 
-    def total(table: pa.Table, col: str) -> float:
-        return float(pc.sum(table.column(col)).as_py() or 0.0) if table.num_rows else 0.0
+    def total(col: pa.ChunkedArray | pa.Array) -> float:
+        return float(pc.sum(col).as_py() or 0.0) if len(col) else 0.0
 
+    vstatus = counts(videos.column("status"))
+    kept_seconds = where(clips, "duration_s", "kept")
     return {
         "videos": videos.num_rows,
         "videos_ok": vstatus.get("ok", 0),
         "videos_error": vstatus.get("error", 0),
-        "errors_by_stage": counts(errors, "error_stage"),
+        "errors_by_stage": counts(where(videos, "error_stage", "error")),
         "clips": clips.num_rows,
-        "clips_kept": kept.num_rows,
-        "kept_seconds": round(total(kept, "duration_s"), 3),
-        "source_seconds": round(total(videos, "duration_s"), 3),
-        "rejected_by_reason": counts(rejected, "reason"),
+        "clips_kept": len(kept_seconds),
+        "kept_seconds": round(total(kept_seconds), 3),
+        "source_seconds": round(total(videos.column("duration_s")) if videos.num_rows else 0.0, 3),
+        "rejected_by_reason": counts(where(clips, "reason", "rejected")),
     }

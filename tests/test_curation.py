@@ -250,3 +250,25 @@ def test_every_clip_has_a_thumbnail_from_its_middle(curated: Path) -> None:
         img = cv2.imdecode(np.frombuffer(thumbs[clip["clip_id"]]["jpeg"], np.uint8), cv2.IMREAD_COLOR)
         assert min(img.shape[:2]) >= 100
         assert low <= img.mean() < high, (clip["reason"], img.mean())
+
+
+def test_summarize_counts_each_status_from_its_column() -> None:
+    import pyarrow as pa
+
+    from curation.pipeline import summarize
+
+    videos = pa.table({
+        "status": ["ok", "error", "ok", "error"], "error_stage": [None, "probe", None, "analyze"],
+        "duration_s": [10.0, None, 5.5, 1.0],
+    })  # fmt: skip
+    clips = pa.table({
+        "status": ["kept", "rejected", "kept", "rejected", "rejected"],
+        "reason": [None, "static", None, "blurry", "static"], "duration_s": [2.0, 3.0, 4.25, 1.0, None],
+    })  # fmt: skip
+    assert summarize(videos, clips) == {
+        "videos": 4, "videos_ok": 2, "videos_error": 2, "errors_by_stage": {"analyze": 1, "probe": 1},
+        "clips": 5, "clips_kept": 2, "kept_seconds": 6.25, "source_seconds": 16.5,
+        "rejected_by_reason": {"blurry": 1, "static": 2},
+    }  # fmt: skip
+    empty = summarize(videos.slice(0, 0), clips.slice(0, 0))
+    assert empty["clips_kept"] == 0 and empty["rejected_by_reason"] == {} and empty["errors_by_stage"] == {}
