@@ -34,10 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", choices=["ray", "local"], default="ray", help="local = in this process")
     p.add_argument("--address", default=None, help="Ray address; default RAY_ADDRESS or embedded local Ray")
     p.add_argument("--workers", type=int, default=0, help="Ray actors (0 = one per GPU, else 1)")
-    p.add_argument("--vae", default=None, help="override encode.vae (hub id or local folder)")
-    p.add_argument("--vae-subfolder", default=None, help="override encode.vae_subfolder ('' = none)")
-    p.add_argument("--text-encoder", default=None, help="override encode.text_encoder")
-    p.add_argument("--device", default=None, help="override encode.device (auto | cpu | cuda | cuda:N)")
+    add_encoder_arguments(p)
     add_set_argument(p, "encode.text_max_length=256")
 
 
@@ -151,7 +148,17 @@ def _progress(enabled: bool, total: int) -> Any:
     return lambda: bar.update(1)
 
 
-def run(args: argparse.Namespace) -> int:
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that override the `encode:` section; read back by encode_config."""
+    p.add_argument("--vae", default=None, help="override encode.vae (hub id or local folder)")
+    p.add_argument("--vae-subfolder", default=None, help="override encode.vae_subfolder ('' = none)")
+    p.add_argument("--text-encoder", default=None, help="override encode.text_encoder")
+    p.add_argument("--device", default=None, help="override encode.device (auto | cpu | cuda | cuda:N)")
+
+
+def encode_config(args: argparse.Namespace) -> Any:
+    """The `shard:` config with the encoder flags (--vae, --vae-subfolder, --text-encoder, --device)
+    applied to its `encode:` section; `vjp encode` and `vjp pairs --encode` take the same flags."""
     from training.data.stages import parse_config
 
     cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "shard", args.overrides))
@@ -162,7 +169,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.vae_subfolder is not None:
         overrides["vae_subfolder"] = args.vae_subfolder or None
-    cfg = cfg.model_copy(update={"encode": cfg.encode.model_copy(update=overrides)})
+    return cfg.model_copy(update={"encode": cfg.encode.model_copy(update=overrides)})
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = encode_config(args)
     splits = [s for s in args.split.split(",") if s]
     try:
         summary = encode_stage(

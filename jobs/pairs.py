@@ -22,7 +22,8 @@ import sys
 import time
 from typing import Any
 
-from curation.configfile import add_set_argument, load_section
+from curation.configfile import add_set_argument
+from jobs.encode import add_encoder_arguments, encode_config
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml")
 
@@ -39,10 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help=f"shard YAML (`shard:` section; default {DEFAULT_CONFIG})")
     p.add_argument("--encode", action="store_true", help="store VAE latents + text embeddings (vjp encode's)")
     p.add_argument("--pairs-per-shard", type=int, default=500)
-    p.add_argument("--vae", default=None, help="override encode.vae (hub id or local folder)")
-    p.add_argument("--vae-subfolder", default=None, help="override encode.vae_subfolder ('' = none)")
-    p.add_argument("--text-encoder", default=None, help="override encode.text_encoder")
-    p.add_argument("--device", default=None, help="override encode.device (auto | cpu | cuda | cuda:N)")
+    add_encoder_arguments(p)
     add_set_argument(p, "stages.stage1.fps=24")
 
 
@@ -69,18 +67,9 @@ def read_preferences(args: argparse.Namespace) -> tuple[list[Any], list[Any], st
 
 def run(args: argparse.Namespace) -> int:
     from training.data.pair_shards import plan_pairs, write_pair_shards
-    from training.data.stages import parse_config
 
     t0 = time.time()
-    cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "shard", args.overrides))
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in (("vae", args.vae), ("text_encoder", args.text_encoder), ("device", args.device))
-        if v
-    }
-    if args.vae_subfolder is not None:
-        overrides["vae_subfolder"] = args.vae_subfolder or None
-    cfg = cfg.model_copy(update={"encode": cfg.encode.model_copy(update=overrides)})
+    cfg = encode_config(args)
     try:
         cfg.stage(args.stage)
         if args.pairs_per_shard < 1:
