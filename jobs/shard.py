@@ -56,7 +56,8 @@ def resolve_layout(clips_arg: str | Path) -> tuple[Path, Path, Path]:
     raise FileNotFoundError(f"no clip manifest at {p} (expected OUT/manifests with a clips/ dataset)")
 
 
-def read_kept_clips(clips_dir: Path) -> list[dict[str, Any]]:
+def _clip_dataset(clips_dir: Path) -> Any:
+    """The clip manifest as a pyarrow dataset, with the columns every reader needs checked."""
     import pyarrow.dataset as ds
 
     if not any(clips_dir.glob("*.parquet")):
@@ -65,7 +66,13 @@ def read_kept_clips(clips_dir: Path) -> list[dict[str, Any]]:
     missing = {"clip_id", "video_id", "status", "clip_path"} - set(dset.schema.names)
     if missing:
         raise ValueError(f"clip manifest {clips_dir} lacks columns {sorted(missing)}")
-    rows = dset.to_table(filter=ds.field("status") == "kept").to_pylist()
+    return dset
+
+
+def read_kept_clips(clips_dir: Path) -> list[dict[str, Any]]:
+    import pyarrow.dataset as ds
+
+    rows = _clip_dataset(clips_dir).to_table(filter=ds.field("status") == "kept").to_pylist()
     return sorted((r for r in rows if r.get("clip_path")), key=lambda r: r["clip_id"])
 
 
@@ -76,12 +83,7 @@ def read_kept_table(clips_dir: Path) -> Any:
 
     from training.data.planning import PLAN_COLUMNS
 
-    if not any(clips_dir.glob("*.parquet")):
-        raise FileNotFoundError(f"no parquet parts in {clips_dir}")
-    dset = ds.dataset(str(clips_dir), format="parquet")
-    missing = {"clip_id", "video_id", "status", "clip_path"} - set(dset.schema.names)
-    if missing:
-        raise ValueError(f"clip manifest {clips_dir} lacks columns {sorted(missing)}")
+    dset = _clip_dataset(clips_dir)
     cols = [c for c in PLAN_COLUMNS if c in dset.schema.names]
     table = dset.to_table(
         columns=cols, filter=(ds.field("status") == "kept") & ds.field("clip_path").is_valid()
