@@ -23,6 +23,7 @@ from tests.test_shards import cli, write_config
 from tests.train_fixtures import (
     TINY_STAGE,
     descendants,
+    encoder_argv,
     losses,
     tiny_config,
     torchrun,
@@ -92,15 +93,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     jsonl = root / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     config = write_config(root / "shard.yaml", {"tiny": TINY_STAGE})
-    encode = [
-        "--encode",
-        "--vae",
-        models["vae"],
-        "--vae-subfolder",
-        "",
-        "--text-encoder",
-        models["text_encoder"],
-    ]
+    encode = ["--encode", *encoder_argv(models)]
     argv = ["--from-jsonl", str(jsonl), "--stage", "tiny", "--config", str(config), "--pairs-per-shard", "3"]
     assert vjp_pairs([*argv, "--out", str(root / "P"), *encode]) == 0
     return {"root": root, "models": root / "models", "jsonl": jsonl, "config": config, "argv": argv,

@@ -80,18 +80,18 @@ def make_tiny_shards(
             str(root / "latents"),
             "--config",
             str(config),
-            "--vae",
-            models["vae"],
-            "--vae-subfolder",
-            "",
-            "--text-encoder",
-            models["text_encoder"],
+            *encoder_argv(models),
             "--runner",
             "local",
         ]
         assert cli(argv, "jobs.encode") == 0
         out["latents"] = root / "latents" / "tiny"
     return out
+
+
+def encoder_argv(models: dict[str, str]) -> list[str]:
+    """`vjp encode` / `vjp pairs --encode` flags pointing the encoders at the tiny models."""
+    return ["--vae", models["vae"], "--vae-subfolder", "", "--text-encoder", models["text_encoder"]]
 
 
 def tiny_config(path: Path, models_root: Path, **train: Any) -> Path:
