@@ -39,9 +39,17 @@ def _end_group(proc: subprocess.Popen) -> None:
 
 def run_until(out: Path, log: Path, trigger: Callable[[], bool] | None) -> tuple[int | None, bool]:
     """Run the demo; SIGKILL its driver as soon as `trigger()` holds. (returncode, killed)."""
+    return run_command(vjp_run(out), log, trigger)
+
+
+def run_command(
+    cmd: list[str], log: Path, trigger: Callable[[], bool] | None = None, env: dict[str, str] | None = None
+) -> tuple[int | None, bool]:
+    """Run a `vjp run` command line; SIGKILL its driver as soon as `trigger()` holds, then end its
+    process group. (returncode, killed)."""
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            vjp_run(out), cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=REPO, env=env or _env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
         )
         t0 = time.monotonic()
         try:

@@ -10,10 +10,7 @@ import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.run_fixtures import DEMO, REPO, tail
+from tests.run_fixtures import DEMO, run_command, tail
 from tests.s3_fixtures import s3_server
 from tests.test_run_demo import MANIFESTS, manifest_rows
 
@@ -31,7 +28,6 @@ __all__ = ["s3_server"]  # the session fixture, found by name
 pytestmark = pytest.mark.slow
 
 SECRET = "vjp-run-s3-secret-5d1e0b"
-RUN_TIMEOUT_S = 900
 
 
 @dataclass
@@ -74,26 +70,9 @@ def _cmd(url: str, endpoint: str, local: Path, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], log: Path, trigger: Callable[[], bool] | None = None) -> tuple[int | None, bool]:
-    """Run `vjp run`; SIGKILL its driver once `trigger()` holds. (returncode, killed)."""
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-        t0 = time.monotonic()
-        try:
-            while proc.poll() is None:
-                if trigger is not None and trigger():
-                    proc.send_signal(signal.SIGKILL)  # the driver only, as the OOM killer would
-                    proc.wait()
-                    return None, True
-                if time.monotonic() - t0 > RUN_TIMEOUT_S:
-                    proc.kill()
-                    raise TimeoutError(f"vjp run did not finish in {RUN_TIMEOUT_S} s; see {log}")
-                time.sleep(0.2)
-            return proc.returncode, False
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # Ray's agents outlive a killed driver
-                os.killpg(proc.pid, signal.SIGKILL)
-            time.sleep(0.5)
+    """Run `vjp run` with the bucket's credentials in the environment; SIGKILL its driver once
+    `trigger()` holds. (returncode, killed)."""
+    return run_command(cmd, log, trigger, _env())
 
 
 def _any(runs: BucketRuns, prefix: str) -> Callable[[], bool]:
