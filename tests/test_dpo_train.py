@@ -27,6 +27,7 @@ from tests.train_fixtures import (
     losses,
     tiny_config,
     torchrun,
+    two_process_run,
     wait_for_checkpoint,
     wait_gone,
 )
@@ -208,14 +209,8 @@ DPO = {
 
 @pytest.fixture(scope="module")
 def dpo_run(pairs: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """20 DPO steps on 2 processes, launched as `vjp train --nproc 2` does."""
-    from jobs.train import train_from_config
-
-    tmp = tmp_path_factory.mktemp("dpo_run")
-    config = tiny_config(tmp / "train.yaml", pairs["models"], **DPO)
-    run = tmp / "run"
-    summary = train_from_config(str(config), str(pairs["pairs"]), str(run), nproc=2)
-    return {"run": run, "config": config, "summary": summary}
+    """20 DPO steps on 2 processes."""
+    return two_process_run(tmp_path_factory.mktemp("dpo_run"), pairs["models"], pairs["pairs"], **DPO)
 
 
 def metrics(run: Path) -> dict[int, dict[str, Any]]:

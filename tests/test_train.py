@@ -23,6 +23,7 @@ from tests.train_fixtures import (
     make_tiny_shards,
     tiny_config,
     torchrun,
+    two_process_run,
     wait_for_checkpoint,
     wait_gone,
 )
@@ -53,14 +54,8 @@ OVERFIT = {
 
 @pytest.fixture(scope="module")
 def uninterrupted(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """40 steps on 2 processes, launched as `vjp train --nproc 2` does (torchrun on this machine)."""
-    from jobs.train import train_from_config
-
-    tmp = tmp_path_factory.mktemp("run_a")
-    config = tiny_config(tmp / "train.yaml", data["models"], **OVERFIT)
-    run = tmp / "run"
-    summary = train_from_config(str(config), str(data["shards"]), str(run), nproc=2)
-    return {"run": run, "config": config, "summary": summary}
+    """40 steps on 2 processes."""
+    return two_process_run(tmp_path_factory.mktemp("run_a"), data["models"], data["shards"], **OVERFIT)
 
 
 @pytest.mark.slow

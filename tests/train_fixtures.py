@@ -119,6 +119,16 @@ def tiny_config(path: Path, models_root: Path, **train: Any) -> Path:
     return path
 
 
+def two_process_run(tmp: Path, models_root: Path, shards: Path, **train: Any) -> dict[str, Any]:
+    """A `tiny_config` run on 2 processes, launched as `vjp train --nproc 2` does (torchrun here)."""
+    from jobs.train import train_from_config
+
+    config = tiny_config(tmp / "train.yaml", models_root, **train)
+    run = tmp / "run"
+    summary = train_from_config(str(config), str(shards), str(run), nproc=2)
+    return {"run": run, "config": config, "summary": summary}
+
+
 def torchrun(
     nproc: int, args: list[str], timeout: int = 600, env: dict[str, str] | None = None, wait: bool = True
 ) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
@@ -208,4 +218,3 @@ def wait_for_checkpoint(proc: subprocess.Popen[str], run: Path, step: int, timeo
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.time() < deadline, f"no checkpoint within {timeout:.0f} s"
         time.sleep(0.1)
-
