@@ -25,7 +25,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.data.sample_format import JSON, TEXT_EMB, TXT, LatentInfo, SampleTableRef, ShardEntry
+from training.data.sample_format import (
+    JSON,
+    TEXT_EMB,
+    TXT,
+    IndexHead,
+    LatentInfo,
+    SampleTableRef,
+    ShardEntry,
+)
 
 PAIR_FORMAT = "videojp.pair.v1"
 PAIR_INDEX_SCHEMA = "pair_index.v1"
@@ -87,23 +95,13 @@ class PairMeta(_Model):
     latents: LatentInfo | None = Field(None, description="latents kind: what the encoder stored")
 
 
-class PairIndex(_Model):
+class PairIndex(IndexHead):
     """<stage>/__index__/train.json of pair shards (schema pair_index.v1); read by the same sample
     table and stream as a stage's ShardIndex."""
 
     schema_version: Literal["pair_index.v1"] = PAIR_INDEX_SCHEMA
     format: Literal["videojp.pair.v1"] = PAIR_FORMAT
-    kind: Literal["video", "latents"] = "video"
-    stage: str
     split: Literal["train"] = "train"
-    width: int
-    height: int
-    frames: int
-    fps: float
-    members: list[str]
-    config_hash: str
-    seed: int
-    package_version: str
     preset: dict[str, Any] = Field(description="the stage preset the pairs were fitted to")
     source: str = Field(description="the pair JSONL or the vjp compare study the pairs came from")
     shards: list[ShardEntry]

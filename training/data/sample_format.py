@@ -56,6 +56,7 @@ SkipReason = Literal[
     "unsafe_key",  # clip id not WebDataset-safe (dots, slashes): would split into wrong members
     "no_caption",  # no usable caption (and no allowed fallback)
     "missing_file",  # clip file not found
+    "unsafe_path",  # clip_path absolute, a URL or '..' above the curation output: never opened
     "unreadable",  # clip file does not open / has no video stream
     "too_short",  # fewer source frames than the stage's frames at its fps need
     "low_fps",  # source fps below the stage fps: frames would repeat
@@ -233,14 +234,16 @@ class SampleTableRef(_Model):
     sha256: str
 
 
-class ShardIndex(_Model):
-    """<stage>/__index__/<split>.json (schema shard_index.v1): the commit record of a split."""
+class IndexHead(_Model):
+    """The leading fields of every split index the sample table and stream read (stage shards'
+    ShardIndex, pair shards' PairIndex). Subclasses narrow schema_version, format and split to
+    their literals; a narrowed field keeps its place, so both indexes keep this order."""
 
-    schema_version: Literal["shard_index.v1"] = INDEX_SCHEMA
-    format: Literal["videojp.sample.v1"] = FORMAT
+    schema_version: str
+    format: str
     kind: Literal["video", "latents"] = "video"
     stage: str
-    split: Literal["train", "eval"]
+    split: str
     width: int
     height: int
     frames: int
@@ -249,6 +252,15 @@ class ShardIndex(_Model):
     config_hash: str
     seed: int
     package_version: str
+    preset: dict[str, Any]
+
+
+class ShardIndex(IndexHead):
+    """<stage>/__index__/<split>.json (schema shard_index.v1): the commit record of a split."""
+
+    schema_version: Literal["shard_index.v1"] = INDEX_SCHEMA
+    format: Literal["videojp.sample.v1"] = FORMAT
+    split: Literal["train", "eval"]
     preset: dict[str, Any] = Field(description="the stage preset the shards were written with")
     shards: list[ShardEntry]
     samples: int
