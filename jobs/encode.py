@@ -5,6 +5,8 @@
 Writes LATENTS/<stage>/<split>/NNNNNN.tar + LATENTS/<stage>/__index__/. Models load once per
 worker: in-process with `--runner local`, or one Ray actor per GPU (`--workers` CPU actors without).
 Resumable: a derived shard is redone only if its source shard or the encode settings changed.
+--shards and --out may each be a folder or an fsspec URL (s3://, gs://): source tars are read as
+streams from the store, derived tars and indexes written as objects under final names, index last.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", required=True, help="a stage folder written by vjp shard (SHARDS/stage1)")
+    p.add_argument(
+        "--shards",
+        required=True,
+        help="a stage folder written by vjp shard (SHARDS/stage1), a folder or an fsspec URL "
+        "(s3://bucket/prefix/shards/stage1): its tars are streamed from there",
+    )
     p.add_argument(
         "--out", required=True, help="root of the derived shards (LATENTS), a folder or an fsspec URL"
     )
@@ -73,21 +80,21 @@ def encode_stage(
     progress: bool = False,
 ) -> dict[str, Any]:
     from training.data import store
-    from training.data.encode import Encoders, encode_shard, plan_encode, write_latent_indexes
+    from training.data.encode import Encoders, encode_shard, plan_encode, stage_name, write_latent_indexes
     from training.data.sample_format import index_path, read_index
     from training.data.shard_writer import read_record
 
     t0 = time.time()
-    stage = os.path.basename(os.path.normpath(shards_dir))
+    stage = stage_name(shards_dir)
+    so = cfg.storage_options
     first = next(
-        (index_path(shards_dir, s) for s in splits if os.path.exists(index_path(shards_dir, s))), None
+        (index_path(shards_dir, s) for s in splits if store.exists(index_path(shards_dir, s), so)), None
     )
     if first is None:
         raise FileNotFoundError(f"no shard index for {splits} under {shards_dir} (run vjp shard first)")
-    stage_hash = read_index(first).config_hash
+    stage_hash = read_index(first, so).config_hash
     encode_hash = cfg.encode_hash(stage_hash)
     enc_cfg = cfg.encode
-    so = cfg.storage_options
     jobs = plan_encode(shards_dir, out, encode_hash, splits, so)
     todo = [j for j in jobs if not j["done"]]
     records: dict[tuple[str, str], Any] = {}
@@ -174,6 +181,11 @@ def encode_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     cfg = encode_config(args)
+    if cfg.storage_options:  # the defaults of every filesystem of these URLs' protocols
+        from jobs.run_paths import install_storage_options
+
+        for url in {args.shards, args.out}:
+            install_storage_options(url, cfg.storage_options)
     splits = [s for s in args.split.split(",") if s]
     try:
         summary = encode_stage(

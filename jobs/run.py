@@ -14,9 +14,9 @@ Steps run in pipeline order, each one on what the previous one wrote:
     OUT/run/steps.json      one summary per step (counts, wall and CPU seconds); config.json, log.txt
     OUT/report.html         the whole run on one page
 
-OUT may be an object-store URL (`run.out: s3://bucket/prefix`): every step then writes its outputs
-there, and only the tiny models, the trainer's checkpoints and read-through copies live in a local
-folder (run.local); see jobs/run_paths.py for what goes where and why.
+OUT may be an object-store URL (`run.out: s3://bucket/prefix`): every step then reads its inputs from
+and writes its outputs to the bucket, and only the tiny models and the trainer's checkpoints live
+in a local folder (run.local); see jobs/run_paths.py for what goes where and why.
 
 Rerun the same command after a crash or a kill: every step skips what is finished (curated
 videos, captions, shards whose plan is unchanged, encoded shards, training checkpoints), so the
@@ -298,36 +298,12 @@ class Pipeline:
         )
         return StepResult("caption", not status.get("error"), line, s)
 
-    def _shard_input(self) -> str:
-        """The manifests folder `vjp shard` reads. With OUT on a store: a local copy of the clip and
-        caption manifests and of the kept clips (jobs/shard.py opens local files); clip paths in
-        the manifests are relative to OUT, so the copy keeps OUT's layout."""
-        if not self.paths.remote:
-            return self.paths.manifests
-        from captioning.manifest import read_kept_clips
-        from curation import atomic
-        from jobs.run_paths import sync_down
-
-        mirror = os.path.join(self.paths.mirror, "out")
-        for folder in ("clips", "captions"):
-            sync_down(atomic.join(self.paths.manifests, folder), os.path.join(mirror, "manifests", folder),
-                      prune=True)  # fmt: skip
-        kept = read_kept_clips(os.path.join(mirror, "manifests", "clips"))
-        # One listing per top folder of the clip paths (clips/), never of the whole OUT.
-        by_folder: dict[str, set[str]] = {}
-        for c in kept:
-            top, _, rest = str(c["clip_path"]).partition("/")
-            if rest and top not in (".", "..") and not atomic.is_url(str(c["clip_path"])):
-                by_folder.setdefault(top, set()).add(rest)
-        for top, names in sorted(by_folder.items()):
-            sync_down(atomic.join(self.out, top), os.path.join(mirror, top), names=names)
-        return os.path.join(mirror, "manifests")
-
     def step_shard(self) -> StepResult:
         from jobs.shard import shard_stage
 
         r = self.cfg.run
-        clips_arg = self._shard_input()
+        # Read where curation and captioning wrote, a folder or the bucket: no local copy.
+        clips_arg = self.paths.manifests
         per_stage, lines, ok = {}, [], True
         for stage in r.stages:
             s = shard_stage(clips_arg, stage, self.shards_root, self.cfg.shard, r.runner, r.address)
@@ -348,21 +324,8 @@ class Pipeline:
 
         return build_tiny_models(Path(self.models_dir) / "train")
 
-    def _encode_input(self, stage: str) -> str:
-        """The stage folder `vjp encode` reads: OUT/shards/<stage>, or with OUT on a store a local
-        copy of it (the encoder reads local tars; its latents go to the store)."""
-        from curation import atomic
-
-        src = atomic.join(self.shards_root, stage)
-        if not self.paths.remote:
-            return src
-        from jobs.run_paths import sync_down
-
-        dest = os.path.join(self.paths.mirror, "shards", stage)
-        sync_down(src, dest, prune=True)
-        return dest
-
     def step_encode(self) -> StepResult:
+        from curation import atomic
         from jobs.encode import encode_stage
 
         r = self.cfg.run
@@ -381,7 +344,7 @@ class Pipeline:
         per_stage, lines, ok = {}, [], True
         for stage in r.stages:
             s = encode_stage(
-                self._encode_input(stage),
+                atomic.join(self.shards_root, stage),  # the stage's tars streamed from where they are
                 self.latents_root,
                 self.cfg.shard,
                 list(r.encode.splits),

@@ -11,9 +11,11 @@ LOCAL (run.local) holds what cannot live on an object store or is only a cache:
   is the model id the manifests record, so reruns must find them at the same path);
 - train/: the trainer's run folder (torch.distributed.checkpoint writes every rank's files into a
   POSIX folder; checkpoints are resumable state, not results): put it on a volume that outlives
-  the machine (a PVC, NFS) or accept that training restarts from step 0 on a new machine;
-- mirror/: read-through copies of the bucket's clips and shards for the shard and encode steps,
-  whose readers open local files (see sync_down).
+  the machine (a PVC, NFS) or accept that training restarts from step 0 on a new machine.
+Every step reads its inputs from OUT itself: shard reads the manifests and clip objects from the
+bucket (each clip fetched to a temporary file by the task that renders it, removed right after),
+encode streams the stage's tars, the trainer reads samples with ranged GETs. No step keeps a copy
+of OUT in LOCAL, so LOCAL need not be shared between machines.
 With a local OUT, LOCAL is OUT itself and nothing is copied.
 
 Credentials never pass through here: they come from the environment (AWS_*, GOOGLE_*, a profile)
@@ -82,10 +84,6 @@ class RunPaths:
     @property
     def models_dir(self) -> str:
         return os.path.join(self.local, "models")
-
-    @property
-    def mirror(self) -> str:
-        return os.path.join(self.local, "mirror")
 
     @property
     def train_dir(self) -> str:

@@ -6,6 +6,10 @@ Plan first, then write: every kept clip gets a caption choice, a split, a probe 
 a frame window (or a recorded skip reason); samples are grouped into shards deterministically,
 and one task per shard renders and writes its tar (temporary name + rename) and a record. A rerun
 rewrites only shards whose plan changed or whose file is missing.
+
+--clips and --out may each be a folder or an fsspec URL (s3://, gs://): the manifests are read from
+the bucket, each clip object is fetched by the task that renders it into a temporary file removed
+right after, and shards and indexes are written as objects under their final names, index last.
 """
 
 from __future__ import annotations
@@ -21,12 +25,18 @@ from typing import Any
 
 from curation.configfile import add_set_argument, load_section
 from jobs.runner import init_ray, map_ray, map_threads
+from training.data import store
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "shard.yaml")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clips", required=True, help="OUT/manifests of the curation job (clips/ and captions/)")
+    p.add_argument(
+        "--clips",
+        required=True,
+        help="OUT/manifests of the curation job (clips/ and captions/), a folder or an fsspec URL "
+        "(s3://bucket/prefix/manifests): manifests and clip files are read from there",
+    )
     p.add_argument("--stage", required=True, help="stage preset name from the config (stage1, stage2, ...)")
     p.add_argument(
         "--out",
@@ -44,72 +54,87 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---- inputs ----------------------------------------------------------------------------------
-def resolve_layout(clips_arg: str | Path) -> tuple[Path, Path, Path]:
-    """(OUT, clip manifest dir, caption manifest dir) from OUT/manifests, OUT/manifests/clips or OUT."""
-    p = Path(clips_arg)
-    if p.name == "clips" and p.parent.name == "manifests":
-        p = p.parent
-    if (p / "clips").is_dir() and p.name == "manifests":
-        return p.parent, p / "clips", p / "captions"
-    if (p / "manifests" / "clips").is_dir():
-        return p, p / "manifests" / "clips", p / "manifests" / "captions"
-    raise FileNotFoundError(f"no clip manifest at {p} (expected OUT/manifests with a clips/ dataset)")
+# The curation output (manifests and clip files) is a folder or an object-store URL: the manifests
+# are read through curation.manifest's readers (committed files only, one listing per folder) and
+# each clip is opened from where it lies, so no copy of the corpus is made anywhere.
+def resolve_layout(clips_arg: str | Path) -> tuple[str, str, str]:
+    """(OUT, clip manifest dir, caption manifest dir) from OUT/manifests, OUT/manifests/clips or OUT,
+    each a local path or a URL (s3://bucket/prefix/manifests)."""
+    from captioning.manifest import resolve_layout as resolve
+
+    if not store.is_url(clips_arg):
+        clips_arg = store.local_path(clips_arg)
+    root, clips_dir, captions_dir = resolve(clips_arg)
+    return os.fspath(root), os.fspath(clips_dir), os.fspath(captions_dir)
 
 
-def _clip_dataset(clips_dir: Path) -> Any:
-    """The clip manifest as a pyarrow dataset, with the columns every reader needs checked."""
-    import pyarrow.dataset as ds
+def _clip_columns(clips_dir: str | Path) -> list[str]:
+    """The clip manifest's columns, with the ones every reader needs checked."""
+    from curation.manifest import dataset_schema
 
-    if not any(clips_dir.glob("*.parquet")):
+    schema = dataset_schema(os.fspath(clips_dir))
+    if schema is None:
         raise FileNotFoundError(f"no parquet parts in {clips_dir}")
-    dset = ds.dataset(str(clips_dir), format="parquet")
-    missing = {"clip_id", "video_id", "status", "clip_path"} - set(dset.schema.names)
+    missing = {"clip_id", "video_id", "status", "clip_path"} - set(schema.names)
     if missing:
         raise ValueError(f"clip manifest {clips_dir} lacks columns {sorted(missing)}")
-    return dset
+    return list(schema.names)
 
 
-def read_kept_clips(clips_dir: Path) -> list[dict[str, Any]]:
+def read_kept_clips(clips_dir: str | Path) -> list[dict[str, Any]]:
     import pyarrow.dataset as ds
 
-    rows = _clip_dataset(clips_dir).to_table(filter=ds.field("status") == "kept").to_pylist()
+    from curation.manifest import read_table
+
+    _clip_columns(clips_dir)
+    rows = read_table(os.fspath(clips_dir), group_key=None, filter=ds.field("status") == "kept").to_pylist()
     return sorted((r for r in rows if r.get("clip_path")), key=lambda r: r["clip_id"])
 
 
-def read_kept_table(clips_dir: Path) -> Any:
+def read_kept_table(clips_dir: str | Path) -> Any:
     """Kept clips with a file, sorted by clip id, as an Arrow table of the columns planning reads."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    from curation.manifest import read_table
     from training.data.planning import PLAN_COLUMNS
 
-    dset = _clip_dataset(clips_dir)
-    cols = [c for c in PLAN_COLUMNS if c in dset.schema.names]
-    table = dset.to_table(
-        columns=cols, filter=(ds.field("status") == "kept") & ds.field("clip_path").is_valid()
+    names = _clip_columns(clips_dir)
+    cols = [c for c in PLAN_COLUMNS if c in names]
+    table = read_table(
+        os.fspath(clips_dir),
+        columns=cols,
+        group_key=None,
+        filter=(ds.field("status") == "kept") & ds.field("clip_path").is_valid(),
     )
     table = table.filter(pc.not_equal(table.column("clip_path"), ""))  # a row with "" has no file either
     return table.sort_by("clip_id")
 
 
-def read_caption_table(captions_dir: Path, clip_ids: Any) -> Any:
+def _has_captions(captions_dir: str | Path) -> bool:
+    from curation.manifest import committed_files
+
+    return bool(committed_files(os.fspath(captions_dir)))
+
+
+def read_caption_table(captions_dir: str | Path, clip_ids: Any) -> Any:
     """The latest caption per (clip, type) of the clips in `clip_ids` (training.data.planning)."""
     import pyarrow as pa
 
     from training.data.planning import VARIANT_COLUMNS, CaptionTable
 
-    if not captions_dir.is_dir() or not any(captions_dir.glob("*.parquet")):
+    if not _has_captions(captions_dir):
         return CaptionTable(pa.table({}), clip_ids)
     from captioning.manifest import read_captions
 
     return CaptionTable(read_captions(captions_dir, latest=True, columns=list(VARIANT_COLUMNS)), clip_ids)
 
 
-def read_caption_variants(captions_dir: Path) -> dict[str, dict[str, Any]]:
+def read_caption_variants(captions_dir: str | Path) -> dict[str, dict[str, Any]]:
     """clip_id -> {caption_type: CaptionVariant}, latest row per (clip, type), every status."""
     from training.data.sample_format import CaptionVariant
 
-    if not captions_dir.is_dir() or not any(captions_dir.glob("*.parquet")):
+    if not _has_captions(captions_dir):
         return {}
     from captioning.manifest import read_captions
 
@@ -121,10 +146,30 @@ def read_caption_variants(captions_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _probe_batch(batch: list[tuple[str, str]], root: str) -> list[tuple[str, Any]]:
+def clip_locations(
+    clips: Any, root: str, clips_dir: str, limit: int = 20
+) -> tuple[list[tuple[str, str]], dict[str, str], list[str]]:
+    """(clip id, file location) of every kept clip whose clip_path stays inside the curation output,
+    the refused ones (clip id -> "unsafe_path"), and up to `limit` messages naming the manifest,
+    the clip and its path (a manifest is input: `../x` or another bucket's URL is never opened)."""
+    todo: list[tuple[str, str]] = []
+    refused: dict[str, str] = {}
+    messages: list[str] = []
+    cids, rels = clips.column("clip_id").to_pylist(), clips.column("clip_path").to_pylist()
+    for cid, rel in zip(cids, rels, strict=True):
+        try:
+            todo.append((cid, store.member(root, rel, f"{clips_dir}: clip {cid}")))
+        except store.UnsafePath as e:
+            refused[cid] = "unsafe_path"
+            if len(messages) < limit:
+                messages.append(str(e))
+    return todo, refused, messages
+
+
+def _probe_batch(batch: list[tuple[str, str]], storage_options: Any = None) -> list[tuple[str, Any]]:
     from training.data.shard_writer import probe_clip
 
-    return [(cid, probe_clip(os.path.join(root, rel))) for cid, rel in batch]
+    return [(cid, probe_clip(path, storage_options)) for cid, path in batch]
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -215,20 +260,31 @@ def _write_samples_table(path: str, rows: SampleRows, storage_options: Any = Non
 
 
 def plan_stage(
-    clips: Any, captions: Any, root: str, stage_name: str, cfg: Any, runner: str
+    clips: Any,
+    captions: Any,
+    root: str,
+    stage_name: str,
+    cfg: Any,
+    runner: str,
+    clips_dir: str | None = None,
 ) -> tuple[list[Any], SampleRows, float | None]:
     """Probe every clip file (in parallel), then plan each sample: (plans, skipped rows, bytes estimate).
 
-    `clips`: read_kept_table's Arrow table; `captions`: read_caption_table's. Plans are lazy
+    `clips`: read_kept_table's Arrow table; `captions`: read_caption_table's; `root`: the curation
+    output the clip paths are relative to (a folder or a URL). Plans are lazy
     (training.data.planning): a few hundred bytes per sample until a shard renders it."""
     from training.data.planning import plan_samples
     from training.data.shard_writer import estimate_sample_bytes, shard_order, split_of
 
-    probes: dict[str, Any] = {}
-    todo = list(zip(clips.column("clip_id").to_pylist(), clips.column("clip_path").to_pylist(), strict=True))
-    for batch, result, exc in _run(
-        _probe_batch, _batches(todo, cfg.runner.probe_batch), (root,), runner, cfg
-    ):
+    todo, probes, messages = clip_locations(clips, root, clips_dir or store.join(root, "manifests", "clips"))
+    for msg in messages:
+        print(f"vjp shard: {msg}", file=sys.stderr)
+    if len(probes) > len(messages):
+        print(
+            f"vjp shard: {len(probes) - len(messages)} more clip paths refused (unsafe_path)", file=sys.stderr
+        )
+    so = cfg.storage_options
+    for batch, result, exc in _run(_probe_batch, _batches(todo, cfg.runner.probe_batch), (so,), runner, cfg):
         for cid, probe in result if exc is None else [(cid, "unreadable") for cid, _ in batch or []]:
             probes[cid] = probe
     del todo
@@ -241,7 +297,7 @@ def plan_stage(
     stage = cfg.stage(stage_name)
     n_cal = cfg.runner.calibration_samples if stage.target_shard_bytes else 0
     calibrate = shard_order(plans, cfg.seed)[:n_cal]
-    est = estimate_sample_bytes(calibrate, root, stage, cfg.runner.decode_threads) if calibrate else None
+    est = estimate_sample_bytes(calibrate, root, stage, cfg.runner.decode_threads, so) if calibrate else None
     return plans, rows, est
 
 
@@ -293,15 +349,14 @@ def shard_stage(
 
     t0 = time.time()
     stage = cfg.stage(stage_name)
-    root_path, clips_dir, captions_dir = resolve_layout(clips_arg)
-    root = str(root_path)
+    root, clips_dir, captions_dir = resolve_layout(clips_arg)
     clips = read_kept_table(clips_dir)
     captions = read_caption_table(captions_dir, clips.column("clip_id"))
     if runner == "ray":
         init_ray(address)
 
     # 1. plan everything and group into shards before writing anything
-    plans, rows, est = plan_stage(clips, captions, root, stage_name, cfg, runner)
+    plans, rows, est = plan_stage(clips, captions, root, stage_name, cfg, runner, clips_dir)
     per_shard = samples_per_shard(stage, est)
     shards = group_shards(plans, per_shard, cfg.seed)
     planned = {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS}
@@ -359,6 +414,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = parse_config(*load_section(args.config or DEFAULT_CONFIG, "shard", args.overrides))
     cfg.stage(args.stage)  # an unknown stage is a ConfigError: exit 2 with the configured names
+    if cfg.storage_options:  # the manifest readers build their filesystems with fsspec's defaults
+        from jobs.run_paths import install_storage_options
+
+        for url in {args.clips, args.out}:
+            install_storage_options(url, cfg.storage_options)
     try:
         summary = shard_stage(args.clips, args.stage, args.out, cfg, args.runner, args.address, args.verify)
     except (FileNotFoundError, ValueError) as e:

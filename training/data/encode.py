@@ -15,6 +15,7 @@ A shard is redone only when its source shard's sha256 or the encode settings cha
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -75,9 +76,13 @@ class Encoders:
         self.cfg = cfg
         self.device, dtype_name = resolve_device(cfg)
         self.dtype = getattr(torch, _DTYPES[dtype_name])
-        self.vae = vae_class(cfg.vae_cls).from_pretrained(
-            cfg.vae, subfolder=cfg.vae_subfolder, revision=cfg.vae_revision, torch_dtype=self.dtype
-        ).to(self.device)
+        self.vae = (
+            vae_class(cfg.vae_cls)
+            .from_pretrained(
+                cfg.vae, subfolder=cfg.vae_subfolder, revision=cfg.vae_revision, torch_dtype=self.dtype
+            )
+            .to(self.device)
+        )
         self.vae.eval().requires_grad_(False)
         if cfg.vae_tiling:
             self.vae.enable_tiling()
@@ -112,11 +117,13 @@ class Encoders:
         ]
 
 
-def _raw_samples(path: str) -> Iterator[dict[str, Any]]:
-    """Samples of one tar in stored order, members as bytes (webdataset's own tar reader)."""
-    import webdataset as wds
+def _raw_samples(path: str, storage_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Samples of one tar in stored order, members as bytes (webdataset's own tar reader), read
+    sequentially from a local file or an object of a store (no local copy)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    yield from wds.DataPipeline(wds.SimpleShardList([path]), wds.tarfile_to_samples())
+    with store.open_input(path, storage_options) as f:
+        yield from group_by_keys(tar_file_expander([{"url": path, "stream": f}]))
 
 
 def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
@@ -162,6 +169,13 @@ def encode_samples(samples: list[dict[str, Any]], enc: Encoders, encode_hash: st
     return out
 
 
+def stage_name(shards_dir: str) -> str:
+    """The stage of a stage folder (SHARDS/<stage>, a path or a URL)."""
+    if store.is_url(shards_dir):
+        return posixpath.basename(shards_dir.rstrip("/"))
+    return os.path.basename(os.path.normpath(store.local_path(shards_dir)))
+
+
 def plan_hash(source: ShardEntry, encode_hash: str) -> str:
     return config_hash({"source_sha256": source.sha256, "encode": encode_hash})
 
@@ -179,7 +193,7 @@ def encode_shard(
 ) -> ShardRecord:
     """One derived shard: batches through the encoders, written whole or not at all (a folder or
     an fsspec URL), then its record with every sample's byte range (the sample table's rows)."""
-    samples = list(_raw_samples(src_path))
+    samples = list(_raw_samples(src_path, storage_options))
     derived = encode_samples(samples, enc, encode_hash) if samples else []
     return write_shard_files(out, stage, split, name, derived, phash, storage_options=storage_options)
 
@@ -191,14 +205,15 @@ def plan_encode(
     splits: Sequence[str] = SPLITS,
     storage_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One job per source shard that has no identical derived shard yet (resume)."""
-    stage = os.path.basename(os.path.normpath(shards_dir))
+    """One job per source shard that has no identical derived shard yet (resume). `shards_dir` (the
+    stage folder of vjp shard) and `out` may each be a folder or an fsspec URL."""
+    stage = stage_name(shards_dir)
     jobs = []
     for split in splits:
         path = index_path(shards_dir, split)
-        if not os.path.exists(path):
+        if not store.exists(path, storage_options):
             continue
-        index = read_index(path)
+        index = read_index(path, storage_options)
         if index.kind != "video":
             raise ValueError(f"{path} indexes {index.kind} shards; encode reads video shards")
         for entry in index.shards:
@@ -213,7 +228,7 @@ def plan_encode(
             )
             jobs.append(
                 {
-                    "src": os.path.join(shards_dir, split, entry.name),
+                    "src": store.join(shards_dir, split, entry.name),
                     "stage": stage,
                     "split": split,
                     "name": entry.name,
@@ -234,13 +249,13 @@ def write_latent_indexes(
 ) -> dict[str, ShardIndex]:
     """The sample table and index per split of the derived shards (index last: the commit record),
     copying stage facts from the source index."""
-    stage = os.path.basename(os.path.normpath(shards_dir))
+    stage = stage_name(shards_dir)
     result = {}
     for split in SPLITS:
         path = index_path(shards_dir, split)
-        if not os.path.exists(path):
+        if not store.exists(path, storage_options):
             continue
-        src = read_index(path)
+        src = read_index(path, storage_options)
         entries = [records[(split, e.name)].entry for e in src.shards if (split, e.name) in records]
         index = src.model_copy(
             update={

@@ -9,6 +9,7 @@ of seed and clip id, x264 runs single-threaded with fixed crf/preset, the mp4 mu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -106,14 +107,26 @@ class ClipProbe:
     size_bytes: int
 
 
-def probe_clip(path: str) -> ClipProbe | SkipReason:
-    """Real size, frame count and rate of a clip file from its header (the clip may be downscaled)."""
+def probe_clip(path: str, storage_options: Mapping[str, Any] | None = None) -> ClipProbe | SkipReason:
+    """Real size, frame count and rate of a clip file from its header (the clip may be downscaled).
+
+    `path` is a local file or an object URL: an object is read through a file object of the
+    store (for a small clip one GET; only the header for a large one), never copied to disk."""
     import av
 
-    if not os.path.exists(path):
-        return "missing_file"
+    if store.is_url(path):
+        fs, p = store.filesystem(path, storage_options)
+        try:
+            size = int(fs.info(p)["size"])
+        except FileNotFoundError:
+            return "missing_file"
+        opened: Any = store.open_input(path, storage_options, block_size=1 << 20)
+    else:
+        if not os.path.exists(path):
+            return "missing_file"
+        size, opened = os.path.getsize(path), contextlib.nullcontext(path)
     try:
-        with av.open(path) as container:
+        with opened as src, av.open(src) as container:
             if not container.streams.video:
                 return "unreadable"
             st = container.streams.video[0]
@@ -126,7 +139,7 @@ def probe_clip(path: str) -> ClipProbe | SkipReason:
         return "unreadable"
     if not rate or not w or not h or n <= 0:
         return "unreadable"
-    return ClipProbe(int(w), int(h), n, float(rate), os.path.getsize(path))
+    return ClipProbe(int(w), int(h), n, float(rate), size)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -512,13 +525,21 @@ def encode_mp4(
     return buf.getvalue()
 
 
-def render_sample(plan: SamplePlan, root: str, stage: StagePreset, decode_threads: int = 1) -> dict[str, Any]:
-    """The tar members of one sample (bytes), ready for TarWriter."""
+def render_sample(
+    plan: SamplePlan,
+    root: str,
+    stage: StagePreset,
+    decode_threads: int = 1,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The tar members of one sample (bytes), ready for TarWriter. `root` is the curation output (a
+    folder or an object-store URL); a clip object is fetched to a temporary file just for this
+    sample (FFmpeg decodes a local file) and removed right after."""
     meta = plan.meta
-    path = os.path.join(root, plan.clip_path)
-    frames = load_window(
-        path, meta.window.frame_indices, meta.window.region, stage.width, stage.height, decode_threads
-    )
+    with store.local_copy(store.member(root, plan.clip_path, "clip manifest"), storage_options) as path:
+        frames = load_window(
+            path, meta.window.frame_indices, meta.window.region, stage.width, stage.height, decode_threads
+        )
     return {
         "__key__": meta.key,
         JSON: dumps(meta.model_dump(mode="json")),
@@ -533,12 +554,16 @@ def tar_bytes(sample: Mapping[str, Any]) -> int:
 
 
 def estimate_sample_bytes(
-    plans: Sequence[SamplePlan], root: str, stage: StagePreset, decode_threads: int = 1
+    plans: Sequence[SamplePlan],
+    root: str,
+    stage: StagePreset,
+    decode_threads: int = 1,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> float | None:
     sizes = []
     for p in plans:
         try:
-            sizes.append(tar_bytes(render_sample(p, root, stage, decode_threads)))
+            sizes.append(tar_bytes(render_sample(p, root, stage, decode_threads, storage_options)))
         except Exception:
             continue  # the shard task records the failure; the estimate just skips it
     return sum(sizes) / len(sizes) if sizes else None
@@ -654,14 +679,15 @@ def write_shard_files(
 
 
 def write_shard(shard: ShardPlan, root: str, out: str, stage_name: str, cfg: ShardConfig) -> ShardRecord:
-    """One task: render the shard's samples, write the tar (whole or not at all), then its record."""
+    """One task: render the shard's samples, write the tar (whole or not at all), then its record.
+    `root` (the curation output) and `out` may each be a folder or an object-store URL."""
     stage = cfg.stage(stage_name)
     skipped: dict[str, str] = {}
 
     def samples() -> Iterable[dict[str, Any]]:
         for plan in shard.samples:
             try:
-                yield render_sample(plan, root, stage, cfg.runner.decode_threads)
+                yield render_sample(plan, root, stage, cfg.runner.decode_threads, cfg.storage_options)
             except Exception:
                 skipped[plan.key] = "decode_error"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 _SECRET_WORDS = ("secret", "password", "token", "credential", "private_key", "session", "access_key")
@@ -134,6 +134,61 @@ def sha256_of(path: str, storage_options: Mapping[str, Any] | None = None) -> st
         while chunk := f.read(8 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def open_input(path: str, storage_options: Mapping[str, Any] | None = None, block_size: int = 8 << 20) -> Any:
+    """A binary file object to read sequentially (a local file, or an fsspec file of the store that
+    fetches `block_size` bytes per GET); close it when done (use it as a context manager)."""
+    if not is_url(path):
+        return open(local_path(path), "rb")
+    fs, p = filesystem(path, storage_options)
+    return fs.open(p, "rb", block_size=block_size)
+
+
+@contextlib.contextmanager
+def local_copy(
+    path: str, storage_options: Mapping[str, Any] | None = None, suffix: str | None = None
+) -> Iterator[str]:
+    """A local path for readers that need one (PyAV/FFmpeg decoding a clip): a local file as it is,
+    an object downloaded into a private temporary that is removed when the block ends (also on
+    an error), so a worker holds one input at a time, never a copy of the corpus."""
+    if not is_url(path):
+        yield local_path(path)
+        return
+    import tempfile
+
+    fs, p = filesystem(path, storage_options)
+    suffix = suffix if suffix is not None else posixpath.splitext(p)[1]
+    with tempfile.TemporaryDirectory(prefix="vjp-in-") as d:
+        tmp = os.path.join(d, "input" + suffix)
+        fs.get_file(p, tmp)
+        yield tmp
+
+
+class UnsafePath(ValueError):
+    """A path read from a manifest that would leave the root it is relative to."""
+
+
+def member(root: str, rel: str, where: str = "manifest") -> str:
+    """`root`/`rel` for a path read from a manifest, refusing what would leave the root: an absolute
+    path, a URL, '..' above the root, a backslash or a NUL (the manifest is input, not trusted).
+    `where` names the manifest in the error."""
+    bad = None
+    if not rel:
+        bad = "is empty"
+    elif "://" in rel or rel.startswith("file:"):
+        bad = "is a URL, not a path relative to the output root"
+    elif rel.startswith(("/", "~")) or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
+        bad = "is absolute, not relative to the output root"
+    elif "\\" in rel or "\x00" in rel:
+        bad = "holds a backslash or NUL"
+    else:
+        norm = posixpath.normpath(rel)
+        if norm == ".." or norm.startswith("../") or norm == ".":
+            bad = "escapes the output root"
+    if bad:
+        raise UnsafePath(f"{where}: path {rel!r} {bad}; refused")
+    return join(root, *posixpath.normpath(rel).split("/"))
 
 
 class RangeReader:
