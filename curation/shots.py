@@ -175,7 +175,7 @@ class CueTracker:
         back = np.full(n, np.inf)
         for lag in range(1, LAGS):
             fwd = np.full(n, np.inf)
-            fwd[: n - lag] = sl[lag:, lag]
+            fwd[: max(n - lag, 0)] = sl[lag:, lag]
             bwd = np.where(np.arange(n) > lag, sl[:, lag], np.inf)
             back = np.minimum(back, np.minimum(fwd, bwd))
         hit &= back > 0.25 * s
@@ -269,9 +269,9 @@ def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
     hret = np.full(n, big)
     for lag in range(1, LAGS):
         fwd = np.full(n, big)
-        fwd[: n - lag] = d[lag:, lag]
+        fwd[: max(n - lag, 0)] = d[lag:, lag]
         hfwd = np.full(n, big)
-        hfwd[: n - lag] = hl[lag:, lag]
+        hfwd[: max(n - lag, 0)] = hl[lag:, lag]
         bwd = np.where(np.arange(n) > lag, d[:, lag], big)
         hbwd = np.where(np.arange(n) > lag, hl[:, lag], big)
         ret = np.minimum(ret, np.minimum(fwd, bwd))
@@ -284,9 +284,9 @@ def cue_features(t: CueTracker, window: int = 2) -> np.ndarray:
     vback = np.full(n, np.inf)
     for lag in range(1, LAGS):
         fwd = np.full(n, np.inf)
-        fwd[: n - lag] = np.abs(v[lag:] - prev_v[: n - lag])
+        fwd[: max(n - lag, 0)] = np.abs(v[lag:] - prev_v[: max(n - lag, 0)])
         bwd = np.full(n, np.inf)
-        bwd[lag + 1 :] = np.abs(v[lag + 1 :] - v[: n - lag - 1])
+        bwd[lag + 1 :] = np.abs(v[lag + 1 :] - v[: max(n - lag - 1, 0)])
         vback = np.minimum(vback, np.minimum(fwd, bwd))
     v_flash = np.maximum(0.0, step - vback)
     lo_sd = np.log1p(np.minimum(sd, prev_sd))

@@ -374,3 +374,24 @@ def test_washed_out_to_shaky_is_one_cut(tmp_path: Path) -> None:
     frames = [small_bgr(f, step, info.rotation) for _, _, f in iter_frames(path, info.stream_index, False)]
     cuts = _detect(frames)
     assert len(cuts) == 1 and abs(cuts[0] - 36) <= 1, cuts
+
+
+def test_videos_shorter_than_the_cue_lags() -> None:
+    # A 3-frame video (the shared decord_video_270.mov) failed in cue_features: the look-ahead over
+    # 4 frames sliced past the end. Every length from 1 frame up must give features and cuts.
+    from curation import shots
+    from curation.config import SplitConfig
+
+    for n in range(1, 8):
+        for frames in ([_texture(0, shift=i) for i in range(n)], [_card("")] + [_card("TITLE")] * (n - 1)):
+            tracker = shots.CueTracker()
+            for f in frames:
+                tracker.push(f)
+            assert shots.cue_features(tracker).shape == (n, len(shots.FEATURES))
+            cuts = tracker.cuts(SplitConfig(), 1)
+            assert all(0 < c < n for c in cuts)
+    # The title rule still fires in a 3-frame video: black, then a card twice.
+    tracker = shots.CueTracker()
+    for f in [_card("")] + [_card("COMING SOON")] * 2:
+        tracker.push(f)
+    assert tracker._titles_on_black() == [1]
