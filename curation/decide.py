@@ -140,12 +140,12 @@ def failing_matrix(
     )
 
 
-def _lists(mat: np.ndarray) -> pa.Array:
-    """Row-wise lists of the REASONS whose column is True (in REASONS order)."""
+def reason_lists(mat: np.ndarray, labels: tuple[str, ...] = REASONS) -> pa.Array:
+    """Row-wise lists of the labels whose column is True (in label order)."""
     rows, cols = np.nonzero(mat)  # row-major: each row's reasons come out in REASONS order
     offsets = np.zeros(mat.shape[0] + 1, dtype=np.int32)
     np.cumsum(np.bincount(rows, minlength=mat.shape[0]), out=offsets[1:])
-    values = pc.take(pa.array(REASONS, type=pa.string()), pa.array(cols.astype(np.int64)))
+    values = pc.take(pa.array(labels, type=pa.string()), pa.array(cols.astype(np.int64)))
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
@@ -171,11 +171,33 @@ def decide_table(
     status = pc.if_else(pa.array(failed), "rejected", "kept") if n else pa.array([], pa.string())
     reason = first
     return (
-        scores.append_column("failed_checks", _lists(mat))
+        scores.append_column("failed_checks", reason_lists(mat))
         .append_column("duplicate_of", duplicate_of)
         .append_column("status", status)
         .append_column("reason", reason)
     )
+
+
+def near_duplicate_of(ids: pa.Array, phashes: pa.Array, max_distance: int) -> np.ndarray:
+    """For each candidate clip (ids[i], its frame hashes phashes[i]): the index in `ids` of the clip
+    that survives its near-duplicate group, or -1 when it survives itself (the smallest clip id of a
+    group survives). Same groups as near_duplicates, on arrays."""
+    if not len(ids):
+        return np.empty(0, dtype=np.int64)
+    order = pc.sort_indices(ids).to_numpy()  # clip id order: the smallest index of a group survives
+    ids = ids.take(pa.array(order))
+    if len(ids) > 1 and pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py():
+        raise ValueError("clip ids must be unique")
+    lengths = pc.list_value_length(phashes).to_numpy(zero_copy_only=False)
+    n_frames = int(lengths[0])
+    if n_frames == 0 or (lengths != n_frames).any():
+        raise ValueError("every clip needs the same, non-zero number of hashes")
+    values = pc.list_flatten(phashes).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    root = duplicate_roots(values.reshape(len(ids), n_frames)[order], max_distance)
+    losers = np.nonzero(root != np.arange(len(root)))[0]
+    out = np.full(len(ids), -1, dtype=np.int64)
+    out[order[losers]] = order[root[losers]]
+    return out
 
 
 def _dedup(
@@ -187,27 +209,14 @@ def _dedup(
     n: int,
 ) -> pa.Array:
     """near_duplicates over the candidate rows, columnar: marks the losers' near_duplicate column in
-    `mat` and returns the duplicate_of column (null for every other row). Same groups and survivors
-    as near_duplicates (the smallest clip id of a group survives), without a Python object per clip."""
+    `mat` and returns the duplicate_of column (null for every other row)."""
     if not n:
         return pa.array([], pa.string())
     take = pa.array(cand, type=pa.int64())
     ids = clip_id.take(take).combine_chunks()
-    order = pc.sort_indices(ids).to_numpy()  # clip id order: the smallest index of a group survives
-    ids = ids.take(pa.array(order))
-    if len(ids) > 1 and pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py():
-        raise ValueError("clip ids must be unique")
-    lists = phashes.take(take).combine_chunks()
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
-    n_frames = int(lengths[0]) if len(lengths) else 0
-    if len(lengths) and (n_frames == 0 or (lengths != n_frames).any()):
-        raise ValueError("every clip needs the same, non-zero number of hashes")
-    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    hashes = values.reshape(len(ids), max(n_frames, 1))[order] if len(ids) else values.reshape(0, 1)
-    root = duplicate_roots(hashes, max_distance) if len(ids) else np.empty(0, dtype=np.int64)
-    losers = np.nonzero(root != np.arange(len(root)))[0]
-    rows = cand[order[losers]]
-    mat[rows, REASONS.index("near_duplicate")] = True
+    dup = near_duplicate_of(ids, phashes.take(take).combine_chunks(), max_distance)
+    losers = np.nonzero(dup >= 0)[0]
+    mat[cand[losers], REASONS.index("near_duplicate")] = True
     dup_idx = np.full(n, -1, dtype=np.int64)
-    dup_idx[rows] = root[losers]
+    dup_idx[cand[losers]] = dup[losers]
     return pc.take(ids, pa.array(dup_idx, mask=dup_idx < 0))

@@ -30,6 +30,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow.dataset import field as pc_field
 
@@ -37,7 +38,7 @@ from curation import __version__, atomic
 from curation.analyze import VideoAnalysis, analyze_clips, analyze_video, apply_transnet, clip_thumbnails
 from curation.atomic import join
 from curation.config import CurateConfig
-from curation.decide import decide_table, failing_checks, failing_matrix
+from curation.decide import REASONS, failing_checks, failing_matrix, near_duplicate_of, reason_lists
 from curation.extract import ClipSpan, extract_clips
 from curation.ids import clip_id, sha256_file
 from curation.isolate import IsolatedError, run_isolated
@@ -46,9 +47,9 @@ from curation.manifest import (
     SCORES_SCHEMA,
     THUMB_SCHEMA,
     VIDEO_SCHEMA,
+    committed_files,
     compact,
     is_compact,
-    iter_batches,
     read_one,
     read_table,
     write_batches,
@@ -271,10 +272,69 @@ def _video_index(videos: pa.Table, scores: pa.Table) -> tuple[np.ndarray, np.nda
     return pos, (pos >= 0) & same
 
 
+BATCH_ROWS = 131_072  # score rows held at a time by the job-wide passes (finalize, ResumeIndex)
+
+
+def _score_batches(folder: str, columns: list[str]) -> Iterator[pa.Table]:
+    """The committed score rows in read order, `columns` only: batch by batch when the folder is
+    one compaction's (the usual case after compact_manifests), else the whole table at once."""
+    schema = pa.schema([SCORES_SCHEMA.field(c) for c in columns])
+    if not is_compact(folder):
+        yield read_table(folder, SCORES_SCHEMA, columns=columns)
+        return
+    for name in committed_files(folder):
+        with atomic.local_file(join(folder, name)) as local:
+            for batch in pq.ParquetFile(local).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+                yield pa.Table.from_batches([batch]).select(columns).cast(schema)
+
+
+def _is_sorted(ids: pa.Array | pa.ChunkedArray) -> bool:
+    """Non-decreasing (ids of a compacted score manifest are, being sorted by video and clip id)."""
+    return len(ids) < 2 or not pc.any(pc.less(ids[1:], ids[: len(ids) - 1])).as_py()
+
+
+class _Listing:
+    """The clip ids of a clip folder's `<clip_id>.mp4` files, as a sorted Arrow array: membership of a
+    sorted batch of ids is tested against the slice of the listing between its first and last id,
+    not against a hash of the whole listing (millions of names, tested batch after batch)."""
+
+    def __init__(self, names: list[str]) -> None:
+        arr = pa.array(names, pa.string())
+        ids = pc.utf8_slice_codeunits(arr.filter(pc.ends_with(arr, ".mp4")), 0, -4)
+        self.ids = ids.take(pc.sort_indices(ids))
+
+    def _bound(self, value: str, right: bool) -> int:
+        lo, hi = 0, len(self.ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            v = self.ids[mid].as_py()
+            if v < value or (right and v == value):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def contains(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        if not len(ids) or not len(self.ids):
+            return np.zeros(len(ids), dtype=bool)
+        values = self.ids
+        if _is_sorted(ids):
+            lo = self._bound(ids[0].as_py(), right=False)
+            values = values.slice(lo, self._bound(ids[len(ids) - 1].as_py(), right=True) - lo)
+        return pc.is_in(ids, value_set=values).to_numpy(zero_copy_only=False)
+
+
+def _video_dims(videos: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(  # type: ignore[return-value]
+        videos.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("width", "height")
+    )
+
+
 @dataclass
 class ResumeIndex:
     """What earlier runs finished, computed once by the driver from the (compacted) manifests:
-    one read of each manifest and one listing of the clip folders, instead of per-video reads."""
+    one read of each manifest and one listing of the clip folders, instead of per-video reads.
+    Score rows are read in batches and only the rows of clips that still lack a file become dicts."""
 
     finished: set[str]
     partial: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]
@@ -283,32 +343,39 @@ class ResumeIndex:
     def load(cls, out: str, cfg: CurateConfig) -> ResumeIndex:
         layout = Layout(out)
         compact_manifests(out)
-        videos = read_table(layout.videos, VIDEO_SCHEMA)
+        columns = ["video_id", "analysis_hash", "status", *_DIMS]
+        videos = read_table(layout.videos, VIDEO_SCHEMA, columns=columns)
         videos = videos.filter(pc.equal(videos.column("analysis_hash"), cfg.analysis_hash))
         finished = set(videos.column("video_id").to_pylist())
         ok = videos.filter(pc.equal(videos.column("status"), "ok"))
         partial: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-        if ok.num_rows:
-            cols = [*DECISION_COLUMNS, "start_s", "end_s", "n_frames"]  # what extraction needs
-            scores = read_table(layout.scores, SCORES_SCHEMA, columns=cols)
+        if not ok.num_rows:
+            return cls(finished, partial)
+        vwidth, vheight = _video_dims(ok)
+        on_disk = _Listing(atomic.listdir(layout.staging) + atomic.listdir(layout.clips))
+        cols = [*DECISION_COLUMNS, "start_s", "end_s", "n_frames"]  # what extraction needs
+        lacking: list[pa.Table] = []
+        for scores in _score_batches(layout.scores, cols):
             pos, same = _video_index(ok, scores)
             scores, pos = scores.filter(pa.array(same)), pos[same]
-            width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
-            height = ok.column("height").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
-            passing = ~failing_matrix(scores, width, height, cfg.split, cfg.filters).any(axis=1)
-            on_disk = set(atomic.listdir(layout.staging)) | set(atomic.listdir(layout.clips))
-            ids = scores.column("clip_id").to_pylist()
-            lacking = [i for i in np.nonzero(passing)[0].tolist() if f"{ids[i]}.mp4" not in on_disk]
-            if lacking:
-                rows = scores.take(pa.array(lacking, type=pa.int64())).to_pylist()
-                video_rows = {
-                    v["video_id"]: v
-                    for v in ok.filter(
-                        pc.is_in(ok.column("video_id"), value_set=pa.array({r["video_id"] for r in rows}))
-                    ).to_pylist()
-                }
-                for r in rows:
-                    partial.setdefault(r["video_id"], (video_rows[r["video_id"]], []))[1].append(r)
+            fails = failing_matrix(scores, vwidth[pos], vheight[pos], cfg.split, cfg.filters)
+            passing = np.nonzero(~fails.any(axis=1))[0]
+            ids = scores.column("clip_id").take(pa.array(passing, type=pa.int64()))
+            missing = passing[~on_disk.contains(ids)]
+            if len(missing):
+                lacking.append(scores.take(pa.array(missing, type=pa.int64())))
+        if lacking:
+            rows = pa.concat_tables(lacking).to_pylist()
+            wanted = sorted({r["video_id"] for r in rows})
+            full = read_table(layout.videos, VIDEO_SCHEMA, filter=pc_field("video_id").isin(wanted))
+            same_ok = pc.and_(
+                pc.equal(full.column("analysis_hash"), cfg.analysis_hash),
+                pc.equal(full.column("status"), "ok"),
+            )
+            full = full.filter(same_ok)
+            video_rows = {v["video_id"]: v for v in full.to_pylist()}
+            for r in rows:
+                partial.setdefault(r["video_id"], (video_rows[r["video_id"]], []))[1].append(r)
         return cls(finished - set(partial), partial)
 
     def pending(self, items: Iterable[VideoItem]) -> Iterator[VideoItem]:
@@ -525,111 +592,213 @@ def finalize(out: str, cfg: CurateConfig) -> dict[str, Any]:
     """Decide every clip of the job (deduplication included), publish kept clips, write the clip manifest.
 
     Cheap and repeatable: it reads only manifests and moves files, so a threshold change takes
-    seconds. Clips that stop being kept go back to staging instead of being deleted. Columnar
-    (Arrow + numpy), so millions of clips need no Python dict each.
+    seconds. Clips that stop being kept go back to staging instead of being deleted. Columnar and
+    in two passes over the score rows, a batch at a time: the first keeps per clip only its failed
+    checks (a bit each), whether its file is in clips/ or staging/, and the id and hashes of the
+    clips that may be kept or moved; the second joins the verdicts to the full rows as it writes
+    them. Millions of clips need neither a dict each nor the whole score table in memory.
     """
     layout = Layout(out)
     compact_manifests(out)
-    all_videos = read_table(layout.videos, VIDEO_SCHEMA)
+    all_videos = read_table(layout.videos, VIDEO_SCHEMA, columns=_VIDEO_COLUMNS)
     videos = all_videos.filter(pc.equal(all_videos.column("status"), "ok"))
-    # Pass 1 on the columns the decision needs; pass 2 streams the full rows into the manifest.
-    key = read_table(layout.scores, SCORES_SCHEMA, columns=DECISION_COLUMNS)
-    _, same = _video_index(videos, key)
-    keep = np.nonzero(same)[0]
-    order = keep[pc.sort_indices(key.column("clip_id").take(pa.array(keep))).to_numpy()]
-    identity = len(order) == key.num_rows and bool(np.all(order == np.arange(len(order))))
-    decided = _decide(key if identity else key.take(pa.array(order, type=pa.int64())), videos, cfg)
-    del key
     atomic.makedirs(layout.clips)
     atomic.makedirs(layout.staging)
-    decided = _publish(decided, layout)
-    crop = {k: decided.column(k).to_numpy(zero_copy_only=False) for k in _CROPS}
-    width = decided.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
-    height = decided.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
-    kept = pc.equal(decided.column("status"), "kept")
-    paths = pc.binary_join_element_wise("clips/", decided.column("clip_id"), ".mp4", "")
-    verdict = pa.table(
+    try:
+        d = _Decisions.collect(layout, videos, cfg, streamed=is_compact(layout.scores))
+    except _Unsorted:  # a compacted manifest not in clip id order: read it whole and sort it
+        d = _Decisions.collect(layout, videos, cfg, streamed=False)
+    d.dedup(cfg.filters.dedup_max_distance)
+    d.publish(layout)
+    status: list[pa.Array] = []
+    reasons: list[pa.Array] = []
+    seconds: list[pa.Array] = []
+
+    def rows() -> Iterator[pa.Table]:
+        for lo, batch in d.batches(layout, SCORES_SCHEMA.names):
+            verdict = d.verdict(lo, batch, cfg.decision_hash)
+            status.append(verdict["status"])
+            reasons.append(verdict["reason"])
+            seconds.append(batch.column("duration_s").combine_chunks())
+            for name, col in verdict.items():
+                batch = batch.append_column(name, col)
+            yield batch.select(CLIP_SCHEMA.names)
+
+    write_batches(rows(), CLIP_SCHEMA, layout.clips_manifest)
+    clips = pa.table(
         {
-            "status": decided.column("status"),
-            "reason": decided.column("reason"),
-            "failed_checks": decided.column("failed_checks"),
-            "duplicate_of": decided.column("duplicate_of"),
-            "clip_path": pc.if_else(kept, paths, pa.scalar(None, pa.string())),
-            "content_width": pa.array(width * (1.0 - crop["crop_left"] - crop["crop_right"])),
-            "content_height": pa.array(height * (1.0 - crop["crop_top"] - crop["crop_bottom"])),
-            "decision_hash": pa.array([cfg.decision_hash] * decided.num_rows, type=pa.string()),
+            "status": pa.chunked_array(status, pa.string()),
+            "reason": pa.chunked_array(reasons, pa.string()),
+            "duration_s": pa.chunked_array(seconds, pa.float64()),
         }
     )
-    write_batches(_clip_rows(layout, same, order, verdict), CLIP_SCHEMA, layout.clips_manifest)
-    return summarize(all_videos, decided)
+    return summarize(all_videos, clips)
 
 
 _CROPS = ("crop_left", "crop_right", "crop_top", "crop_bottom")
+_DIMS = ("width", "height")
+_VIDEO_COLUMNS = ["video_id", "status", "error_stage", "duration_s", "analysis_hash", *_DIMS]
 DECISION_COLUMNS = [
     "clip_id", "video_id", "analysis_hash", "duration_s", "width", "height", *_CROPS, "luma_mean",
     "luma_std", "luma_p99", "dark_fraction", "motion", "sharpness", "border_fraction", "text_fraction",
     "phashes",
 ]  # fmt: skip
+_LABELS = (*REASONS, "extract_failed")  # a kept clip without a file is rejected as extract_failed
+_NEAR_DUPLICATE = REASONS.index("near_duplicate")
+_PHASHES = SCORES_SCHEMA.field("phashes").type
 
 
-def _clip_rows(layout: Layout, same: np.ndarray, order: np.ndarray, verdict: pa.Table) -> Iterator[pa.Table]:
-    """Full score rows joined with their verdicts, in clip id order. A compacted manifest is already
-    in that order, so it streams batch by batch; otherwise (small, uncompacted) it is read whole."""
-    if is_compact(layout.scores) and bool(np.all(np.diff(order) > 0)):
+class _Unsorted(Exception):
+    """The compacted score rows are not in clip id order (the streamed passes need that order)."""
+
+
+@dataclass
+class _Decisions:
+    """Per decided clip (the score rows analysed under their video's settings, in clip id order):
+    its failed checks, where its file is, and the clip it duplicates. `named_*`: the ids of the clips
+    that may be kept (pass every check) or are published, with their rows; the other ids are never
+    needed. `same` (streamed) marks the decided rows among all the rows read; `order` (read whole)
+    lists them sorted by clip id."""
+
+    fails: np.ndarray  # [n, len(_LABELS)] bool
+    published: np.ndarray
+    staged: np.ndarray
+    named_ids: pa.Array
+    named_rows: np.ndarray  # ascending
+    cand: np.ndarray  # indices into named_ids of the dedup candidates (passing, with hashes)
+    cand_hashes: pa.Array
+    same: np.ndarray | None
+    order: np.ndarray | None
+    dup: np.ndarray | None = None  # per row: index into named_ids of the clip it duplicates, or -1
+
+    @classmethod
+    def collect(cls, layout: Layout, videos: pa.Table, cfg: CurateConfig, streamed: bool) -> _Decisions:
+        vwidth, vheight = _video_dims(videos)
+        clips_dir, staging = _Listing(atomic.listdir(layout.clips)), _Listing(atomic.listdir(layout.staging))
+        fails, published, staged, same = [], [], [], []
+        named_ids: list[pa.Array] = []
+        named_rows, cand, cand_hashes = [], [], []
+        order, n, n_named, last = None, 0, 0, None
+        tables = (
+            _score_batches(layout.scores, DECISION_COLUMNS)
+            if streamed
+            else iter([read_table(layout.scores, SCORES_SCHEMA, columns=DECISION_COLUMNS)])
+        )
+        for t in tables:
+            pos, ok = _video_index(videos, t)
+            if streamed:
+                t, pos = t.filter(pa.array(ok)), pos[ok]
+                same.append(ok)
+                ids = t.column("clip_id")
+                if not _is_sorted(ids) or (len(ids) and last is not None and ids[0].as_py() < last):
+                    raise _Unsorted
+                last = ids[len(ids) - 1].as_py() if len(ids) else last
+            else:
+                keep = np.nonzero(ok)[0]
+                order = keep[pc.sort_indices(t.column("clip_id").take(pa.array(keep))).to_numpy()]
+                t, pos = t.take(pa.array(order, type=pa.int64())), pos[order]
+            m = failing_matrix(t, vwidth[pos], vheight[pos], cfg.split, cfg.filters)
+            ids = t.column("clip_id")
+            pub, stg = clips_dir.contains(ids), staging.contains(ids)
+            passing = ~m.any(axis=1)
+            named = np.nonzero(passing | pub)[0]
+            ph = t.column("phashes").take(pa.array(named, type=pa.int64()))
+            has_ph = passing[named] & (pc.list_value_length(ph).to_numpy(zero_copy_only=False) > 0)
+            named_ids.append(ids.take(pa.array(named, type=pa.int64())).combine_chunks())
+            named_rows.append(n + named)
+            cand.append(n_named + np.nonzero(has_ph)[0])
+            cand_hashes.append(ph.filter(pa.array(has_ph)).combine_chunks())
+            fails.append(np.concatenate([m, np.zeros((len(m), 1), dtype=bool)], axis=1))
+            published.append(pub)
+            staged.append(stg)
+            n, n_named = n + t.num_rows, n_named + len(named)
+
+        def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+        return cls(
+            fails=np.concatenate(fails) if fails else np.zeros((0, len(_LABELS)), dtype=bool),
+            published=cat(published, bool),
+            staged=cat(staged, bool),
+            named_ids=pa.concat_arrays(named_ids) if named_ids else pa.array([], pa.string()),
+            named_rows=cat(named_rows, np.int64),
+            cand=cat(cand, np.int64),
+            cand_hashes=pa.concat_arrays(cand_hashes) if cand_hashes else pa.array([], _PHASHES),
+            same=cat(same, bool) if streamed else None,
+            order=order if not streamed else None,
+        )
+
+    def dedup(self, max_distance: int) -> None:
+        """Near-duplicates among the candidates: the losers fail near_duplicate."""
+        dup = near_duplicate_of(self.named_ids.take(pa.array(self.cand, type=pa.int64())), self.cand_hashes,
+                                max_distance)  # fmt: skip
+        self.cand_hashes = self.cand_hashes[:0]
+        losers = np.nonzero(dup >= 0)[0]
+        rows = self.named_rows[self.cand[losers]]
+        self.fails[rows, _NEAR_DUPLICATE] = True
+        self.dup = np.full(len(self.fails), -1, dtype=np.int64)
+        self.dup[rows] = self.cand[dup[losers]]
+
+    def _names(self, rows: np.ndarray) -> list[str]:
+        at = np.searchsorted(self.named_rows, rows)
+        return [f"{c}.mp4" for c in self.named_ids.take(pa.array(at, type=pa.int64())).to_pylist()]
+
+    def publish(self, layout: Layout) -> None:
+        """Move kept clips into clips/ and no-longer-kept ones back to staging/ (only the moves that
+        change something); kept clips without a file are rejected as extract_failed."""
+        kept = ~self.fails.any(axis=1)
+        pub, stg = self.published, self.staged
+        for name in self._names(np.nonzero(kept & ~pub & stg)[0]):
+            atomic.move(join(layout.staging, name), join(layout.clips, name))
+        for name in self._names(np.nonzero(kept & pub & stg)[0]):
+            atomic.remove(join(layout.staging, name))  # a move killed between copy and delete
+        for name in self._names(np.nonzero(~kept & pub)[0]):
+            atomic.move(join(layout.clips, name), join(layout.staging, name))
+        self.fails[kept & ~pub & ~stg, len(_LABELS) - 1] = True
+
+    def batches(self, layout: Layout, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
+        """(first decided row, full rows) in the order of the first pass."""
+        if self.order is not None:
+            yield (
+                0,
+                read_table(layout.scores, SCORES_SCHEMA, columns=columns).take(
+                    pa.array(self.order, type=pa.int64())
+                ),
+            )
+            return
+        assert self.same is not None
         start = done = 0
-        for batch in iter_batches(layout.scores, SCORES_SCHEMA):
-            rows = batch.filter(pa.array(same[start : start + batch.num_rows]))
+        for batch in _score_batches(layout.scores, columns):
+            rows = batch.filter(pa.array(self.same[start : start + batch.num_rows]))
             start += batch.num_rows
-            part = verdict.slice(done, rows.num_rows)
+            yield done, rows
             done += rows.num_rows
-            for name in verdict.column_names:
-                rows = rows.append_column(name, part.column(name))
-            yield rows.select(CLIP_SCHEMA.names)
-        return
-    rows = read_table(layout.scores, SCORES_SCHEMA).take(pa.array(order, type=pa.int64()))
-    for name in verdict.column_names:
-        rows = rows.append_column(name, verdict.column(name))
-    yield rows.select(CLIP_SCHEMA.names)
 
+    def verdict(self, lo: int, batch: pa.Table, decision_hash: str) -> dict[str, pa.Array]:
+        """The verdict columns of decided rows [lo, lo + len(batch))."""
+        n = batch.num_rows
+        fails = self.fails[lo : lo + n]
+        failed = fails.any(axis=1)
+        labels = pa.array(_LABELS, type=pa.string())
+        assert self.dup is not None
+        dup = self.dup[lo : lo + n]
+        ids = batch.column("clip_id")
+        paths = pc.binary_join_element_wise("clips/", ids, ".mp4", "")
 
-def _decide(scores: pa.Table, videos: pa.Table, cfg: CurateConfig) -> pa.Table:
-    pos, _ = _video_index(videos, scores)
-    width = videos.column("width").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
-    height = videos.column("height").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
-    return decide_table(scores, width, height, cfg.split, cfg.filters)
+        def dims(size: str, a: str, b: str) -> pa.Array:
+            col = {k: batch.column(k).to_numpy(zero_copy_only=False).astype(np.float64) for k in (size, a, b)}
+            return pa.array(col[size] * (1.0 - col[a] - col[b]))
 
-
-def _publish(decided: pa.Table, layout: Layout) -> pa.Table:
-    """Move kept clips into clips/ and no-longer-kept ones back to staging/ (one listing of each
-    folder, then only the moves that change something); kept clips without a file are rejected as
-    extract_failed."""
-    names = pc.binary_join_element_wise(decided.column("clip_id"), ".mp4", "")
-    published = pc.is_in(names, value_set=pa.array(atomic.listdir(layout.clips), pa.string()))
-    staged = pc.is_in(names, value_set=pa.array(atomic.listdir(layout.staging), pa.string()))
-    published = published.to_numpy(zero_copy_only=False)
-    staged = staged.to_numpy(zero_copy_only=False)
-    kept = pc.equal(decided.column("status"), "kept").to_numpy(zero_copy_only=False)
-    # Python strings only for the clips whose file moves (none when nothing changed).
-    for i in np.nonzero(kept & ~published & staged)[0].tolist():
-        name = names[i].as_py()
-        atomic.move(join(layout.staging, name), join(layout.clips, name))
-    for i in np.nonzero(kept & published & staged)[0].tolist():
-        atomic.remove(join(layout.staging, names[i].as_py()))  # a move killed between copy and delete
-    for i in np.nonzero(~kept & published)[0].tolist():
-        name = names[i].as_py()
-        atomic.move(join(layout.clips, name), join(layout.staging, name))
-    failed = np.nonzero(kept & ~published & ~staged)[0].tolist()
-    if not failed:
-        return decided
-    status = decided.column("status").to_pylist()
-    reason = decided.column("reason").to_pylist()
-    checks = decided.column("failed_checks").to_pylist()
-    for i in failed:
-        status[i], reason[i], checks[i] = "rejected", "extract_failed", [*checks[i], "extract_failed"]
-    for name, values in (("status", status), ("reason", reason), ("failed_checks", checks)):
-        col = decided.column_names.index(name)
-        decided = decided.set_column(col, name, pa.array(values, type=decided.schema.field(name).type))
-    return decided
+        return {
+            "status": pc.if_else(pa.array(failed), "rejected", "kept") if n else pa.array([], pa.string()),
+            "reason": pc.take(labels, pa.array(fails.argmax(axis=1).astype(np.int64), mask=~failed)),
+            "failed_checks": reason_lists(fails, _LABELS),
+            "duplicate_of": pc.take(self.named_ids, pa.array(dup, mask=dup < 0)),
+            "clip_path": pc.if_else(pa.array(~failed), paths, pa.scalar(None, pa.string())),
+            "content_width": dims("width", "crop_left", "crop_right"),
+            "content_height": dims("height", "crop_top", "crop_bottom"),
+            "decision_hash": pa.array([decision_hash] * n, type=pa.string()),
+        }
 
 
 def summarize(videos: pa.Table, clips: pa.Table) -> dict[str, Any]:
