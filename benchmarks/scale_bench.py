@@ -319,25 +319,33 @@ def sim_step(step: str, out: str, n: int, k: int) -> dict[str, Any]:
         s = read_table(layout.scores)
         res["read_s"] = round(time.perf_counter() - t0, 2)  # the manifests of every video, imports excluded
         res["rows"] = {"videos": t.num_rows, "scores": s.num_rows}
-    elif step == "resume":
+    elif step == "stage":
         # Which clips would be in staging: those passing the local checks (what curate extracts).
         from curation.decide import failing_matrix
+        from curation.pipeline import DECISION_COLUMNS
 
-        s = read_table(layout.scores)
+        s = read_table(layout.scores, columns=[c for c in DECISION_COLUMNS if c != "phashes"])
         m = failing_matrix(s, np.full(s.num_rows, 640.0), np.full(s.num_rows, 360.0), cfg.split, cfg.filters)
         ids = s.column("clip_id").filter(pa.array(~m.any(axis=1))).to_pylist()
         Path(out, "staged.txt").write_text("\n".join(f"{c}.mp4" for c in ids))
-        del s, m, ids
+        res["staged"] = len(ids)
+    elif step == "resume":
+        # The staging listing is made in its own process: this step's peak memory is the index's.
+        if not os.path.exists(os.path.join(out, "staged.txt")):
+            cmd = [sys.executable, __file__, "sim-step", "stage", "--out", out, "--n", str(n), "--k", str(k)]
+            subprocess.run(cmd, check=True, capture_output=True)
         _simulate_clip_files(out)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         idx = ResumeIndex.load(out, cfg)
         res["resume_index_s"] = round(time.perf_counter() - t0, 2)
+        res["resume_index_cpu_s"] = round(cpu_s() - c0, 2)
         res["finished"], res["partial"] = len(idx.finished), len(idx.partial)
     elif step == "decide":
         moves = _simulate_clip_files(out)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         summary = finalize(out, cfg)
         res["decide_s"] = round(time.perf_counter() - t0, 2)
+        res["decide_cpu_s"] = round(cpu_s() - c0, 2)
         res.update(clips=summary["clips"], kept=summary["clips_kept"], moves=moves["n"])
         res["rejected"] = summary["rejected_by_reason"]
     elif step == "caption":
