@@ -49,6 +49,10 @@ COMPACT_ROWS = 100_000
 COMPACT_BYTES = 128 << 20
 ROW_GROUP_ROWS = 20_000  # sorted by key, so a filtered read of one video touches one row group
 _SPILL_BYTES = 64 << 20  # rows a compaction holds before writing them to its spill files
+# Waiting pieces merged into one table every this many: each small Arrow table costs ~20 kB of
+# C++ objects outside the Arrow pool (and outside `nbytes`), so 10k one-video pieces held for one
+# row group grew the driver by ~0.2 GB per manifest folder.
+_GATHER_PIECES = 256
 _COMPACTED = re.compile(r"^c-(\d{6})-(\d{5})\.parquet$")
 _RECORD = re.compile(r"^_compact-(\d{6})\.json$")
 
@@ -334,9 +338,23 @@ def _merge(
     kcols = list(dict.fromkeys([*keys, *([gk] if gk else [])]))
     step = _rows_per_file(first, rows_per_file, bytes_per_file)
     del first
-    blocks = [_read_file(folder, n, schema, kcols) if kcols else None for n in files]
-    sizes = np.array([b.num_rows if b is not None else _read_file(folder, n, schema).num_rows
-                      for b, n in zip(blocks, files, strict=True)], dtype=np.int64)  # fmt: skip
+    # Key columns of every file, merged every _GATHER_PIECES files (small tables cost their count).
+    blocks: list[pa.Table] = []
+    recent: list[pa.Table] = []
+    counts: list[int] = []
+    for n in files:
+        b = _read_file(folder, n, schema, kcols or None)
+        counts.append(b.num_rows)
+        if kcols:
+            recent.append(b)
+        if len(recent) >= _GATHER_PIECES:
+            blocks.append(pa.concat_tables(recent).combine_chunks())
+            recent = []
+        del b
+    if recent:
+        blocks.append(pa.concat_tables(recent).combine_chunks())
+    del recent
+    sizes = np.array(counts, dtype=np.int64)
     total = int(sizes.sum())
     keep = np.ones(total, dtype=bool)
     kt = pa.concat_tables(blocks) if kcols else None
@@ -360,17 +378,28 @@ def _merge(
         # Bounded: every output flushes at a row group's rows, all of them at _SPILL_BYTES in all.
         waiting: dict[int, list[pa.Table]] = {}
         rows_waiting: dict[int, int] = {}
+        fresh: dict[int, int] = {}  # pieces appended to waiting[j] since its last gather
         bytes_waiting = 0
 
         def flush(j: int) -> None:
             nonlocal bytes_waiting
             pieces = waiting.pop(j)
             rows_waiting.pop(j)
+            fresh.pop(j, None)
             bytes_waiting -= sum(x.nbytes for x in pieces)
             piece = pa.concat_tables(pieces).combine_chunks()
             if j not in writers:
                 writers[j] = pq.ParquetWriter(os.path.join(tmp, f"{j}.parquet"), piece.schema)
             writers[j].write_table(piece)
+
+        def gather(j: int) -> None:
+            """The latest small pieces of output j as one table: memory, not a row group."""
+            nonlocal bytes_waiting
+            k = fresh.pop(j)
+            small = waiting[j][-k:]
+            merged = pa.concat_tables(small).combine_chunks()
+            bytes_waiting += merged.nbytes - sum(x.nbytes for x in small)
+            waiting[j][-k:] = [merged]
 
         start = 0
         try:
@@ -385,9 +414,12 @@ def _merge(
                     piece = t.filter(pa.array(out == j))
                     waiting.setdefault(j, []).append(piece)
                     rows_waiting[j] = rows_waiting.get(j, 0) + piece.num_rows
+                    fresh[j] = fresh.get(j, 0) + 1
                     bytes_waiting += piece.nbytes
                     if rows_waiting[j] >= ROW_GROUP_ROWS:
                         flush(j)
+                    elif fresh[j] >= _GATHER_PIECES:
+                        gather(j)
                 if bytes_waiting > _SPILL_BYTES:
                     for j in list(waiting):
                         flush(j)
@@ -398,6 +430,11 @@ def _merge(
                 w.close()
         for j, name in enumerate(written):
             spill = os.path.join(tmp, f"{j}.parquet")
+            if os.path.exists(spill) and _in_order(spill):
+                # Parts named by their key arrive in order: stream the spill, no table of it all.
+                _copy_spill(spill, atomic.join(folder, name))
+                os.remove(spill)
+                continue
             if os.path.exists(spill):
                 t = pq.read_table(spill).sort_by("__pos").drop_columns(["__pos"])
                 os.remove(spill)
@@ -405,6 +442,19 @@ def _merge(
                 t = (schema or _read_file(folder, files[0], None).schema).empty_table()
             write_parquet(t, atomic.join(folder, name))
     return rows, written
+
+
+def _in_order(spill: str) -> bool:
+    pos = pq.read_table(spill, columns=["__pos"]).column("__pos").to_numpy()
+    return bool(np.all(np.diff(pos) > 0))
+
+
+def _copy_spill(spill: str, path: str) -> None:
+    """A spill file already in output order, minus its `__pos` column, a row group at a time."""
+    pf = pq.ParquetFile(spill)
+    schema = pf.schema_arrow.remove(pf.schema_arrow.get_field_index("__pos"))
+    batches = pf.iter_batches(batch_size=ROW_GROUP_ROWS, columns=schema.names)
+    write_batches((pa.Table.from_batches([b], schema) for b in batches), schema, path)
 
 
 def _latest_mask(keys: pa.ChunkedArray, rank: np.ndarray) -> np.ndarray:
