@@ -27,7 +27,10 @@ _PLANAR_BITS = {
 
 
 def _plane(frame: av.VideoFrame, i: int, bits: int) -> np.ndarray:
-    p = frame.planes[i]
+    return _plane_array(frame.planes[i], bits)
+
+
+def _plane_array(p: av.video.plane.VideoPlane, bits: int) -> np.ndarray:
     if bits == 8:
         return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
     return np.frombuffer(p, np.uint16).reshape(p.height, p.line_size // 2)[:, : p.width]
@@ -52,15 +55,19 @@ def small_bgr(frame: av.VideoFrame, step: int, rotation: int = 0) -> np.ndarray:
             width=max(2, frame.width // step), height=max(2, frame.height // step), format="bgr24"
         ).to_ndarray()
     else:
-        y = _plane(frame, 0, bits)[::step, ::step]
-        u_full, v_full = _plane(frame, 1, bits), _plane(frame, 2, bits)
+        planes = frame.planes  # PyAV builds the plane objects on every access: once
+        y = _plane_array(planes[0], bits)[::step, ::step]
+        u_full, v_full = _plane_array(planes[1], bits), _plane_array(planes[2], bits)
         sy = max(1, round(frame.height / u_full.shape[0]))
         sx = max(1, round(frame.width / u_full.shape[1]))
         u = _sub(u_full, sy, sx, step, y.shape)
         v = _sub(v_full, sy, sx, step, y.shape)
         if bits != 8:
             y, u, v = ((c >> (bits - 8)).astype(np.uint8) for c in (y, u, v))
-        img = cv2.cvtColor(cv2.merge([np.ascontiguousarray(c) for c in (y, u, v)]), cv2.COLOR_YUV2BGR)
+        # Interleaved straight from the strided views: no contiguous copy of each plane, no merge.
+        yuv = np.empty((*y.shape, 3), np.uint8)
+        yuv[..., 0], yuv[..., 1], yuv[..., 2] = y, u, v
+        img = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR)
     return rotate(img, rotation)
 
 

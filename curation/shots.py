@@ -75,7 +75,9 @@ _CROP_INDEX = _CROP_ORIGINS + _CROP_OFFSETS
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=-1, keepdims=True)
+    # x.mean's own arithmetic (float32 sum, divided by an intp count into it), without its wrapper.
+    mean = np.add.reduce(x, axis=-1, keepdims=True)
+    x = x - np.true_divide(mean, np.intp(x.shape[-1]), out=mean, casting="unsafe")
     # np.linalg.norm's own arithmetic for a real vector norm, without its per-call dispatch.
     return x / np.maximum(np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True)), 1e-3)
 
@@ -95,8 +97,10 @@ class CueTracker:
         self.struct: list[list[float]] = []  # 1 - best shifted correlation with frame i-1-k, k < LAGS
         self.hist_lag: list[list[float]] = []  # 1 - histogram cosine with frame i-1-k, k < LAGS
         self._prev: tuple[np.ndarray, np.ndarray] | None = None
-        self._centres: list[np.ndarray] = []  # unit centre crops of the last LAGS thumbnails
-        self._hists: list[np.ndarray] = []
+        # Unit centre crops and histograms of the last LAGS frames, newest first, as the rows of one
+        # array each (what np.stack of the lists gave, kept instead of rebuilt every frame).
+        self._centres = np.zeros((0, (THUMB_H - 2) * (THUMB_W - 2)), np.float32)
+        self._hists = np.zeros((0, HIST_BINS**3), np.float32)
 
     def push(self, bgr: np.ndarray) -> None:
         # cv2 reductions rather than numpy ones: this runs on every decoded frame.
@@ -135,13 +139,13 @@ class CueTracker:
             dv = cv2.extractChannel(diff, 2)
             self.strong.append(cv2.countNonZero(cv2.compare(dv, STRONG_CHANGE, cv2.CMP_GT)) / dv.size)
             self.hist.append(max(0.0, 1.0 - float(hist @ p_hist)))
-        sims = (shifted @ np.stack(self._centres[::-1]).T).max(axis=0) if self._centres else np.ones(0)
-        hs = np.stack(self._hists[::-1]) @ hist if self._hists else np.ones(0)
+        sims = (shifted @ self._centres.T).max(axis=0) if len(self._centres) else np.ones(0)
+        hs = self._hists @ hist if len(self._hists) else np.ones(0)
         pad = [1.0] * (LAGS - len(sims))
         self.struct.append([float(1 - x) for x in sims] + [0.0] * len(pad))
         self.hist_lag.append([float(max(0.0, 1 - x)) for x in hs] + [0.0] * len(pad))
-        self._centres = [*self._centres, centre][-LAGS:]
-        self._hists = [*self._hists, hist][-LAGS:]
+        self._centres = np.concatenate((centre[None], self._centres[: LAGS - 1]))
+        self._hists = np.concatenate((hist[None], self._hists[: LAGS - 1]))
         self._prev = (hsv, hist)
 
     def cuts(self, cfg: SplitConfig, gap: int = 1) -> list[int]:
