@@ -53,6 +53,9 @@ _SPILL_BYTES = 64 << 20  # rows a compaction holds before writing them to its sp
 # C++ objects outside the Arrow pool (and outside `nbytes`), so 10k one-video pieces held for one
 # row group grew the driver by ~0.2 GB per manifest folder.
 _GATHER_PIECES = 256
+# A row group of large rows (thumbnails) closes at this many bytes instead of ROW_GROUP_ROWS rows:
+# each is concatenated, spilled and copied whole, so it bounds those copies.
+_GROUP_BYTES = 16 << 20
 _COMPACTED = re.compile(r"^c-(\d{6})-(\d{5})\.parquet$")
 _RECORD = re.compile(r"^_compact-(\d{6})\.json$")
 
@@ -378,6 +381,7 @@ def _merge(
         # Bounded: every output flushes at a row group's rows, all of them at _SPILL_BYTES in all.
         waiting: dict[int, list[pa.Table]] = {}
         rows_waiting: dict[int, int] = {}
+        bytes_of: dict[int, int] = {}
         fresh: dict[int, int] = {}  # pieces appended to waiting[j] since its last gather
         bytes_waiting = 0
 
@@ -385,6 +389,7 @@ def _merge(
             nonlocal bytes_waiting
             pieces = waiting.pop(j)
             rows_waiting.pop(j)
+            bytes_of.pop(j, None)
             fresh.pop(j, None)
             bytes_waiting -= sum(x.nbytes for x in pieces)
             piece = pa.concat_tables(pieces).combine_chunks()
@@ -416,7 +421,8 @@ def _merge(
                     rows_waiting[j] = rows_waiting.get(j, 0) + piece.num_rows
                     fresh[j] = fresh.get(j, 0) + 1
                     bytes_waiting += piece.nbytes
-                    if rows_waiting[j] >= ROW_GROUP_ROWS:
+                    bytes_of[j] = bytes_of.get(j, 0) + piece.nbytes
+                    if rows_waiting[j] >= ROW_GROUP_ROWS or bytes_of[j] >= _GROUP_BYTES:
                         flush(j)
                     elif fresh[j] >= _GATHER_PIECES:
                         gather(j)
@@ -453,8 +459,8 @@ def _copy_spill(spill: str, path: str) -> None:
     """A spill file already in output order, minus its `__pos` column, a row group at a time."""
     pf = pq.ParquetFile(spill)
     schema = pf.schema_arrow.remove(pf.schema_arrow.get_field_index("__pos"))
-    batches = pf.iter_batches(batch_size=ROW_GROUP_ROWS, columns=schema.names)
-    write_batches((pa.Table.from_batches([b], schema) for b in batches), schema, path)
+    groups = (pf.read_row_group(i, columns=schema.names) for i in range(pf.num_row_groups))
+    write_batches(groups, schema, path)
 
 
 def _latest_mask(keys: pa.ChunkedArray, rank: np.ndarray) -> np.ndarray:

@@ -241,3 +241,18 @@ def test_spills_in_order_stream_and_others_sort(
     got = pq.read_table(tmp_path / name)
     assert got.schema.names == THUMB_SCHEMA.names  # the spill's __pos column is gone either way
     assert got.column("clip_id").to_pylist() == sorted(f"v{i:03d}_a{j}" for i in range(20) for j in range(2))
+
+
+def test_large_rows_close_row_groups_by_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Thumbnails: a row group closes at _GROUP_BYTES, so no copy of a whole output file is made.
+    import curation.manifest as manifest
+
+    monkeypatch.setattr(manifest, "_GROUP_BYTES", 4_000)
+    for i in range(40):
+        rows = [{"video_id": f"v{i:03d}", "clip_id": f"v{i:03d}_{j}", "jpeg": bytes(500)} for j in range(2)]
+        write_table_atomic(rows, THUMB_SCHEMA, str(tmp_path / f"v{i:03d}.parquet"))
+    compact(str(tmp_path), THUMB_SCHEMA, sort_by=("video_id", "clip_id"))
+    (name,) = committed_files(str(tmp_path))
+    pf = pq.ParquetFile(tmp_path / name)
+    assert pf.num_row_groups >= 80 * 500 // 4_000 - 1
+    assert pf.read().column("clip_id").to_pylist() == [f"v{i:03d}_{j}" for i in range(40) for j in range(2)]
