@@ -28,6 +28,8 @@ from tests.test_shards import make_clips, write_captions, write_config
 
 __all__ = ["s3_server"]  # the session fixture, found by name
 
+pytestmark = pytest.mark.slow  # subprocesses and a server: about 80 s on 2 busy cores
+
 SECRET = "vjp-shard-s3-secret-93c1e4"
 CAPTIONS = ["森の中を流れる小川。", "公園で遊ぶ子どもたち。", "夜の街を走る電車。", "海辺に打ち寄せる波。"]
 # A manifest is input: these clip paths must never be opened (another bucket, above OUT, absolute).
