@@ -141,9 +141,10 @@ class CueTracker:
             self.hist.append(max(0.0, 1.0 - float(hist @ p_hist)))
         sims = (shifted @ self._centres.T).max(axis=0) if len(self._centres) else np.ones(0)
         hs = self._hists @ hist if len(self._hists) else np.ones(0)
-        pad = [1.0] * (LAGS - len(sims))
-        self.struct.append([float(1 - x) for x in sims] + [0.0] * len(pad))
-        self.hist_lag.append([float(max(0.0, 1 - x)) for x in hs] + [0.0] * len(pad))
+        pad = [0.0] * (LAGS - len(sims))
+        # float32 arithmetic as per element before (a Python scalar does not widen a float32 array).
+        self.struct.append((1 - sims).tolist() + pad)
+        self.hist_lag.append(np.maximum(0.0, 1 - hs).tolist() + pad)
         self._centres = np.concatenate((centre[None], self._centres[: LAGS - 1]))
         self._hists = np.concatenate((hist[None], self._hists[: LAGS - 1]))
         self._prev = (hsv, hist)
