@@ -51,6 +51,18 @@ PLAN_COLUMNS = (
     *SCORE_COLUMNS,
 )
 VARIANT_COLUMNS = tuple(CaptionVariant.model_fields)
+# What planning itself reads of a clip row (precheck, place and the plan's key, split and path):
+# only these become Python values while planning; the meta is built later from the whole row.
+CHECK_COLUMNS = (
+    "clip_id",
+    "video_id",
+    "clip_path",
+    "source_caption",
+    "crop_top",
+    "crop_bottom",
+    "crop_left",
+    "crop_right",
+)
 CHUNK_ROWS = 32_768  # rows turned into Python objects at a time during planning
 
 
@@ -204,9 +216,10 @@ def plan_samples(
     source = PlanSource(clips, captions, probe_of, ctx)
     plans: list[SamplePlan] = []
     skips: list[Skip] = []
+    checked = clips.select([c for c in CHECK_COLUMNS if c in clips.column_names])
     for lo in range(0, clips.num_rows, chunk_rows):
         hi = min(lo + chunk_rows, clips.num_rows)
-        rows = clips.slice(lo, hi - lo).to_pylist()
+        rows = checked.slice(lo, hi - lo).to_pylist()
         picks = captions.picks(lo, hi)
         for k, clip in enumerate(rows):
             probe = probe_of(clip["clip_id"])
