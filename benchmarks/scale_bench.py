@@ -226,14 +226,20 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(json.dumps(r), flush=True)
     if len(results) > 1:
         a, b = results[0], results[-1]
-        ratios = {
-            step: round(b["steps"][step]["wall_per_video_ms"] / a["steps"][step]["wall_per_video_ms"], 3)
-            for step in a["steps"]
-        }
+
+        def ratios(key: str) -> dict[str, float]:
+            return {step: round(b["steps"][step][key] / a["steps"][step][key], 3) for step in a["steps"]}
+
         # The driver's memory through curate (caption then loads a model into the same process).
         grown = b["steps"]["curate"]["driver_peak_rss_mb"] - a["steps"]["curate"]["driver_peak_rss_mb"]
         growth = grown / ((b["videos"] - a["videos"]) / 1e4)
-        print(json.dumps({"wall_per_video_ratio": ratios, "driver_mb_per_10k_videos": round(growth, 1)}))
+        wall, cpu = ratios("wall_per_video_ms"), ratios("cpu_per_video_ms")
+        mb = round(growth, 1)
+        print(
+            json.dumps(
+                {"wall_per_video_ratio": wall, "cpu_per_video_ratio": cpu, "driver_mb_per_10k_videos": mb}
+            )
+        )
 
 
 # ---------------------------------------------------------------- sim: manifests only
