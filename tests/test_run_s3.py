@@ -1,6 +1,7 @@
 """`vjp run jobs/configs/demo.yaml` with run.out in a bucket of a real S3-protocol server on loopback
 (moto, tests/s3_fixtures): every step writes there, the trainer streams its shards from there, the
-report is written there; the endpoint reaches every process only through run.storage_options, and
+report is written there, and shard and encode read their inputs from the bucket (no local mirror);
+the endpoint reaches every process only through run.storage_options, and
 the secret key in the environment reaches no object, file or log. Then the same run killed with
 SIGKILL in curation and rerun: its manifests and shards equal the uninterrupted run's."""
 
@@ -153,6 +154,10 @@ def test_demo_in_a_bucket_runs_every_step_and_trains_from_its_shards(
         index = json.loads(objects[f"{kind}/demo/__index__/train.json"])
         assert index["shards"] and all(f"{kind}/demo/train/{e['name']}" in objects for e in index["shards"])
 
+    # Shard and encode read the bucket where it lies (manifests, clip objects one at a time,
+    # stage tars): no local mirror of the bucket, no clip or tar copied into run.local.
+    assert not (runs.local / "mirror").exists()
+    assert not [p for p in runs.local.rglob("*") if p.suffix in (".mp4", ".tar") and "train" not in p.parts]
     # The trainer streamed the latents from the bucket: no local copy of them exists, and the
     # sample table it fetched from the bucket sits in its run folder's cache.
     assert not list(runs.local.rglob("latents"))
