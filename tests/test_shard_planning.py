@@ -169,3 +169,48 @@ def test_sample_rows_table_and_counts_as_the_dicts_were() -> None:
     assert rows.not_written("eval") == {"too_short": 1, "shard_failed": 1}
     assert rows.not_written() == {"no_caption": 1, "too_short": 1, "decode_error": 1, "shard_failed": 1}
     assert rows.written() == 2 and len(rows) == 6
+
+
+@pytest.mark.parametrize(
+    ("rel", "why"),
+    [
+        ("../x.mp4", "escapes the output root"),
+        ("clips/../../x.mp4", "escapes the output root"),
+        ("/etc/passwd", "is absolute"),
+        ("s3://other-bucket/clips/x.mp4", "is a URL"),
+        ("file:///etc/passwd", "is a URL"),
+        ("clips\\..\\..\\x.mp4", "backslash"),
+        ("", "is empty"),
+    ],
+)
+def test_clip_paths_from_a_manifest_never_leave_the_output_root(rel: str, why: str) -> None:
+    from training.data import store
+
+    with pytest.raises(store.UnsafePath, match=why) as e:
+        store.member("s3://bucket/out", rel, "s3://bucket/out/manifests/clips: clip c1")
+    assert str(e.value).startswith("s3://bucket/out/manifests/clips: clip c1: path")
+    # Paths inside the root resolve below it, for a URL and a folder alike.
+    assert store.member("s3://bucket/out", "clips/./c1.mp4") == "s3://bucket/out/clips/c1.mp4"
+    assert store.member("/data/out", "clips/a/../c1.mp4") == "/data/out/clips/c1.mp4"
+
+
+def test_unsafe_clip_paths_are_refused_before_probing(corpus: Path) -> None:
+    from jobs.shard import clip_locations
+
+    table = read_kept_table(corpus / "clips")
+    ids = table.column("clip_id").to_pylist()
+    bad = {_clip(2)["clip_id"]: "../../etc/passwd", _clip(3)["clip_id"]: "gs://elsewhere/x.mp4"}  # captioned
+    paths = [bad.get(c, p) for c, p in zip(ids, table.column("clip_path").to_pylist(), strict=True)]
+    table = table.set_column(table.column_names.index("clip_path"), "clip_path", pa.array(paths))
+    todo, refused, messages = clip_locations(table, "s3://b/out", "s3://b/out/manifests/clips", limit=1)
+    assert refused == dict.fromkeys(bad, "unsafe_path")
+    first = _clip(2)["clip_id"]  # sorts first
+    assert messages == [f"s3://b/out/manifests/clips: clip {first}: path '../../etc/passwd' escapes the "
+                        "output root; refused"]  # fmt: skip
+    assert todo == [(c, f"s3://b/out/{p}") for c, p in zip(ids, paths, strict=True) if c not in bad]
+    # The refused clips are planned as skipped with that reason.
+    cfg = parse_config({"stages": {"s": {"width": 64, "height": 64, "frames": 8}}})
+    captions = read_caption_table(corpus / "captions", table.column("clip_id"))
+    probes = {**{c: ClipProbe(96, 64, 60, 24.0, 1000) for c in ids}, **refused}
+    _, skips = plan_samples(table, captions, probes.__getitem__, "s", cfg)
+    assert {s.clip_id: s.reason for s in skips if s.clip_id in bad} == dict.fromkeys(bad, "unsafe_path")

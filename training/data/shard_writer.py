@@ -115,12 +115,11 @@ def probe_clip(path: str, storage_options: Mapping[str, Any] | None = None) -> C
     import av
 
     if store.is_url(path):
-        fs, p = store.filesystem(path, storage_options)
-        try:
-            size = int(fs.info(p)["size"])
+        try:  # opening an object reads its size (one HEAD); the header then comes in one GET
+            opened: Any = store.open_input(path, storage_options, block_size=1 << 20)
         except FileNotFoundError:
             return "missing_file"
-        opened: Any = store.open_input(path, storage_options, block_size=1 << 20)
+        size = int(opened.size)
     else:
         if not os.path.exists(path):
             return "missing_file"
