@@ -129,7 +129,7 @@ class CaptionTable:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         if self._columns is None:
             self._columns = {
-                n: c.combine_chunks()
+                n: c.chunk(0) if c.num_chunks == 1 else c.combine_chunks()
                 for n, c in zip(self.table.column_names, self.table.columns, strict=True)
             }
         out: dict[str, CaptionVariant] = {}
@@ -148,9 +148,11 @@ class PlanSource:
 
     def __init__(self, clips: pa.Table, captions: CaptionTable, probe_of: ProbeOf, ctx: PlanContext) -> None:
         self.clips = clips
-        # One contiguous array per column: a row is read by index, no per-row table slice.
+        # One contiguous array per column: a row is read by index, no per-row table slice. A column
+        # of one chunk is used as is (combine_chunks would copy it: the whole clip table, GBs).
         self._columns = {
-            name: col.combine_chunks() for name, col in zip(clips.column_names, clips.columns, strict=True)
+            name: col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+            for name, col in zip(clips.column_names, clips.columns, strict=True)
         }
         self.captions = captions
         self.probe_of = probe_of
@@ -217,11 +219,18 @@ def plan_samples(
     plans: list[SamplePlan] = []
     skips: list[Skip] = []
     checked = clips.select([c for c in CHECK_COLUMNS if c in clips.column_names])
+    # Reading the manifests leaves freed Arrow buffers the allocator keeps (GBs at millions of
+    # clips); hand them back before the plans' Python objects are made.
+    pa.default_memory_pool().release_unused()
+    prev_vid = ""
     for lo in range(0, clips.num_rows, chunk_rows):
         hi = min(lo + chunk_rows, clips.num_rows)
         rows = checked.slice(lo, hi - lo).to_pylist()
         picks = captions.picks(lo, hi)
         for k, clip in enumerate(rows):
+            if clip["video_id"] == prev_vid:  # a video's clips are neighbours (sorted ids): one string
+                clip["video_id"] = prev_vid
+            prev_vid = clip["video_id"]
             probe = probe_of(clip["clip_id"])
             picked = precheck(clip, picks[k], probe, ctx.captions)
             if isinstance(picked, str):
