@@ -264,6 +264,8 @@ def _video_index(videos: pa.Table, scores: pa.Table) -> tuple[np.ndarray, np.nda
     """For each score row: the row of its video in `videos` (or -1), and whether the score row was
     analysed under the same settings as that video row (a rerun killed between writing a video's
     scores and its video row leaves them apart)."""
+    if videos.num_rows == 0:  # e.g. every video failed on a rerun: no score row is decided
+        return np.full(scores.num_rows, -1, dtype=np.int64), np.zeros(scores.num_rows, dtype=bool)
     idx = pc.index_in(scores.column("video_id"), value_set=videos.column("video_id"))
     pos = idx.to_numpy(zero_copy_only=False)
     pos = np.where(np.isnan(pos.astype(np.float64)), -1, pos).astype(np.int64) if len(pos) else pos

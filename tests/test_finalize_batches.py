@@ -217,3 +217,15 @@ def test_resume_index_in_batches_equals_the_per_video_state(
                 assert r == {c: full[c] for c in r}
     assert n_partial >= 3 and len(index.finished) >= 3
     assert _item(3).video_id not in index.finished  # stale analysis settings: redone
+
+
+def test_finalize_when_every_video_failed_on_a_rerun(tmp_path: Path) -> None:
+    videos, scores = _corpus(tmp_path, n_videos=4, seed=2)
+    layout = Layout(str(tmp_path))
+    for k, v in enumerate(videos):  # a rerun failed every video: its video part replaces the old one
+        write_table_atomic([_video(k, status="error")], VIDEO_SCHEMA, layout.video_part(v["video_id"]))
+    assert scores
+    summary = finalize(str(tmp_path), CFG)
+    assert summary["clips"] == 0 and summary["videos_error"] == 4
+    assert pq.read_table(tmp_path / "manifests" / "clips" / "clips.parquet").num_rows == 0
+    assert ResumeIndex.load(str(tmp_path), CFG).finished == {v["video_id"] for v in videos}
