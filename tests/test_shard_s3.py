@@ -192,13 +192,14 @@ def test_shard_reads_a_bucket_and_equals_a_run_on_a_local_copy(bucket: Bucket) -
     assert not [k for k, v in b.objects(out).items() if SECRET.encode() in v]
 
 
-def _first_tar(b: Bucket, prefix: str) -> Callable[[], bool]:
+def _first_record(b: Bucket, prefix: str) -> Callable[[], bool]:
+    """True once a shard is finished (its record is written after its tar)."""
     fs = b.fs()
 
     def found() -> bool:
         fs.invalidate_cache()
         with contextlib.suppress(FileNotFoundError):
-            return any(p.endswith(".tar") for p in fs.find(prefix.removeprefix("s3://")))
+            return any(p.endswith(".json") for p in fs.find(prefix.removeprefix("s3://")))
         return False
 
     return found
@@ -209,23 +210,24 @@ def test_sigkill_while_reading_the_bucket_then_rerun_equals_the_uninterrupted_ru
     out = b.url.replace("/out", "/killed")
     cmd = b.shard_cmd(f"{b.url}/manifests", "slow", out)
     log = b.tmp / "killed.log"
-    rc, killed = run_command(cmd, log, _first_tar(b, f"{out}/slow"), b.env(b.tmp / "tmp-killed"))
+    trigger = _first_record(b, f"{out}/slow/__index__/records")
+    rc, killed = run_command(cmd, log, trigger, b.env(b.tmp / "tmp-killed"))
     assert killed, f"the run finished (rc {rc}) before it could be killed: {tail(log, 5)}"
     partial = b.objects(out)
-    tars = [k for k in partial if k.endswith(".tar")]
-    assert tars and not [k for k in partial if k.endswith("__index__/train.json")]  # not committed
+    done = [f"slow/{k.split('/records/')[1].removesuffix('.json')}.tar" for k in partial if "/records/" in k]
+    assert done and not [k for k in partial if k.endswith("__index__/train.json")]  # not committed
     log = b.tmp / "rerun.log"
     rc, _ = run_command(cmd, log, None, b.env(b.tmp / "tmp-rerun"))
     assert rc == 0, tail(log)
     summary = json.loads(log.read_text()[log.read_text().index("{") :])
-    assert summary["shards_reused"] >= 1 and summary["shards_written"] >= 1
+    assert summary["shards_reused"] >= len(done) and summary["shards_written"] >= 1
 
     ref = _comparable(_files(_local_shards(b, "slow")), "slow")
     got = b.objects(out)
     assert ref and not _differ(got, ref), _differ(got, ref)
     assert {k for k in got if k.endswith(".tar")} == {k for k in ref if k.endswith(".tar")}
     # The shards the killed run finished were kept, not rewritten.
-    assert all(got[k] == partial[k] for k in tars)
+    assert all(got[k] == partial[k] for k in done)
 
 
 def test_encode_reads_stage_shards_from_the_bucket(bucket: Bucket) -> None:
