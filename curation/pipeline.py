@@ -260,15 +260,16 @@ def compact_manifests(out: str) -> dict[str, dict[str, int]]:
     }
 
 
-def _video_index(videos: pa.Table, scores: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def _video_index(
+    videos: pa.Table, scores: pa.Table, lookup: _Sorted | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For each score row: the row of its video in `videos` (or -1), and whether the score row was
     analysed under the same settings as that video row (a rerun killed between writing a video's
-    scores and its video row leaves them apart)."""
+    scores and its video row leaves them apart). `lookup`: `videos`' ids sorted once, for many batches."""
     if videos.num_rows == 0:  # e.g. every video failed on a rerun: no score row is decided
         return np.full(scores.num_rows, -1, dtype=np.int64), np.zeros(scores.num_rows, dtype=bool)
-    idx = pc.index_in(scores.column("video_id"), value_set=videos.column("video_id"))
-    pos = idx.to_numpy(zero_copy_only=False)
-    pos = np.where(np.isnan(pos.astype(np.float64)), -1, pos).astype(np.int64) if len(pos) else pos
+    lookup = lookup if lookup is not None else _Sorted(videos.column("video_id"))
+    pos = lookup.index_in(scores.column("video_id"))
     hashes = videos.column("analysis_hash").take(pa.array(np.maximum(pos, 0)))
     same = pc.equal(hashes, scores.column("analysis_hash")).to_numpy(zero_copy_only=False)
     return pos, (pos >= 0) & same
@@ -295,35 +296,48 @@ def _is_sorted(ids: pa.Array | pa.ChunkedArray) -> bool:
     return len(ids) < 2 or not pc.any(pc.less(ids[1:], ids[: len(ids) - 1])).as_py()
 
 
-class _Listing:
-    """The clip ids of a clip folder's `<clip_id>.mp4` files, as a sorted Arrow array: membership of a
-    sorted batch of ids is tested against the slice of the listing between its first and last id,
-    not against a hash of the whole listing (millions of names, tested batch after batch)."""
+class _Sorted:
+    """Unique strings (video ids, clip ids) sorted once: a sorted batch of keys is looked up in the
+    slice between its first and last key only, not in a hash of all of them (millions of values,
+    looked up batch after batch: rebuilding that hash per batch was most of the lookup cost)."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        self.perm = pc.sort_indices(values).to_numpy()
+        self.values = values.take(pa.array(self.perm))
+
+    @classmethod
+    def listing(cls, names: list[str]) -> _Sorted:
+        """The clip ids of a clip folder's `<clip_id>.mp4` files."""
         arr = pa.array(names, pa.string())
-        ids = pc.utf8_slice_codeunits(arr.filter(pc.ends_with(arr, ".mp4")), 0, -4)
-        self.ids = ids.take(pc.sort_indices(ids))
+        return cls(pc.utf8_slice_codeunits(arr.filter(pc.ends_with(arr, ".mp4")), 0, -4))
 
     def _bound(self, value: str, right: bool) -> int:
-        lo, hi = 0, len(self.ids)
+        lo, hi = 0, len(self.values)
         while lo < hi:
             mid = (lo + hi) // 2
-            v = self.ids[mid].as_py()
+            v = self.values[mid].as_py()
             if v < value or (right and v == value):
                 lo = mid + 1
             else:
                 hi = mid
         return lo
 
-    def contains(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        if not len(ids) or not len(self.ids):
-            return np.zeros(len(ids), dtype=bool)
-        values = self.ids
-        if _is_sorted(ids):
-            lo = self._bound(ids[0].as_py(), right=False)
-            values = values.slice(lo, self._bound(ids[len(ids) - 1].as_py(), right=True) - lo)
-        return pc.is_in(ids, value_set=values).to_numpy(zero_copy_only=False)
+    def index_in(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Per key: its row in the values as given (or -1)."""
+        if not len(keys) or not len(self.values):
+            return np.full(len(keys), -1, dtype=np.int64)
+        lo, hi = 0, len(self.values)
+        if _is_sorted(keys):
+            lo = self._bound(keys[0].as_py(), right=False)
+            hi = self._bound(keys[len(keys) - 1].as_py(), right=True)
+        idx = pc.index_in(keys, value_set=self.values.slice(lo, hi - lo))
+        found = idx.is_valid().to_numpy(zero_copy_only=False)
+        at = idx.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.where(found, self.perm[np.minimum(lo + at, len(self.perm) - 1)], -1).astype(np.int64)
+
+    def contains(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        return self.index_in(keys) >= 0
 
 
 def _video_dims(videos: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -354,11 +368,12 @@ class ResumeIndex:
         if not ok.num_rows:
             return cls(finished, partial)
         vwidth, vheight = _video_dims(ok)
-        on_disk = _Listing(atomic.listdir(layout.staging) + atomic.listdir(layout.clips))
+        lookup = _Sorted(ok.column("video_id"))
+        on_disk = _Sorted.listing(atomic.listdir(layout.staging) + atomic.listdir(layout.clips))
         cols = [*DECISION_COLUMNS, "start_s", "end_s", "n_frames"]  # what extraction needs
         lacking: list[pa.Table] = []
         for scores in _score_batches(layout.scores, cols):
-            pos, same = _video_index(ok, scores)
+            pos, same = _video_index(ok, scores, lookup)
             scores, pos = scores.filter(pa.array(same)), pos[same]
             fails = failing_matrix(scores, vwidth[pos], vheight[pos], cfg.split, cfg.filters)
             passing = np.nonzero(~fails.any(axis=1))[0]
@@ -676,7 +691,8 @@ class _Decisions:
     @classmethod
     def collect(cls, layout: Layout, videos: pa.Table, cfg: CurateConfig, streamed: bool) -> _Decisions:
         vwidth, vheight = _video_dims(videos)
-        clips_dir, staging = _Listing(atomic.listdir(layout.clips)), _Listing(atomic.listdir(layout.staging))
+        lookup = _Sorted(videos.column("video_id"))
+        clips_dir, staging = (_Sorted.listing(atomic.listdir(d)) for d in (layout.clips, layout.staging))
         fails, published, staged, same = [], [], [], []
         named_ids: list[pa.Array] = []
         named_rows, cand, cand_hashes = [], [], []
@@ -687,7 +703,7 @@ class _Decisions:
             else iter([read_table(layout.scores, SCORES_SCHEMA, columns=DECISION_COLUMNS)])
         )
         for t in tables:
-            pos, ok = _video_index(videos, t)
+            pos, ok = _video_index(videos, t, lookup)
             if streamed:
                 t, pos = t.filter(pa.array(ok)), pos[ok]
                 same.append(ok)

@@ -229,3 +229,25 @@ def test_finalize_when_every_video_failed_on_a_rerun(tmp_path: Path) -> None:
     assert summary["clips"] == 0 and summary["videos_error"] == 4
     assert pq.read_table(tmp_path / "manifests" / "clips" / "clips.parquet").num_rows == 0
     assert ResumeIndex.load(str(tmp_path), CFG).finished == {v["video_id"] for v in videos}
+
+
+def test_sorted_lookup_equals_a_hash_lookup() -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(0)
+    values = pa.array([f"v{i:05d}" for i in rng.permutation(5000)])
+    lookup = pipeline._Sorted(values)
+    for keys in (
+        sorted(f"v{i:05d}" for i in rng.integers(0, 6000, 300)),  # sorted, some absent
+        [f"v{i:05d}" for i in rng.integers(0, 6000, 300)],  # unsorted
+        ["a", "v00007", "v00007", "z"],  # outside the range at both ends, repeated
+        [],
+    ):
+        arr = pa.array(keys, pa.string())
+        want = pc.index_in(arr, value_set=values).to_pylist()
+        assert lookup.index_in(arr).tolist() == [-1 if w is None else w for w in want]
+    names = ["b_1.mp4", "a_0.mp4", "notes.txt", "c_2.mp4.tmp-1"]
+    listing = pipeline._Sorted.listing(names)
+    assert listing.contains(pa.array(["a_0", "b_1", "c_2", "notes"])).tolist() == [True, True, False, False]
