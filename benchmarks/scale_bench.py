@@ -458,7 +458,8 @@ def sim_step(step: str, out: str, n: int, k: int) -> dict[str, Any]:
 
 def cmd_sim(args: argparse.Namespace) -> None:
     out = os.path.join(args.work, f"sim{args.videos}")
-    shutil.rmtree(out, ignore_errors=True)
+    if "write" in args.steps.split(","):  # otherwise later steps rerun on a kept (--keep) folder
+        shutil.rmtree(out, ignore_errors=True)
     print(
         json.dumps({"sim": {"videos": args.videos, "clips": args.videos * args.clips_per_video}}), flush=True
     )
