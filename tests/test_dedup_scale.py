@@ -1,13 +1,13 @@
 """The array near-duplicate search (curation.scores.phash.duplicate_roots) against brute force, with
-each key scheme forced (one, two and three frames' bands), so the scheme chosen at corpus scale is
-as exact as the one small tests exercise."""
+each key scheme forced (one, two and three frames' bands; two bands of the first frame with one of
+the last), so the scheme chosen at corpus scale is as exact as the one small tests exercise."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from curation.scores.phash import duplicate_roots, hamming
+from curation.scores.phash import PAIR_KEYS, duplicate_roots, hamming
 
 
 def _brute_roots(hashes: np.ndarray, d: int) -> list[int]:
@@ -29,7 +29,7 @@ def _brute_roots(hashes: np.ndarray, d: int) -> list[int]:
     return [find(i) for i in range(n)]
 
 
-@pytest.mark.parametrize("key_frames", [1, 2, 3])
+@pytest.mark.parametrize("key_frames", [1, 2, 3, PAIR_KEYS])
 @pytest.mark.parametrize("d", [1, 3, 6])
 def test_duplicate_roots_each_key_scheme_matches_brute_force(key_frames: int, d: int) -> None:
     rng = np.random.default_rng(10 * d + key_frames)

@@ -148,10 +148,13 @@ def near_duplicates(items: Sequence[tuple[str, Sequence[int]]], max_distance: in
     identical hash lists are merged up front, so large groups of identical frames (black, static slides)
     do not produce quadratic candidate lists. Candidates are verified on all frames, vectorised.
 
-    Beyond 1.5M distinct clips with three or more frames, the key also joins a band of the middle frame
-    ((d+1)^3 tables of ~192/(d+1)-bit keys): with two frames' ~18-bit keys (d=6) a bucket holds
+    Beyond 1.5M distinct clips the keys get longer: with two frames' ~18-bit keys (d=6) a bucket holds
     clips/2^18 clips on average, so the candidate pairs grow with the square of the clips (2.45M
-    clips: ~560M pairs, minutes and GBs); with three, they stay few and the cost is the sorts.
+    clips: ~560M pairs, minutes and GBs). A key then joins two of d+2 bands of the first frame (at
+    most d bands differ, so at least two agree) and one of d+1 bands of the last: C(d+2,2)(d+1)
+    tables of ~128/(d+2) + 64/(d+1) bits (196 tables of ~25 bits at d=6; a middle frame's band,
+    the scheme before, made (d+1)^3 = 343 tables of ~27 bits). Candidates stay few and the cost is
+    the sorts, one per table.
     The work lives in :func:`duplicate_roots` (arrays in, arrays out); a large cluster of
     near-identical (not identical) clips is still compared pairwise within its buckets.
     """
@@ -175,8 +178,9 @@ def near_duplicates(items: Sequence[tuple[str, Sequence[int]]], max_distance: in
 
 # Measured here (d=6, random hashes, one core): two-frame keys 2.5 s at 245k clips, 9.2 s at 600k
 # (growing with the square); three-frame keys 7.8 s and 20.5 s (linear, ~100 s at 2.45M). They cross
-# near 2M clips.
-_THREE_FRAME_KEYS_FROM = 1_500_000  # representatives
+# near 2M clips. At 2.45M (10k planted pairs, same groups): pair keys 64 s, three-frame keys 94 s.
+_THREE_FRAME_KEYS_FROM = 1_500_000  # representatives: longer keys (PAIR_KEYS) from there on
+PAIR_KEYS = -2  # key_frames value of the two-bands-of-the-first-frame scheme (see duplicate_roots)
 _VERIFY_CHUNK = 1 << 22  # candidate pairs verified at a time
 
 
@@ -216,20 +220,35 @@ def duplicate_roots(hashes: np.ndarray, max_distance: int, key_frames: int | Non
         bands = _bands(max_distance + 1)
         if key_frames is None:
             # Two frames give keys of ~2*64/(d+1) bits: fine while buckets hold about one clip; beyond
-            # that the candidate pairs grow with the square of the clips, so a third frame's band
-            # joins the key ((d+1)^3 tables of ~3*64/(d+1) bits: more sorts, few false candidates).
-            key_frames = 3 if reps.size > _THREE_FRAME_KEYS_FROM and len(bands) <= 8 else 2
-        frames = _key_frames(n_frames, key_frames)
+            # that the candidate pairs grow with the square of the clips, so the keys get longer:
+            # two of d+2 bands of the first frame (at most d of them differ, so two agree) and one of
+            # d+1 of the last: C(d+2, 2)(d+1) tables of ~128/(d+2) + 64/(d+1) bits (196 of ~25 bits
+            # at d=6, where a third frame's band made (d+1)^3 = 343 tables of ~27 bits).
+            large = reps.size > _THREE_FRAME_KEYS_FROM and len(bands) <= 8 and n_frames >= 2
+            key_frames = PAIR_KEYS if large else 2
+        # Per key part: a contiguous column of one frame, its bands, and how many of them a key joins.
+        if key_frames == PAIR_KEYS:
+            if max_distance + 2 > 64:  # two agreeing bands need d + 2 bands of at least one bit
+                raise ValueError("pair keys need max_distance <= 62")
+            pair_bands = _bands(max_distance + 2)
+            frames = (0, n_frames - 1) if n_frames >= 2 else (0,)
+            parts = [(frames[0], pair_bands, 2), *((f, bands, 1) for f in frames[1:])]
+        else:
+            parts = [(f, bands, 1) for f in _key_frames(n_frames, key_frames)]
         # One contiguous column per key frame; bands are cut from it per table (precomputing every
         # band of every frame would hold (d+1) x frames N-sized arrays: 400 MB at 2.45M clips).
-        cols = [np.ascontiguousarray(rh[:, f]) for f in frames]
-        for combo in itertools.product(range(len(bands)), repeat=len(frames)):
-            # One N-sized key array alive at a time: band combo[i] of frame i, concatenated.
+        cols = [np.ascontiguousarray(rh[:, f]) for f, _, _ in parts]
+        choices = [
+            [[bb[i] for i in pick] for pick in itertools.combinations(range(len(bb)), k)]
+            for _, bb, k in parts
+        ]
+        for combo in itertools.product(*choices):
+            # One N-sized key array alive at a time: the chosen bands of each part, concatenated.
             keys = np.zeros(reps.size, dtype=np.uint64)
-            for fi, col in enumerate(cols):
-                shift, width = bands[combo[fi]]
-                keys <<= np.uint64(width)
-                keys |= (col >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+            for col, picked in zip(cols, combo, strict=True):
+                for shift, width in picked:
+                    keys <<= np.uint64(width)
+                    keys |= (col >> np.uint64(shift)) & np.uint64((1 << width) - 1)
             a, b = _same_key_pairs(keys)
             del keys
             for lo_k in range(0, a.size, _VERIFY_CHUNK):  # bounded memory for crowded buckets
