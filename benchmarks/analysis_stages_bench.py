@@ -96,6 +96,7 @@ def stages(path: str, reps: int) -> None:
         "other scores": best(others, reps),
         "whole analysis": best(lambda: analyze_video(path, info, cfg.split, analysis), reps),
     }
+
     def detect(chunk: int) -> Callable[[], None]:
         def run() -> None:
             default, shots.DETECT_CHUNK = shots.DETECT_CHUNK, chunk
