@@ -26,6 +26,7 @@ from captioning.prompts import build_messages, hint_lines
 from captioning.qa import QAResult, evaluate, postprocess
 from curation import atomic
 from curation.configfile import package_version
+from training.data.store import UnsafePath, member
 
 
 @dataclass
@@ -49,7 +50,10 @@ def prepare_clip(clip: dict[str, Any], out_dir: str | Path, cfg: CaptionConfig) 
     """Frame sampling for one clip; never raises (a bad clip becomes an error row later).
 
     A clip on an object store (OUT = s3://...) is downloaded to a temporary file first."""
-    path = clip_abspath(clip, out_dir)
+    try:
+        path = clip_abspath(clip, out_dir)
+    except UnsafePath as e:
+        return ClipWork(clip, error=f"frames: unsafe_path: {e}")
     if path is None:
         return ClipWork(clip, error="frames: clip_path is empty")
     try:
@@ -64,12 +68,11 @@ def prepare_clip(clip: dict[str, Any], out_dir: str | Path, cfg: CaptionConfig) 
 
 
 def clip_abspath(clip: dict[str, Any], out_dir: str | Path) -> str | None:
+    """The clip file under OUT; a clip_path that would leave OUT (absolute, a URL, '..') raises
+    UnsafePath, as `vjp shard` refuses it: the manifest is input, not trusted."""
     if not clip.get("clip_path"):
         return None
-    p = str(clip["clip_path"])
-    if atomic.is_url(p) or os.path.isabs(p):
-        return p
-    return atomic.join(os.fspath(out_dir), p)
+    return member(os.fspath(out_dir), str(clip["clip_path"]), f"clip {clip.get('clip_id')}")
 
 
 @dataclass

@@ -19,7 +19,15 @@ from captioning.manifest import (
     read_kept_clips,
     write_part,
 )
-from captioning.runner import ClipWork, RunContext, caption_batch, error_rows, missing_keys, run_local
+from captioning.runner import (
+    ClipWork,
+    RunContext,
+    caption_batch,
+    error_rows,
+    missing_keys,
+    prepare_clip,
+    run_local,
+)
 from tests.caption_fixtures import make_clip_manifest
 
 GOOD = {
@@ -262,3 +270,17 @@ def test_clips_lost_by_dead_workers_are_found_and_recorded() -> None:
         ("a_0_1", "dense", "error", 0),
         ("b_0_1", "dense", "error", 0),
     ]
+
+
+@pytest.mark.parametrize(
+    "bad", ["../outside.mp4", "/etc/passwd", "s3://other-bucket/x.mp4", "clips/../../x.mp4"]
+)
+def test_clip_paths_that_leave_out_become_error_rows_unopened(tmp_path: Path, bad: str) -> None:
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"not opened")
+    c = {**clip("u_0_1", ["short"]), "clip_path": bad}
+    work = prepare_clip(c, tmp_path / "out", CaptionConfig())
+    assert work.frames is None and work.error is not None
+    assert work.error.startswith("frames: unsafe_path:") and repr(bad) in work.error and "u_0_1" in work.error
+    rows = caption_batch([work], FakeBackend({}), CaptionConfig(), ctx(), tmp_path)
+    assert [(r.status, r.reason.split(":")[1].strip()) for r in rows] == [("error", "unsafe_path")]
