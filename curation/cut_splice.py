@@ -37,7 +37,7 @@ import av
 import cv2
 import numpy as np
 
-from curation import cut_eval
+from curation import cut_eval, x264
 from curation.decode import iter_frames
 from curation.probe import probe
 
@@ -468,7 +468,7 @@ def _encode(frames: list[np.ndarray], plan: Plan, out_path: Path) -> None:
             "crf": str(plan.crf),
             "preset": "veryfast",
             "bf": str(plan.bframes),
-            "x264-params": params,
+            **x264.with_params("libx264", params),
         }
         s.codec_context.thread_count = 1  # the same bytes on every machine
         for f in frames:

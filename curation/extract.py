@@ -10,6 +10,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from curation import x264
 from curation.atomic import temp_path
 from curation.config import ExtractConfig
 from curation.decode import rotate
@@ -51,7 +52,11 @@ class _ClipWriter:
             self.st.width, self.st.height = self.size
             self.st.pix_fmt = "yuv420p"
             self.st.codec_context.thread_count = self.cfg.threads
-            self.st.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
+            self.st.options = {
+                "crf": str(self.cfg.crf),
+                "preset": self.cfg.preset,
+                **x264.with_params(self.cfg.codec),
+            }
         ow, oh = self.size
         if rotation % 360 == 0:
             vf = frame.reformat(width=ow, height=oh, format="yuv420p", interpolation="AREA")

@@ -35,7 +35,7 @@ CAPTIONS = ["森の中を流れる小川。", "公園で遊ぶ子どもたち。
 # A manifest is input: these clip paths must never be opened (another bucket, above OUT, absolute).
 UNSAFE = {"v3_0000006_0000066": "s3://elsewhere/clips/x.mp4", "v3_0000007_0000067": "../outside.mp4"}
 # 96 px: a size where libx264's AVX-512 code gave run-to-run different bytes before encode_mp4
-# capped its asm at AVX2 on such CPUs (training.data.shard_writer.x264_params).
+# capped its asm at AVX2 on such CPUs (curation.x264).
 STAGES = {
     # Small samples: the byte-identity and encode checks.
     "tiny": {"width": 96, "height": 96, "frames": 48, "fps": 24, "target_shard_bytes": None,

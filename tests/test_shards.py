@@ -562,10 +562,11 @@ def test_ray_runner_gives_the_same_bytes(stage1: dict[str, Any], tmp_path: Path,
 
 def test_encode_mp4_gives_the_same_bytes_every_time(tmp_path: Path) -> None:
     """x264's AVX-512 code gave different bytes run to run at 64/96/160 px: capped at AVX2 there."""
-    from training.data.shard_writer import encode_mp4, load_window, x264_params
+    from curation.x264 import asm_param
+    from training.data.shard_writer import encode_mp4, load_window
 
     write_clip(tmp_path / "c.mp4", 192, 160, 60, seed=3)
     for size in (64, 96, 160):
         frames = load_window(str(tmp_path / "c.mp4"), list(range(5, 53)), (16, 0, 176, 160), size, size)
         assert len({encode_mp4(frames, 24, "libx264", 18, "veryfast") for _ in range(5)}) == 1, size
-    assert "AVX512" not in x264_params()
+    assert "AVX512" not in asm_param()

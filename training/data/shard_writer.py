@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from curation import x264
 from curation.atomic import atomic_output
 from curation.configfile import package_version
 from training.data import sample_format, store
@@ -505,15 +506,11 @@ def load_window(
     return np.stack([got[i] for i in indices])
 
 
-# x264 asm levels up to AVX2 and the /proc/cpuinfo flag each needs (x264's own names).
-_X264_BELOW_AVX512 = (
-    ("MMX2", "sse"), ("SSE", "sse"), ("SSE2", "sse2"), ("SSE3", "pni"), ("SSSE3", "ssse3"),
-    ("SSE4.1", "sse4_1"), ("SSE4.2", "sse4_2"), ("LZCNT", "abm"), ("AVX", "avx"), ("FMA3", "fma"),
-    ("BMI1", "bmi1"), ("BMI2", "bmi2"), ("AVX2", "avx2"),
-)  # fmt: skip
-
-
-def _encode(frames: np.ndarray, fps: float, codec: str, crf: int, preset: str, x264_params: str) -> bytes:
+def encode_mp4(
+    frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 18, preset: str = "medium"
+) -> bytes:
+    """uint8 [T, H, W, 3] -> H.264 mp4 bytes, deterministic: one x264 thread, fixed crf/preset,
+    no AVX-512 asm (curation.x264), bitexact muxer."""
     import av
 
     buf = io.BytesIO()
@@ -521,46 +518,11 @@ def _encode(frames: np.ndarray, fps: float, codec: str, crf: int, preset: str, x
         st = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         st.codec_context.thread_count = 1
-        st.options = {
-            "crf": str(crf),
-            "preset": preset,
-            **({"x264-params": x264_params} if x264_params else {}),
-        }
+        st.options = {"crf": str(crf), "preset": preset, **x264.with_params(codec)}
         for f in frames:
             out.mux(st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         out.mux(st.encode(None))
     return buf.getvalue()
-
-
-@functools.lru_cache(maxsize=1)
-def x264_params() -> str:
-    """x264 options that keep its output deterministic on this CPU ('' = none needed).
-
-    On CPUs with AVX-512, libx264's AVX-512 code gave run-to-run different bytes for the same frames
-    at some sizes (96, 144, 160 px; one thread, fixed crf/preset): the asm is capped at AVX2 there,
-    listing only the levels /proc/cpuinfo reports (naming one the CPU lacks would crash x264). No
-    cap elsewhere, and none if this x264 refuses the option (checked once on a tiny encode)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = set(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), []))
-    except OSError:
-        return ""
-    if "avx512f" not in flags:
-        return ""
-    params = "asm=" + ",".join(name for name, flag in _X264_BELOW_AVX512 if flag in flags)
-    try:
-        _encode(np.zeros((2, 16, 16, 3), np.uint8), 24.0, "libx264", 18, "ultrafast", params)
-    except Exception:
-        return ""
-    return params
-
-
-def encode_mp4(
-    frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 18, preset: str = "medium"
-) -> bytes:
-    """uint8 [T, H, W, 3] -> H.264 mp4 bytes, deterministic: one x264 thread, fixed crf/preset,
-    no AVX-512 asm (x264_params), bitexact muxer."""
-    return _encode(frames, fps, codec, crf, preset, x264_params() if codec == "libx264" else "")
 
 
 def render_sample(
