@@ -20,7 +20,8 @@ import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -160,16 +161,19 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
 
 
 @contextlib.contextmanager
-def local_file(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[str]:
+def local_file(
+    path: str | os.PathLike[str], suffix: str | None = None, storage_options: Mapping[str, Any] | None = None
+) -> Iterator[str]:
     """A local path for decoders that do not speak fsspec: local files as they are, remote ones
-    downloaded to a temporary that is removed afterwards."""
+    downloaded to a temporary that is removed when the block ends (also on an error), so a worker
+    holds one input at a time, never a copy of the corpus."""
     path = os.fspath(path)
     if not is_url(path):
         yield strip_file(path)
         return
     suffix = suffix if suffix is not None else os.path.splitext(path)[1]
     with tempfile.NamedTemporaryFile(suffix=suffix, prefix="vjp-") as tmp:
-        with fsspec.open(path, "rb") as src:
+        with fsspec.open(path, "rb", **dict(storage_options or {})) as src:
             shutil.copyfileobj(src, tmp, 1 << 22)
         tmp.flush()
         yield tmp.name

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from curation import x264
-from curation.atomic import atomic_output
+from curation.atomic import atomic_output, local_file
 from curation.configfile import package_version
 from training.data import sample_format, store
 from training.data.sample_format import (
@@ -536,7 +536,8 @@ def render_sample(
     folder or an object-store URL); a clip object is fetched to a temporary file just for this
     sample (FFmpeg decodes a local file) and removed right after."""
     meta = plan.meta
-    with store.local_copy(store.member(root, plan.clip_path, "clip manifest"), storage_options) as path:
+    clip = store.member(root, plan.clip_path, "clip manifest")
+    with local_file(clip, storage_options=storage_options) as path:
         frames = load_window(
             path, meta.window.frame_indices, meta.window.region, stage.width, stage.height, decode_threads
         )

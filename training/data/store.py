@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 _SECRET_WORDS = ("secret", "password", "token", "credential", "private_key", "session", "access_key")
@@ -143,26 +143,6 @@ def open_input(path: str, storage_options: Mapping[str, Any] | None = None, bloc
         return open(local_path(path), "rb")
     fs, p = filesystem(path, storage_options)
     return fs.open(p, "rb", block_size=block_size)
-
-
-@contextlib.contextmanager
-def local_copy(
-    path: str, storage_options: Mapping[str, Any] | None = None, suffix: str | None = None
-) -> Iterator[str]:
-    """A local path for readers that need one (PyAV/FFmpeg decoding a clip): a local file as it is,
-    an object downloaded into a private temporary that is removed when the block ends (also on
-    an error), so a worker holds one input at a time, never a copy of the corpus."""
-    if not is_url(path):
-        yield local_path(path)
-        return
-    import tempfile
-
-    fs, p = filesystem(path, storage_options)
-    suffix = suffix if suffix is not None else posixpath.splitext(p)[1]
-    with tempfile.TemporaryDirectory(prefix="vjp-in-") as d:
-        tmp = os.path.join(d, "input" + suffix)
-        fs.get_file(p, tmp)
-        yield tmp
 
 
 class UnsafePath(ValueError):
