@@ -199,10 +199,10 @@ def eval_section(out: str) -> tuple[str, list[str]]:
         return _eval_section(folder)
     import tempfile
 
-    from jobs.run_paths import sync_down
+    from jobs.run_paths import download
 
     with tempfile.TemporaryDirectory(prefix="vjp-eval-") as tmp:  # the section reads a local folder
-        sync_down(folder, tmp)
+        download(folder, tmp)
         return _eval_section(tmp)
 
 

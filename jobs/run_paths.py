@@ -25,7 +25,6 @@ otherwise (training.data.store.check_storage_options).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -131,71 +130,32 @@ def install_storage_options(out: str, options: Mapping[str, Any]) -> dict[str, s
 
 
 # ---- copies between the store and LOCAL -------------------------------------------------------
-SYNC_STATE = ".vjp-sync.json"
-
-
-def _identity(info: Mapping[str, Any]) -> str:
-    """What changes when an object is rewritten: size plus its ETag (or modification time)."""
-    tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
-    return f"{info.get('size')}:{tag}"
-
-
-def sync_down(url: str, dest: str, names: Iterable[str] | None = None, prune: bool = False) -> int:
-    """Copy the objects below `url` (or only `names`, paths relative to it) to the same relative
-    paths below the local folder `dest`, skipping those whose copy is current; returns how many
-    were fetched. One listing, one batched download. Each file appears whole (hidden temporary,
-    then rename) and is marked current only afterwards, so a killed sync refetches what it had not
-    finished. prune=True also removes local files the store no longer has (a manifest folder whose
-    parts a compaction replaced)."""
+def download(url: str, dest: str) -> int:
+    """Copy the objects below `url` to the same relative paths below the local folder `dest`;
+    returns how many. One listing, one batched download; an object name that would land outside
+    `dest` is refused before anything is fetched."""
     fs, root = atomic.get_fs(url)
     root = root.rstrip("/")
     try:
         listing = fs.find(root, detail=True)
     except FileNotFoundError:
         listing = {}
-    wanted_names = set(names) if names is not None else None
-    remote: dict[str, Mapping[str, Any]] = {}
-    for path, info in listing.items():
+    base = os.path.abspath(dest)
+    names, targets = [], []
+    for path, info in sorted(listing.items()):
         rel = path[len(root) + 1 :]
-        if rel and info.get("type", "file") != "directory" and (wanted_names is None or rel in wanted_names):
-            remote[rel] = info
-    os.makedirs(dest, exist_ok=True)
-    state_path = os.path.join(dest, SYNC_STATE)
-    state: dict[str, str] = {}
-    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError), open(state_path, "rb") as f:
-        state = json.load(f)
-
-    def local(rel: str) -> str:
-        p = os.path.normpath(os.path.join(dest, *rel.split("/")))
-        if os.path.commonpath([p, os.path.abspath(dest)]) != os.path.abspath(dest):
-            raise ValueError(f"{url}/{rel}: object name escapes the local copy {dest}")
-        return p
-
-    todo = [
-        rel
-        for rel, info in sorted(remote.items())
-        if state.get(rel) != _identity(info)
-        or not os.path.isfile(local(rel))
-        or os.path.getsize(local(rel)) != info.get("size")
-    ]
-    if todo:
-        tmps = [atomic.temp_path(local(rel)) for rel in todo]
-        for t in tmps:
-            os.makedirs(os.path.dirname(t), exist_ok=True)
-        fs.get([f"{root}/{rel}" for rel in todo], tmps)
-        for rel, tmp in zip(todo, tmps, strict=True):
-            os.replace(tmp, local(rel))
-            state[rel] = _identity(remote[rel])
-    if prune:
-        for folder, _, files in os.walk(dest):
-            for f in files:
-                rel = os.path.relpath(os.path.join(folder, f), dest).replace(os.sep, "/")
-                if rel != SYNC_STATE and rel not in remote:
-                    os.remove(os.path.join(folder, f))
-                    state.pop(rel, None)
-    with atomic.atomic_output(state_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, sort_keys=True)
-    return len(todo)
+        if not rel or info.get("type", "file") == "directory":
+            continue
+        target = os.path.normpath(os.path.join(base, *rel.split("/")))
+        if os.path.commonpath([target, base]) != base:
+            raise ValueError(f"{url}/{rel}: object name escapes the local folder {dest}")
+        names.append(f"{root}/{rel}")
+        targets.append(target)
+    for t in targets:
+        os.makedirs(os.path.dirname(t), exist_ok=True)
+    if names:
+        fs.get(names, targets)
+    return len(names)
 
 
 def publish(local_dir: str, dest: str, skip: Iterable[str] = ()) -> int:

@@ -206,10 +206,8 @@ def test_install_storage_options_reaches_this_process_and_its_children(
     assert json.loads(child.stdout) == {"requester_pays": True, **so}
 
 
-def test_sync_down_fetches_what_changed_and_publish_uploads_a_folder(s3: S3Env, tmp_path: Path) -> None:
-    import os
-
-    from jobs.run_paths import SYNC_STATE, publish, sync_down
+def test_publish_uploads_a_folder_and_download_fetches_it_back(s3: S3Env, tmp_path: Path) -> None:
+    from jobs.run_paths import download, publish
 
     src = tmp_path / "run"
     files = {"summary.json": b"{}", "samples/step_1/a.mp4": b"AAA", "checkpoints/x": b"state"}
@@ -225,18 +223,13 @@ def test_sync_down_fetches_what_changed_and_publish_uploads_a_folder(s3: S3Env, 
     ]  # fmt: skip
 
     dest = tmp_path / "copy"
-    assert sync_down(url, str(dest)) == 2
-    assert (dest / "train" / "samples" / "step_1" / "a.mp4").read_bytes() == b"AAA"
-    assert sync_down(url, str(dest)) == 0  # current: nothing fetched again
-    fs.pipe_file(url.removeprefix("s3://") + "/train/summary.json", b'{"steps": 6}')  # rewritten
-    (dest / "train" / "samples" / "step_1" / "a.mp4").write_bytes(b"A")  # a truncated copy
-    assert sync_down(url, str(dest)) == 2
-    assert (dest / "train" / "summary.json").read_bytes() == b'{"steps": 6}'
-    assert (dest / "train" / "samples" / "step_1" / "a.mp4").read_bytes() == b"AAA"
-    # only the names asked for; prune drops local files the store no longer has
-    fs.rm_file(url.removeprefix("s3://") + "/train/summary.json")
-    assert sync_down(url, str(dest / "only"), names={"train/samples/step_1/a.mp4"}) == 1
-    assert sorted(p.name for p in (dest / "only").rglob("*") if p.is_file()) == [SYNC_STATE, "a.mp4"]
-    sync_down(url, str(dest), prune=True)
-    assert not (dest / "train" / "summary.json").exists() and (dest / "train" / "samples").is_dir()
-    assert not [n for n in os.listdir(dest / "train" / "samples" / "step_1") if n.startswith(".")]
+    assert download(url + "/train", str(dest)) == 2
+    assert (dest / "samples" / "step_1" / "a.mp4").read_bytes() == b"AAA"
+    assert (dest / "summary.json").read_bytes() == b"{}"
+    assert download(url + "/missing", str(tmp_path / "none")) == 0
+    # an object whose name climbs out of the folder is refused before anything is fetched
+    fs.pipe_file(url.removeprefix("s3://") + "/evil/../../x", b"x")
+    assert fs.find(url.removeprefix("s3://") + "/evil")  # S3 keeps the raw key
+    with pytest.raises(ValueError, match="escapes"):
+        download(url + "/evil", str(tmp_path / "evil"))
+    assert not (tmp_path / "x").exists()
