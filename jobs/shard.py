@@ -4,8 +4,9 @@
 
 Plan first, then write: every kept clip gets a caption choice, a split, a probe of its file and
 a frame window (or a recorded skip reason); samples are grouped into shards deterministically,
-and one task per shard renders and writes its tar (temporary name + rename) and a record. A rerun
-rewrites only shards whose plan changed or whose file is missing.
+and one task per shard builds its samples' metas, checks its record and renders and writes its
+tar (temporary name + rename) and a record. A rerun rewrites only shards whose plan changed or
+whose file is missing.
 
 --clips and --out may each be a folder or an fsspec URL (s3://, gs://): the manifests are read from
 the bucket, each clip object is fetched by the task that renders it into a temporary file removed
@@ -345,7 +346,7 @@ def shard_stage(
     """The whole job for one stage; returns its summary. Safe to rerun: finished shards are kept."""
     from training.data import store
     from training.data.sample_format import SPLITS
-    from training.data.shard_writer import group_shards, samples_per_shard, shard_is_done, write_shard
+    from training.data.shard_writer import group_shards, run_shard_task, samples_per_shard, shard_tasks
 
     t0 = time.time()
     stage = cfg.stage(stage_name)
@@ -362,22 +363,21 @@ def shard_stage(
     planned = {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS}
     removed = _clean_stale(out, stage_name, planned, cfg.storage_options)
 
-    # 2. write missing or changed shards, one task each
-    records, todo = {}, []
-    for sh in shards:
-        rec = shard_is_done(sh, out, stage_name, verify, cfg.storage_options)
-        if rec is None:
-            todo.append(sh)
-        else:
-            records[(sh.split, sh.name)] = rec
-    progress = _progress(cfg.runner.progress, len(todo))
-    failed = []
-    for sh, rec, exc in _run(write_shard, todo, (root, out, stage_name, cfg), runner, cfg):
+    # 2. one task per shard: the plan source goes to the workers once (ray.put; in-process for the
+    # local runner) and each task gets its rows, builds its metas, checks its record and either
+    # returns the record of an identical finished shard or writes the shard. The driver builds no
+    # meta: at millions of samples that alone was minutes of one core.
+    source, tasks = shard_tasks(shards)
+    records, written, failed = {}, 0, []
+    progress = _progress(cfg.runner.progress, len(tasks))
+    extra = (source, root, out, stage_name, cfg, verify)
+    for task, outcome, exc in _run(run_shard_task, tasks, extra, runner, cfg) if tasks else ():
         progress()
         if exc is not None:
-            failed.append(f"{sh.split}/{sh.name}: {type(exc).__name__}: {exc}")
+            failed.append(f"{task.split}/{task.name}: {type(exc).__name__}: {exc}")
         else:
-            records[(sh.split, sh.name)] = rec
+            records[(task.split, task.name)] = outcome.record
+            written += not outcome.reused
 
     # 3. index per split, per-clip table, summary
     splits = write_indexes(out, stage_name, cfg, shards, records, rows)
@@ -391,8 +391,8 @@ def shard_stage(
         "skipped_by_reason": dict(sorted(reasons.items())),
         "samples_per_shard": per_shard,
         "est_bytes_per_sample": round(est) if est else None,
-        "shards_written": len(todo) - len(failed),
-        "shards_reused": len(shards) - len(todo),
+        "shards_written": written,
+        "shards_reused": len(records) - written,
         "stale_removed": removed,
         "failed_shards": failed,
         "elapsed_s": round(time.time() - t0, 2),

@@ -111,6 +111,9 @@ class CaptionTable:
         self.offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(row_np[order], minlength=n), out=self.offsets[1:])
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_columns": None}  # a cache of views of `table`: rebuilt on use
+
     def picks(self, lo: int, hi: int) -> list[dict[str, _Pick]]:
         """For clip rows [lo, hi): {caption_type: (caption, status)}."""
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
@@ -143,10 +146,40 @@ class CaptionTable:
 ProbeOf = Callable[[str], "ClipProbe | SkipReason"]
 
 
-class PlanSource:
-    """Shared inputs of lazy plans: rebuilds the meta of one clip row on demand."""
+class ProbeColumns:
+    """The probes of planned clip rows as arrays, indexed by clip row (a row not planned reads as
+    zeros): what a shard task needs to rebuild a meta, shipped with the plan source once instead of
+    a Python object per clip."""
 
-    def __init__(self, clips: pa.Table, captions: CaptionTable, probe_of: ProbeOf, ctx: PlanContext) -> None:
+    FIELDS = ("width", "height", "n_frames", "fps", "size_bytes")
+
+    def __init__(self, n: int, rows: Sequence[int] = (), probes: Sequence[ClipProbe] = ()) -> None:
+        idx = np.asarray(rows, dtype=np.int64)
+        for name in self.FIELDS:
+            col = np.zeros(n, dtype=np.float64 if name == "fps" else np.int64)
+            col[idx] = [getattr(p, name) for p in probes]
+            setattr(self, name, col)
+
+    def get(self, row: int) -> ClipProbe:
+        return ClipProbe(
+            width=int(self.width[row]),  # type: ignore[attr-defined]
+            height=int(self.height[row]),  # type: ignore[attr-defined]
+            n_frames=int(self.n_frames[row]),  # type: ignore[attr-defined]
+            fps=float(self.fps[row]),  # type: ignore[attr-defined]
+            size_bytes=int(self.size_bytes[row]),  # type: ignore[attr-defined]
+        )
+
+
+class PlanSource:
+    """Shared inputs of lazy plans: rebuilds the meta of one clip row on demand.
+
+    After `plan_samples` its probes are columns (`probes`), and the whole source pickles as a few
+    Arrow tables and numpy arrays: `vjp shard` sends it to the workers once (`ray.put`) and each
+    shard task builds its own metas from row numbers (`plans`)."""
+
+    def __init__(
+        self, clips: pa.Table, captions: CaptionTable, probe_of: ProbeOf | None, ctx: PlanContext
+    ) -> None:
         self.clips = clips
         # One contiguous array per column: a row is read by index, no per-row table slice. A column
         # of one chunk is used as is (combine_chunks would copy it: the whole clip table, GBs).
@@ -156,11 +189,23 @@ class PlanSource:
         }
         self.captions = captions
         self.probe_of = probe_of
+        self.probes: ProbeColumns | None = None
         self.ctx = ctx
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.probes is None:  # a callable over a dict of probes is not shipped to workers
+            raise TypeError("a PlanSource is sent to workers only with its probe columns (plan_samples)")
+        return (_restore_source, (self.clips, self.captions, self.probes, self.ctx))
+
+    def _probe(self, row: int, clip_id: str) -> ClipProbe | SkipReason:
+        if self.probes is not None:
+            return self.probes.get(row)
+        assert self.probe_of is not None
+        return self.probe_of(clip_id)
 
     def metas(self, rows: Sequence[int]) -> list[SampleMeta]:
         """meta(i) for many rows at once: one take per table instead of a lookup per value (a
-        rerun's plan-hash check builds the meta of every planned sample)."""
+        shard task builds the metas of its samples in one call)."""
         idx = np.asarray(rows, dtype=np.int64)
         clips = self.clips.take(pa.array(idx)).to_pylist()
         lo, hi = self.captions.offsets[idx], self.captions.offsets[idx + 1]
@@ -170,17 +215,26 @@ class PlanSource:
         cap_rows = self.captions.table.take(pa.array(cap_idx)).to_pylist() if len(cap_idx) else []
         out: list[SampleMeta] = []
         k = 0
-        for clip, n in zip(clips, counts.tolist(), strict=True):
+        for row, clip, n in zip(idx.tolist(), clips, counts.tolist(), strict=True):
             variants: dict[str, CaptionVariant] = {}
             for r in cap_rows[k : k + n]:
                 ctype = r.pop("caption_type")
                 variants[ctype] = CaptionVariant.model_validate(r)
             k += n
-            out.append(self._build(clip, variants))
+            out.append(self._build(clip, variants, row))
         return out
 
-    def _build(self, clip: dict[str, Any], variants: dict[str, CaptionVariant]) -> SampleMeta:
-        probe = self.probe_of(clip["clip_id"])
+    def plans(self, rows: Sequence[int]) -> list[SamplePlan]:
+        """Eager plans of these rows (metas built in bulk), equal to the lazy ones planning made."""
+        out = []
+        for row, meta in zip(np.asarray(rows, dtype=np.int64).tolist(), self.metas(rows), strict=True):
+            probe = self._probe(row, meta.clip_id)
+            assert not isinstance(probe, str)
+            out.append(SamplePlan(meta, meta.clip.clip_path, probe.size_bytes))
+        return out
+
+    def _build(self, clip: dict[str, Any], variants: dict[str, CaptionVariant], row: int) -> SampleMeta:
+        probe = self._probe(row, clip["clip_id"])
         picked = precheck(clip, variants, probe, self.ctx.captions)
         if isinstance(picked, str) or isinstance(probe, str):
             raise RuntimeError(f"clip {clip['clip_id']}: its inputs changed after planning ({picked})")
@@ -193,7 +247,15 @@ class PlanSource:
         return {name: col[i].as_py() for name, col in self._columns.items()}
 
     def meta(self, i: int) -> SampleMeta:
-        return self._build(self.clip(i), self.captions.variants(i))
+        return self._build(self.clip(i), self.captions.variants(i), i)
+
+
+def _restore_source(
+    clips: pa.Table, captions: CaptionTable, probes: ProbeColumns, ctx: PlanContext
+) -> PlanSource:
+    source = PlanSource(clips, captions, None, ctx)
+    source.probes = probes
+    return source
 
 
 class Skip(NamedTuple):
@@ -211,7 +273,7 @@ def plan_samples(
     chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[list[SamplePlan], list[Skip]]:
     """plan_sample for every row of `clips` (sorted by clip_id), as lazy plans; (plans, skips) in
-    row order. The checks run now on plain values; metas are built later, one at a time."""
+    row order. The checks run now on plain values; metas are built later, by the shard tasks."""
     check_columns(clips, ["clip_id", "video_id", "clip_path"], "clip manifest")
     clips = clips.combine_chunks()  # one chunk per column: rows are then read by index (PlanSource)
     ctx = plan_context(stage_name, cfg)
@@ -223,6 +285,7 @@ def plan_samples(
     # clips); hand them back before the plans' Python objects are made.
     pa.default_memory_pool().release_unused()
     prev_vid = ""
+    planned_probes: list[ClipProbe] = []
     for lo in range(0, clips.num_rows, chunk_rows):
         hi = min(lo + chunk_rows, clips.num_rows)
         rows = checked.slice(lo, hi - lo).to_pylist()
@@ -245,4 +308,9 @@ def plan_samples(
             split = split_of(vid, ctx.split)
             cid, path = clip["clip_id"], clip["clip_path"]
             plans.append(SamplePlan.lazy(source, lo + k, cid, split, vid, path, probe.size_bytes))
+            planned_probes.append(probe)
+    # The probes of planned rows as columns: the source no longer needs the caller's lookup and
+    # can be shipped to shard tasks whole.
+    source.probes = ProbeColumns(clips.num_rows, [p._row for p in plans], planned_probes)
+    source.probe_of = None
     return plans, skips

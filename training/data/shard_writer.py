@@ -726,6 +726,53 @@ def shard_is_done(
     return rec
 
 
+@dataclass(frozen=True)
+class ShardTask:
+    """What the driver sends one shard task: the shard's split and number and its samples' rows in
+    the plan source (training.data.planning.PlanSource, sent to the workers once), in tar order.
+    No meta is built in the driver: the task builds them, hashes the plan and checks the record."""
+
+    split: str
+    index: int
+    rows: np.ndarray  # int64 row numbers into the plan source's clip table
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    record: ShardRecord
+    reused: bool  # an identical finished shard was found (nothing written)
+
+
+def shard_tasks(shards: Sequence[ShardPlan]) -> tuple[Any, list[ShardTask]]:
+    """(the plan source, one task per shard) for shards of lazy plans (planning.plan_samples)."""
+    source: Any = None
+    tasks = []
+    for sh in shards:
+        for p in sh.samples:
+            if p._source is None or (source is not None and p._source is not source):
+                raise ValueError(f"shard {sh.split}/{sh.name}: plans must be lazy rows of one plan source")
+            source = p._source
+        rows = np.fromiter((p._row for p in sh.samples), dtype=np.int64, count=len(sh.samples))
+        tasks.append(ShardTask(sh.split, sh.index, rows))
+    return source, tasks
+
+
+def run_shard_task(
+    task: ShardTask, source: Any, root: str, out: str, stage_name: str, cfg: ShardConfig, verify: bool = False
+) -> ShardOutcome:
+    """One shard, in its worker: build its samples' metas from the shared plan source, then return
+    the record of an identical finished shard (plan hash, size; sha256 with `verify`) or render it."""
+    shard = ShardPlan(task.split, task.index, tuple(source.plans(task.rows)))
+    rec = shard_is_done(shard, out, stage_name, verify, cfg.storage_options)
+    if rec is not None:
+        return ShardOutcome(rec, True)
+    return ShardOutcome(write_shard(shard, root, out, stage_name, cfg), False)
+
+
 def write_split_index(
     stage_dir: str,
     index: ShardIndex,
