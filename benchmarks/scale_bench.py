@@ -453,6 +453,134 @@ def sim_step(step: str, out: str, n: int, k: int) -> dict[str, Any]:
         per = (time.perf_counter() - t0) / max(1, sum(len(sh.samples) for sh in few))
         res["plan_hash_us_per_sample"] = round(1e6 * per, 1)
         res.update(clips=clips.num_rows, planned=len(plans), skipped=len(skips), shards=len(shards))
+    elif step in SHARD_DRIVER_STEPS:
+        res.update(_shard_driver(step, out))
+    return res
+
+
+# ---------------------------------------------------------------- sim: vjp shard's driver per sample
+# `--steps shard-driver` runs these in order, each in its own process: a fresh run's dispatch and a
+# rerun's done-check, by the previous driver (every sample's meta built in the driver: plan hashes
+# in `shard_is_done`, plans pickled into each Ray task) and by the current one (one `ray.put` of
+# the columnar plan source, row numbers per task; the tasks build metas and check records). The
+# fresh dispatch runs a task that does nothing (what the driver pays to hand the shards out);
+# `shard-done` writes every shard first (a stand-in renderer: the key and a 1-byte txt member per
+# sample) so that the reruns find every shard done; the rerun tasks are the real ones.
+SHARD_DRIVER_STEPS = (
+    "shard-fresh-old",
+    "shard-fresh-new",
+    "shard-done",
+    "shard-rerun-old",
+    "shard-rerun-new",
+)
+SHARD_YAML = ROOT / "jobs" / "configs" / "shard.yaml"
+
+
+def _noop_task(item: Any, *extra: Any) -> None:
+    return None
+
+
+def _fake_render(plan: Any, *a: Any, **k: Any) -> dict[str, Any]:
+    return {"__key__": plan.key, "txt": b"x"}
+
+
+def _phase(fn: Callable[[], Any], samples: int) -> tuple[Any, dict[str, Any]]:
+    """fn() with the driver's own CPU (this process, every thread; not Ray's or other processes),
+    wall time, and resident memory before and at its peak (sampled every 20 ms)."""
+    import threading
+
+    import psutil
+
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss
+    peak = [rss0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    out = fn()
+    wall, r1 = time.perf_counter() - w0, resource.getrusage(resource.RUSAGE_SELF)
+    stop.set()
+    t.join()
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    return out, {
+        "driver_cpu_s": round(cpu, 2),
+        "driver_cpu_us_per_sample": round(1e6 * cpu / max(1, samples), 1),
+        "phase_wall_s": round(wall, 2),
+        "rss_before_mb": round(rss0 / 2**20, 1),
+        "phase_peak_rss_mb": round(max(peak[0], proc.memory_info().rss) / 2**20, 1),
+    }
+
+
+def _shard_driver(step: str, out: str) -> dict[str, Any]:
+    from curation.configfile import load_section
+    from jobs.runner import init_ray, map_ray, map_threads
+    from jobs.shard import read_caption_table, read_kept_table
+    from training.data import shard_writer as sw
+    from training.data.planning import plan_samples
+    from training.data.shard_writer import ClipProbe, group_shards, samples_per_shard, shard_tasks
+    from training.data.stages import parse_config as parse_shard
+
+    cfg = parse_shard(*load_section(str(SHARD_YAML), "shard", []))
+    stage = "stage1"  # 256x256 from the 640x360 probes below; ~3,333 samples a shard at 300 kB each
+    clips = read_kept_table(Path(out, "manifests", "clips"))
+    captions = read_caption_table(Path(out, "manifests", "captions"), clips.column("clip_id"))
+    probe = ClipProbe(width=640, height=360, n_frames=144, fps=24.0, size_bytes=300_000)
+    plans, _ = plan_samples(clips, captions, lambda _: probe, stage, cfg)
+    shards = group_shards(plans, samples_per_shard(cfg.stage(stage), 300_000.0), cfg.seed)
+    n = len(plans)
+    res: dict[str, Any] = {"planned": n, "shards": len(shards)}
+    root, shard_out = out, os.path.join(out, "shard-driver")
+    so, in_flight, cpus = cfg.storage_options, cfg.runner.max_in_flight, cfg.runner.num_cpus_per_shard
+    if step in ("shard-fresh-old", "shard-fresh-new", "shard-rerun-new"):
+        init_ray(None)  # started before the phase: its start is not the driver's per-sample cost
+    if step == "shard-fresh-old":
+        fresh = os.path.join(out, "shard-driver-empty")
+
+        def old_fresh() -> int:
+            todo = [sh for sh in shards if sw.shard_is_done(sh, fresh, stage, False, so) is None]
+            return sum(1 for _ in map_ray(_noop_task, todo, (root, fresh, stage, cfg), in_flight, cpus))
+
+        res["tasks"], ph = _phase(old_fresh, n)
+    elif step == "shard-fresh-new":
+
+        def new_fresh() -> int:
+            source, tasks = shard_tasks(shards)
+            extra = (source, root, shard_out, stage, cfg, False)
+            return sum(1 for _ in map_ray(_noop_task, tasks, extra, in_flight, cpus))
+
+        res["tasks"], ph = _phase(new_fresh, n)
+    elif step == "shard-done":
+        shutil.rmtree(shard_out, ignore_errors=True)
+        sw.render_sample = _fake_render  # type: ignore[assignment]
+        source, tasks = shard_tasks(shards)
+        extra = (source, root, shard_out, stage, cfg, False)
+
+        def write_all() -> int:
+            return sum(1 for _, o, e in map_threads(sw.run_shard_task, tasks, extra, 2) if e is None)
+
+        res["written"], ph = _phase(write_all, n)
+    elif step == "shard-rerun-old":
+
+        def old_rerun() -> int:
+            return sum(sw.shard_is_done(sh, shard_out, stage, False, so) is not None for sh in shards)
+
+        res["reused"], ph = _phase(old_rerun, n)
+    else:
+
+        def new_rerun() -> int:
+            source, tasks = shard_tasks(shards)
+            extra = (source, root, shard_out, stage, cfg, False)
+            results = map_ray(sw.run_shard_task, tasks, extra, in_flight, cpus)
+            return sum(1 for _, o, e in results if e is None and o.reused)
+
+        res["reused"], ph = _phase(new_rerun, n)
+    res.update(ph)
     return res
 
 
@@ -463,7 +591,12 @@ def cmd_sim(args: argparse.Namespace) -> None:
     print(
         json.dumps({"sim": {"videos": args.videos, "clips": args.videos * args.clips_per_video}}), flush=True
     )
-    for step in args.steps.split(","):
+    steps = [
+        x
+        for step in args.steps.split(",")
+        for x in (SHARD_DRIVER_STEPS if step == "shard-driver" else [step])
+    ]
+    for step in steps:
         cmd = [sys.executable, __file__, "sim-step", step, "--out", out, "--n", str(args.videos),
                "--k", str(args.clips_per_video)]  # fmt: skip
         w0 = time.perf_counter()
