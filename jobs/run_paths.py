@@ -176,5 +176,5 @@ def publish(local_dir: str, dest: str, skip: Iterable[str] = ()) -> int:
     if not sources:
         return 0
     fs, _ = atomic.get_fs(dest)
-    fs.put(sources, [atomic.get_fs(t)[1] for t in targets])
+    atomic.upload_files(fs, sources, [atomic.get_fs(t)[1] for t in targets])
     return len(sources)

@@ -75,14 +75,18 @@ def write_bytes(path: str, data: bytes, storage_options: Mapping[str, Any] | Non
 
         write_atomic(local_path(path), data)
         return
+    from curation.atomic import upload_bytes
+
     fs, p = filesystem(path, storage_options)
-    fs.pipe_file(p, data)
+    upload_bytes(fs, p, data)
 
 
 def put_file(local: str, dest: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Upload a finished local file to its final name on a store (one object, no rename)."""
+    from curation.atomic import upload_file
+
     fs, p = filesystem(dest, storage_options)
-    fs.put_file(local, p)
+    upload_file(fs, local, p)
 
 
 def exists(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
