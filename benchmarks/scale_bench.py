@@ -461,8 +461,8 @@ def sim_step(step: str, out: str, n: int, k: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- sim: vjp shard's driver per sample
 # `--steps shard-driver` runs these in order, each in its own process: a fresh run's dispatch and a
 # rerun's done-check, by the previous driver (every sample's meta built in the driver: plan hashes
-# in `shard_is_done`, plans pickled into each Ray task) and by the current one (one `ray.put` of
-# the columnar plan source, row numbers per task; the tasks build metas and check records). The
+# in `shard_is_done`, plans pickled into each Ray task) and by the current one (`run_shards`: each
+# Ray task gets its rows' columns of the plan source, builds the metas and checks the record). The
 # fresh dispatch runs a task that does nothing (what the driver pays to hand the shards out);
 # `shard-done` writes every shard first (a stand-in renderer: the key and a 1-byte txt member per
 # sample) so that the reruns find every shard done; the rerun tasks are the real ones.
@@ -520,7 +520,7 @@ def _phase(fn: Callable[[], Any], samples: int) -> tuple[Any, dict[str, Any]]:
 def _shard_driver(step: str, out: str) -> dict[str, Any]:
     from curation.configfile import load_section
     from jobs.runner import init_ray, map_ray, map_threads
-    from jobs.shard import read_caption_table, read_kept_table
+    from jobs.shard import read_caption_table, read_kept_table, run_shards
     from training.data import shard_writer as sw
     from training.data.planning import plan_samples
     from training.data.shard_writer import ClipProbe, group_shards, samples_per_shard, shard_tasks
@@ -550,9 +550,7 @@ def _shard_driver(step: str, out: str) -> dict[str, Any]:
     elif step == "shard-fresh-new":
 
         def new_fresh() -> int:
-            source, tasks = shard_tasks(shards)
-            extra = (source, root, shard_out, stage, cfg, False)
-            return sum(1 for _ in map_ray(_noop_task, tasks, extra, in_flight, cpus))
+            return sum(1 for _ in run_shards(shards, root, shard_out, stage, cfg, "ray", fn=_noop_task))
 
         res["tasks"], ph = _phase(new_fresh, n)
     elif step == "shard-done":
@@ -574,9 +572,7 @@ def _shard_driver(step: str, out: str) -> dict[str, Any]:
     else:
 
         def new_rerun() -> int:
-            source, tasks = shard_tasks(shards)
-            extra = (source, root, shard_out, stage, cfg, False)
-            results = map_ray(sw.run_shard_task, tasks, extra, in_flight, cpus)
+            results = run_shards(shards, root, shard_out, stage, cfg, "ray")
             return sum(1 for _, o, e in results if e is None and o.reused)
 
         res["reused"], ph = _phase(new_rerun, n)

@@ -334,6 +334,36 @@ def write_indexes(
     return result
 
 
+def run_shards(
+    shards: list[Any],
+    root: str,
+    out: str,
+    stage_name: str,
+    cfg: Any,
+    runner: str,
+    verify: bool = False,
+    fn: Any = None,
+) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """(task, ShardOutcome, exception or None) per shard as each finishes; fn: run_shard_task.
+
+    Each task gets its samples' row numbers in the columnar plan source, builds their metas, checks
+    its record and either returns the record of an identical finished shard or writes the shard:
+    the driver builds no meta (at millions of samples that alone took minutes of one core). Threads
+    share the source; a Ray task gets its own rows' columns, cut as it is submitted, so only the
+    shards in flight hold a copy and a node receives only its shards' rows."""
+    from training.data.shard_writer import run_shard_task, shard_tasks
+
+    source, tasks = shard_tasks(shards)
+    if not tasks:
+        return iter(())
+    if runner == "ray":
+        items: Any = (t.cut(source) for t in tasks)
+        extra: tuple[Any, ...] = (None, root, out, stage_name, cfg, verify)
+    else:
+        items, extra = tasks, (source, root, out, stage_name, cfg, verify)
+    return _run(fn or run_shard_task, items, extra, runner, cfg)
+
+
 def shard_stage(
     clips_arg: str,
     stage_name: str,
@@ -346,7 +376,7 @@ def shard_stage(
     """The whole job for one stage; returns its summary. Safe to rerun: finished shards are kept."""
     from training.data import store
     from training.data.sample_format import SPLITS
-    from training.data.shard_writer import group_shards, run_shard_task, samples_per_shard, shard_tasks
+    from training.data.shard_writer import group_shards, samples_per_shard
 
     t0 = time.time()
     stage = cfg.stage(stage_name)
@@ -363,15 +393,10 @@ def shard_stage(
     planned = {s: sum(1 for sh in shards if sh.split == s) for s in SPLITS}
     removed = _clean_stale(out, stage_name, planned, cfg.storage_options)
 
-    # 2. one task per shard: the plan source goes to the workers once (ray.put; in-process for the
-    # local runner) and each task gets its rows, builds its metas, checks its record and either
-    # returns the record of an identical finished shard or writes the shard. The driver builds no
-    # meta: at millions of samples that alone was minutes of one core.
-    source, tasks = shard_tasks(shards)
+    # 2. one task per shard (run_shards)
     records, written, failed = {}, 0, []
-    progress = _progress(cfg.runner.progress, len(tasks))
-    extra = (source, root, out, stage_name, cfg, verify)
-    for task, outcome, exc in _run(run_shard_task, tasks, extra, runner, cfg) if tasks else ():
+    progress = _progress(cfg.runner.progress, len(shards))
+    for task, outcome, exc in run_shards(shards, root, out, stage_name, cfg, runner, verify):
         progress()
         if exc is not None:
             failed.append(f"{task.split}/{task.name}: {type(exc).__name__}: {exc}")

@@ -1,5 +1,6 @@
-"""`vjp shard`'s driver at scale: the plan source goes to the workers once, each shard task builds its
-own metas, hashes its plan and checks its record; the driver builds no SampleMeta.
+"""`vjp shard`'s driver at scale: each shard task gets row numbers into the columnar plan source
+(shared by threads; its own rows' columns on Ray), builds its own metas, hashes its plan and checks
+its record; the driver builds no SampleMeta.
 
 The reference is the previous code path run on the same data: the driver builds every shard's plan
 hash (`shard_is_done`) and hands each task its pickled plans (metas inside, as Ray did), and the
@@ -48,7 +49,7 @@ def _config(tmp: Path, progress: bool = False) -> Any:
 
     stage = {"width": 64, "height": 64, "frames": 8, "fps": 24, "target_shard_bytes": None,
              "max_shard_samples": 2, "preset": "ultrafast"}  # fmt: skip
-    path = write_config(tmp / "shard.yaml", {STAGE: stage}, split={"eval_fraction": 0.3, "salt": "t"})
+    path = write_config(tmp / "shard.yaml", {STAGE: stage}, split={"eval_fraction": 0.3, "salt": "c"})
     cfg = parse_config(*load_section(str(path), "shard", []))
     return cfg.model_copy(update={"runner": cfg.runner.model_copy(update={"progress": progress})})
 
@@ -92,9 +93,12 @@ def test_shard_tasks_give_the_files_of_the_previous_driver(corpus: dict[str, Any
     summary = shard_stage(str(corpus["manifests"]), STAGE, str(out), corpus["cfg"], runner="local")
     got, ref = _files(out / STAGE), corpus["ref"]
     assert sorted(got) == sorted(ref) and [k for k in ref if got[k] != ref[k]] == []
-    assert sum(k.endswith(".tar") for k in got) == 4 and {"train.json", "eval.json"} <= {
-        Path(k).name for k in got
-    }
+    assert sorted(k for k in got if k.endswith(".tar")) == [
+        "eval/000000.tar",
+        "train/000000.tar",
+        "train/000001.tar",
+        "train/000002.tar",
+    ] and {"train.json", "eval.json"} <= {Path(k).name for k in got}
     assert summary["shards_written"] == 4 and summary["shards_reused"] == 0 and not summary["failed_shards"]
     assert summary["samples_written"] == 8
     assert summary["skipped_by_reason"] == {"missing_file": 1, "no_caption": 1, "too_short": 1}
@@ -154,6 +158,10 @@ def test_the_plan_source_ships_as_columns_and_tasks_as_rows(corpus: dict[str, An
         assert clone.plans(task.rows) == eager == source.plans(task.rows)
         blob = pickle.dumps(task)
         assert len(blob) < 600 and not any(p.key.encode() in blob for p in sh.samples)
+        # A Ray task carries its own rows' columns: this shard's clips and captions, no other.
+        cut = pickle.loads(pickle.dumps(task.cut(source), protocol=5))
+        assert cut.source.clips.column("clip_id").to_pylist() == [p.key for p in sh.samples]
+        assert cut.source.plans(cut.rows) == eager
     bare = PlanSource(source.clips, source.captions, lambda _: None, source.ctx)
     with pytest.raises(TypeError, match="probe columns"):
         pickle.dumps(bare)
@@ -200,3 +208,19 @@ def test_a_failed_shard_is_reported_then_retried_and_verify_rewrites_a_changed_t
     summary = shard_stage(manifests, STAGE, str(out), cfg, runner="local", verify=True)
     assert (summary["shards_written"], summary["shards_reused"]) == (1, 3)
     assert {k: v for k, v in _files(out / STAGE).items() if k in corpus["ref"]} == corpus["ref"]
+
+
+@pytest.mark.slow
+def test_ray_tasks_cut_their_rows_and_a_rerun_reuses_every_shard(
+    corpus: dict[str, Any], tmp_path: Path, local_ray: Any
+) -> None:
+    from jobs.shard import shard_stage
+
+    out, manifests, cfg = tmp_path / "out", str(corpus["manifests"]), corpus["cfg"]
+    summary = shard_stage(manifests, STAGE, str(out), cfg, runner="ray")
+    assert (summary["shards_written"], summary["shards_reused"], summary["failed_shards"]) == (4, 0, [])
+    assert _files(out / STAGE) == corpus["ref"]
+    (out / STAGE / "eval" / "000000.tar").unlink()  # a lost shard: rewritten, the others reused
+    summary = shard_stage(manifests, STAGE, str(out), cfg, runner="ray")
+    assert (summary["shards_written"], summary["shards_reused"], summary["failed_shards"]) == (1, 3, [])
+    assert _files(out / STAGE) == corpus["ref"]

@@ -114,6 +114,23 @@ class CaptionTable:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_columns": None}  # a cache of views of `table`: rebuilt on use
 
+    def spans(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the caption rows of clip rows `idx`, clip by clip; the number of captions per clip)."""
+        lo, hi = self.offsets[idx], self.offsets[idx + 1]
+        counts = hi - lo
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        return starts + np.arange(int(counts.sum()), dtype=np.int64), counts
+
+    def subset(self, idx: np.ndarray) -> CaptionTable:
+        """The captions of clip rows `idx`, grouped by their positions in `idx`."""
+        cap_idx, counts = self.spans(idx)
+        out = CaptionTable.__new__(CaptionTable)
+        out._columns = None
+        out.table = self.table.take(pa.array(cap_idx, type=pa.int64()))
+        out.offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(counts, out=out.offsets[1:])
+        return out
+
     def picks(self, lo: int, hi: int) -> list[dict[str, _Pick]]:
         """For clip rows [lo, hi): {caption_type: (caption, status)}."""
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
@@ -160,6 +177,12 @@ class ProbeColumns:
             col[idx] = [getattr(p, name) for p in probes]
             setattr(self, name, col)
 
+    def subset(self, idx: np.ndarray) -> ProbeColumns:
+        out = ProbeColumns.__new__(ProbeColumns)
+        for name in self.FIELDS:
+            setattr(out, name, getattr(self, name)[idx])
+        return out
+
     def get(self, row: int) -> ClipProbe:
         return ClipProbe(
             width=int(self.width[row]),  # type: ignore[attr-defined]
@@ -197,6 +220,15 @@ class PlanSource:
             raise TypeError("a PlanSource is sent to workers only with its probe columns (plan_samples)")
         return (_restore_source, (self.clips, self.captions, self.probes, self.ctx))
 
+    def subset(self, rows: Sequence[int]) -> PlanSource:
+        """A source of these rows only, numbered 0.. in the given order: what one shard task needs."""
+        if self.probes is None:
+            raise TypeError("a PlanSource is cut only with its probe columns (plan_samples)")
+        idx = np.asarray(rows, dtype=np.int64)
+        out = PlanSource(self.clips.take(pa.array(idx)), self.captions.subset(idx), None, self.ctx)
+        out.probes = self.probes.subset(idx)
+        return out
+
     def _probe(self, row: int, clip_id: str) -> ClipProbe | SkipReason:
         if self.probes is not None:
             return self.probes.get(row)
@@ -208,10 +240,7 @@ class PlanSource:
         shard task builds the metas of its samples in one call)."""
         idx = np.asarray(rows, dtype=np.int64)
         clips = self.clips.take(pa.array(idx)).to_pylist()
-        lo, hi = self.captions.offsets[idx], self.captions.offsets[idx + 1]
-        counts = hi - lo
-        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        cap_idx = starts + np.arange(int(counts.sum()), dtype=np.int64)
+        cap_idx, counts = self.captions.spans(idx)
         cap_rows = self.captions.table.take(pa.array(cap_idx)).to_pylist() if len(cap_idx) else []
         out: list[SampleMeta] = []
         k = 0

@@ -729,16 +729,24 @@ def shard_is_done(
 @dataclass(frozen=True)
 class ShardTask:
     """What the driver sends one shard task: the shard's split and number and its samples' rows in
-    the plan source (training.data.planning.PlanSource, sent to the workers once), in tar order.
-    No meta is built in the driver: the task builds them, hashes the plan and checks the record."""
+    a plan source (training.data.planning.PlanSource), in tar order. The source is the job's, shared
+    in-process (local runner), or `source`, this shard's rows cut out of it (`cut`, Ray). No meta
+    is built in the driver: the task builds them, hashes the plan and checks the record."""
 
     split: str
     index: int
     rows: np.ndarray  # int64 row numbers into the plan source's clip table
+    source: Any = None
 
     @property
     def name(self) -> str:
         return shard_name(self.index)
+
+    def cut(self, source: Any) -> ShardTask:
+        """The task with its own rows' columns: a worker gets its shard's share of the inputs, not
+        the whole corpus, and only the shards in flight hold memory."""
+        rows = np.arange(len(self.rows), dtype=np.int64)
+        return ShardTask(self.split, self.index, rows, source.subset(self.rows))
 
 
 @dataclass(frozen=True)
@@ -764,9 +772,11 @@ def shard_tasks(shards: Sequence[ShardPlan]) -> tuple[Any, list[ShardTask]]:
 def run_shard_task(
     task: ShardTask, source: Any, root: str, out: str, stage_name: str, cfg: ShardConfig, verify: bool = False
 ) -> ShardOutcome:
-    """One shard, in its worker: build its samples' metas from the shared plan source, then return
-    the record of an identical finished shard (plan hash, size; sha256 with `verify`) or render it."""
-    shard = ShardPlan(task.split, task.index, tuple(source.plans(task.rows)))
+    """One shard, in its worker: build its samples' metas from its plan source (the task's own, else
+    `source`), then return the record of an identical finished shard (plan hash, size; sha256 with
+    `verify`) or render it."""
+    src = task.source if task.source is not None else source
+    shard = ShardPlan(task.split, task.index, tuple(src.plans(task.rows)))
     rec = shard_is_done(shard, out, stage_name, verify, cfg.storage_options)
     if rec is not None:
         return ShardOutcome(rec, True)
