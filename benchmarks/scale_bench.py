@@ -19,7 +19,9 @@ caption bookkeeping (parts written, compacted, read, pending work) and shard pla
 columnar readers, plan_samples and group_shards with a synthetic probe per clip; plus the plan-hash
 check a rerun makes, timed per sample on the first 1,000 shards). Each step runs in its own
 process so its peak memory is its own. Clip files are simulated: the staging listing is given,
-moves are counted.
+moves are counted. `--steps shard-driver` (after write,compact,stage,decide,caption) prints the
+driver CPU per sample and memory of `vjp shard`'s fresh dispatch and rerun done-check on Ray, the
+previous driver against the current one (SHARD_DRIVER_STEPS).
 
 Timings on a shared machine are noisy: compare ratios within one run.
 """
