@@ -11,7 +11,7 @@ tables are read (`check_columns`), and each row is validated by pydantic when it
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -169,11 +169,12 @@ class ProbeColumns:
     a Python object per clip."""
 
     FIELDS = ("width", "height", "n_frames", "fps", "size_bytes")
+    DTYPES: ClassVar[dict[str, Any]] = {"fps": np.float64, "size_bytes": np.int64}  # the rest fit int32
 
     def __init__(self, n: int, rows: Sequence[int] = (), probes: Sequence[ClipProbe] = ()) -> None:
         idx = np.asarray(rows, dtype=np.int64)
         for name in self.FIELDS:
-            col = np.zeros(n, dtype=np.float64 if name == "fps" else np.int64)
+            col = np.zeros(n, dtype=self.DTYPES.get(name, np.int32))
             col[idx] = [getattr(p, name) for p in probes]
             setattr(self, name, col)
 

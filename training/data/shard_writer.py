@@ -726,7 +726,7 @@ def shard_is_done(
     return rec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ShardTask:
     """What the driver sends one shard task: the shard's split and number and its samples' rows in
     a plan source (training.data.planning.PlanSource), in tar order. The source is the job's, shared
