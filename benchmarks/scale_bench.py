@@ -129,20 +129,21 @@ def _shard_counts(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in keep if k in summary}
 
 
+RUN_STEPS = ("curate", "caption", "shard")
+
+
 def _progress(n: int, res: dict[str, Any], step: str) -> None:
     """One line per finished step on stderr: a run that cannot finish still shows how far it got."""
     line = {"videos": n, "step_done": step, **res["steps"][step], "at": time.strftime("%H:%M:%S")}
     print(json.dumps(line), file=sys.stderr, flush=True)
 
 
-def run_one(n: int, work: str, runner: str, progress: bool = False) -> dict[str, Any]:
-    from captioning.config import config_from_dict
+def run_one(
+    n: int, work: str, runner: str, progress: bool = False, steps: tuple[str, ...] = RUN_STEPS
+) -> dict[str, Any]:
     from curation.config import parse_config
     from curation.configfile import load_section
-    from jobs.caption import caption_clips
     from jobs.curate import curate
-    from jobs.shard import shard_stage
-    from training.data.stages import parse_config as parse_shard
 
     src, out = os.path.join(work, f"src{n}"), os.path.join(work, f"out{n}")
     _, gen_s, _ = timed(lambda: make_videos(src, n))
@@ -161,6 +162,24 @@ def run_one(n: int, work: str, runner: str, progress: bool = False) -> dict[str,
                               "driver_peak_rss_mb": peak_rss_mb()}  # fmt: skip
     res["clips_kept"] = summary["clips_kept"]
     _progress(n, res, "curate")
+    if "caption" in steps:
+        _caption_step(n, work, out, res, progress)
+    if "shard" in steps:
+        _shard_step(n, out, res, runner, progress)
+    for s in res["steps"].values():
+        for k in s:
+            s[k] = round(s[k], 1)
+    res["driver_peak_rss_mb"] = round(peak_rss_mb(), 1)
+    res["driver_rss_growth_mb"] = round(peak_rss_mb() - rss0, 1)
+    res["manifest_files"] = manifest_files(out)
+    res["manifest_read_s"] = round(read_time(out), 3)
+    return res
+
+
+def _caption_step(n: int, work: str, out: str, res: dict[str, Any], progress: bool) -> None:
+    from captioning.config import config_from_dict
+    from curation.configfile import load_section
+    from jobs.caption import caption_clips
 
     data, origin = load_section(str(DEMO), "caption", [])
     data = {**data, **SCALE_CAPTION}
@@ -185,6 +204,12 @@ def run_one(n: int, work: str, runner: str, progress: bool = False) -> dict[str,
                               "driver_peak_rss_mb": peak_rss_mb()}  # fmt: skip
     _progress(n, res, "caption")
 
+
+def _shard_step(n: int, out: str, res: dict[str, Any], runner: str, progress: bool) -> None:
+    from curation.configfile import load_section
+    from jobs.shard import shard_stage
+    from training.data.stages import parse_config as parse_shard
+
     sdata, sorigin = load_section(str(DEMO), "shard", ["runner.progress=" + str(progress).lower()])
     scfg = parse_shard({**sdata, "stages": {"scale": SCALE_STAGE}}, sorigin)
     shards = os.path.join(out, "shards")
@@ -195,14 +220,6 @@ def run_one(n: int, work: str, runner: str, progress: bool = False) -> dict[str,
     res["steps"]["shard"] = {"wall_per_video_ms": 1e3 * w / n, "cpu_per_video_ms": 1e3 * c / n,
                               "driver_peak_rss_mb": peak_rss_mb()}  # fmt: skip
     _progress(n, res, "shard")
-    for s in res["steps"].values():
-        for k in s:
-            s[k] = round(s[k], 1)
-    res["driver_peak_rss_mb"] = round(peak_rss_mb(), 1)
-    res["driver_rss_growth_mb"] = round(peak_rss_mb() - rss0, 1)
-    res["manifest_files"] = manifest_files(out)
-    res["manifest_read_s"] = round(read_time(out), 3)
-    return res
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -219,6 +236,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             args.work,
             "--runner",
             args.runner,
+            "--steps",
+            args.steps,
             *(["--progress"] if args.progress else []),
         ]
         # stderr passes through: per-step progress lines (and bars with --progress) reach the log.
@@ -617,11 +636,13 @@ def main() -> None:
     r.add_argument("--runner", choices=["local", "ray"], default="local")
     r.add_argument("--progress", action="store_true", help="progress bars of curate and caption on stderr")
     r.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vjp-scale-bench"))
+    r.add_argument("--steps", default=",".join(RUN_STEPS), help="curate always runs; caption, shard optional")
     one = sub.add_parser("run-one")
     one.add_argument("--n", type=int, required=True)
     one.add_argument("--work", required=True)
     one.add_argument("--runner", default="local")
     one.add_argument("--progress", action="store_true")
+    one.add_argument("--steps", default=",".join(RUN_STEPS))
     s = sub.add_parser("sim")
     s.add_argument("--videos", type=int, default=1_000_000)
     s.add_argument("--clips-per-video", type=int, default=6)
@@ -638,7 +659,9 @@ def main() -> None:
         cmd_run(args)
     elif args.cmd == "run-one":
         os.makedirs(args.work, exist_ok=True)
-        print(json.dumps(run_one(args.n, args.work, args.runner, args.progress)))
+        print(
+            json.dumps(run_one(args.n, args.work, args.runner, args.progress, tuple(args.steps.split(","))))
+        )
     elif args.cmd == "sim":
         os.makedirs(args.work, exist_ok=True)
         cmd_sim(args)
