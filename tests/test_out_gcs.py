@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.config import CurateConfig
-from curation.manifest import committed_files, read_table
+from curation.manifest import committed_files
 from curation.pipeline import Layout
 from jobs.curate import curate
+from tests.bucket_helpers import ROOT, bucket_objects, child_env, curate_cmd, manifest_rows
 from tests.conftest import SHARED_VIDEOS
 from tests.gcs_fixtures import GcsEnv, gcs, gcs_server, set_token  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
 CFG = CurateConfig()
 SECRET = "ya29.vjp-secret-never-written-5e1d0b"  # a raw bearer token (the emulator accepts any)
 
@@ -47,26 +46,6 @@ def corpus(corpus_dir: Path, tmp_path: Path) -> Path:
     return src
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def _curate_cmd(src: Path, out: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "curate", "--runner", "local", "--no-report",
-            "--source", f"files:{src}/*.mp4", "--out", out]  # fmt: skip
-
-
-def _rows(folder: str) -> set[tuple]:
-    rows = read_table(folder, group_key=None).to_pylist()
-    return {tuple(sorted((k, repr(v)) for k, v in r.items())) for r in rows}
-
-
-def _objects(env: GcsEnv, url: str) -> dict[str, bytes]:
-    fs = env.fs()
-    root = url.removeprefix("gs://")
-    return {p[len(root) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
-
-
 def _wait_for(fs: Any, prefix: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -79,12 +58,14 @@ def _wait_for(fs: Any, prefix: str, proc: subprocess.Popen[bytes]) -> None:
 
 def _same_as_local(local: str, url: str, env: GcsEnv) -> dict[str, bytes]:
     la, lb = Layout(local), Layout(url)
-    assert _rows(os.path.dirname(la.clips_manifest)) == _rows(os.path.dirname(lb.clips_manifest))
+    assert manifest_rows(os.path.dirname(la.clips_manifest)) == manifest_rows(
+        os.path.dirname(lb.clips_manifest)
+    )
     for folder in ("videos", "scores", "thumbs"):
-        assert _rows(getattr(la, folder)) == _rows(getattr(lb, folder)), folder
+        assert manifest_rows(getattr(la, folder)) == manifest_rows(getattr(lb, folder)), folder
         # Compacted: one committed data file for this small job, no loose per-video parts left.
         assert [n[:2] for n in committed_files(getattr(lb, folder))] == ["c-"], folder
-    objects = _objects(env, url)
+    objects = bucket_objects(env.fs(), url)
     kept = {n for n in objects if n.startswith("clips/")}
     assert kept and kept == {f"clips/{p.name}" for p in Path(local, "clips").iterdir()}
     assert all(objects[n] == Path(local, n).read_bytes() for n in kept)  # byte-identical clips
@@ -118,7 +99,7 @@ def test_curate_into_a_gcs_bucket_equals_a_local_run_and_resumes_after_sigkill(
     # Readers take committed objects only: a compacted file without its commit record (a
     # compaction killed before the record) is ignored.
     videos = Layout(url).videos
-    before = _rows(videos)
+    before = manifest_rows(videos)
     fs = gcs.fs()
     first = fs.cat_file(f"{videos.removeprefix('gs://')}/{committed_files(videos)[0]}")
     table = pq.read_table(pa.BufferReader(first)).slice(0, 1)
@@ -128,17 +109,17 @@ def test_curate_into_a_gcs_bucket_equals_a_local_run_and_resumes_after_sigkill(
     fs.pipe_file(f"{videos.removeprefix('gs://')}/c-999999-00000.parquet", sink.getvalue().to_pybytes())
     fsspec.filesystem("gs").invalidate_cache()
     assert "c-999999-00000.parquet" not in committed_files(videos)
-    assert _rows(videos) == before
+    assert manifest_rows(videos) == before
 
     # kill -9 in the middle of a run into a fresh bucket, then rerun: the same as the local run.
     killed = gcs.bucket("killed") + "/run"
-    proc = subprocess.Popen(_curate_cmd(corpus, killed), env=_env(), cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(curate_cmd(corpus, killed), env=child_env(), cwd=ROOT, start_new_session=True)
     _wait_for(fs, killed.removeprefix("gs://") + "/manifests/videos", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     fs.invalidate_cache()
     assert not fs.exists(killed.removeprefix("gs://") + "/manifests/clips/clips.parquet")
-    out = subprocess.run(_curate_cmd(corpus, killed), env=_env(), cwd=ROOT, check=True,
+    out = subprocess.run(curate_cmd(corpus, killed), env=child_env(), cwd=ROOT, check=True,
                          capture_output=True, text=True)  # fmt: skip
     assert SECRET not in out.stdout + out.stderr
     fsspec.filesystem("gs").invalidate_cache()

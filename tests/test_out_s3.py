@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from curation.config import CurateConfig
-from curation.manifest import committed_files, read_table
+from curation.manifest import committed_files
 from curation.pipeline import Layout
 from jobs.curate import curate
+from tests.bucket_helpers import ROOT, bucket_objects, child_env, curate_cmd, manifest_rows
 from tests.s3_fixtures import S3Env, s3, s3_server  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
 CFG = CurateConfig()
 SECRET = "vjp-secret-never-written-7f3a9c"
 CAPTIONS = {
@@ -61,25 +61,11 @@ def small_corpus(corpus_dir: Path, tmp_path: Path) -> Path:
     return src
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def _curate_cmd(src: Path, out: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "curate", "--runner", "local", "--no-report",
-            "--source", f"files:{src}/*.mp4", "--out", out]  # fmt: skip
-
-
 def _caption(out: str, delay: float = 0.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", CAPTION_SCRIPT, f"{out}/manifests", str(delay)],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, check=True,
+        env=child_env(), cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
-
-
-def _rows(folder: str, drop: tuple[str, ...] = ()) -> set[tuple]:
-    rows = read_table(folder, group_key=None).to_pylist()
-    return {tuple(sorted((k, repr(v)) for k, v in r.items() if k not in drop)) for r in rows}
 
 
 def _captions(out: str) -> set[tuple]:
@@ -87,12 +73,6 @@ def _captions(out: str) -> set[tuple]:
 
     rows = read_captions(f"{out}/manifests/captions").to_pylist()
     return {(r["clip_id"], r["caption_type"], r["status"], r["caption"]) for r in rows}
-
-
-def _objects(s3env: S3Env, url: str) -> dict[str, bytes]:
-    fs = s3env.fs()
-    root = url.removeprefix("s3://")
-    return {p[len(root) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
 
 
 def _wait_for(fs: Any, prefix: str, proc: subprocess.Popen[bytes]) -> None:
@@ -120,12 +100,14 @@ def test_curate_and_caption_into_a_bucket_equal_a_local_run(
         s.pop("elapsed_s")
     assert a == b and a["clips_kept"] > 0
     la, lb = Layout(local), Layout(url)
-    assert _rows(os.path.dirname(la.clips_manifest)) == _rows(os.path.dirname(lb.clips_manifest))
+    assert manifest_rows(os.path.dirname(la.clips_manifest)) == manifest_rows(
+        os.path.dirname(lb.clips_manifest)
+    )
     for folder in ("videos", "scores", "thumbs"):
-        assert _rows(getattr(la, folder)) == _rows(getattr(lb, folder)), folder
+        assert manifest_rows(getattr(la, folder)) == manifest_rows(getattr(lb, folder)), folder
         # Compacted: one committed data file for this small job, no loose per-video parts left.
         assert [n[:2] for n in committed_files(getattr(lb, folder))] == ["c-"], folder
-    objects = _objects(s3, url)
+    objects = bucket_objects(s3.fs(), url)
     kept = {n for n in objects if n.startswith("clips/")}
     assert kept == {f"clips/{p.name}" for p in Path(local, "clips").iterdir()}
     assert all(objects[n] == Path(local, n).read_bytes() for n in kept)  # byte-identical clips
@@ -134,7 +116,7 @@ def test_curate_and_caption_into_a_bucket_equal_a_local_run(
         _caption(out)
     assert _captions(local) == _captions(url)
     assert {c[2] for c in _captions(url)} == {"ok"}
-    objects = _objects(s3, url)
+    objects = bucket_objects(s3.fs(), url)
     assert [n for n in objects if n.startswith("manifests/captions/c-")], sorted(objects)
     assert not [n for n in objects if n.startswith("manifests/captions/part-")]
     leaks = [n for n, data in objects.items() if SECRET.encode() in data]
@@ -149,20 +131,26 @@ def test_sigkill_and_resume_in_a_bucket_equal_an_uninterrupted_run(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     clean, killed = s3.bucket("clean") + "/run", s3.bucket("killed") + "/run"
-    subprocess.run(_curate_cmd(small_corpus, clean), env=_env(), cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        curate_cmd(small_corpus, clean), env=child_env(), cwd=ROOT, check=True, capture_output=True
+    )
     fs = s3.fs()
-    proc = subprocess.Popen(_curate_cmd(small_corpus, killed), env=_env(), cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        curate_cmd(small_corpus, killed), env=child_env(), cwd=ROOT, start_new_session=True
+    )
     _wait_for(fs, killed.removeprefix("s3://") + "/manifests/videos", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not fs.exists(killed.removeprefix("s3://") + "/manifests/clips/clips.parquet")
-    out = subprocess.run(_curate_cmd(small_corpus, killed), env=_env(), cwd=ROOT, check=True,
+    out = subprocess.run(curate_cmd(small_corpus, killed), env=child_env(), cwd=ROOT, check=True,
                          capture_output=True, text=True)  # fmt: skip
     assert SECRET not in out.stdout + out.stderr
     for name in ("videos", "scores", "thumbs"):
-        assert _rows(getattr(Layout(clean), name)) == _rows(getattr(Layout(killed), name)), name
-    assert _rows(f"{clean}/manifests/clips") == _rows(f"{killed}/manifests/clips")
-    a, b = _objects(s3, clean), _objects(s3, killed)
+        assert manifest_rows(getattr(Layout(clean), name)) == manifest_rows(getattr(Layout(killed), name)), (
+            name
+        )
+    assert manifest_rows(f"{clean}/manifests/clips") == manifest_rows(f"{killed}/manifests/clips")
+    a, b = bucket_objects(s3.fs(), clean), bucket_objects(s3.fs(), killed)
     clips_a = {n: d for n, d in a.items() if n.startswith("clips/")}
     assert clips_a and clips_a == {n: d for n, d in b.items() if n.startswith("clips/")}
 
@@ -170,7 +158,7 @@ def test_sigkill_and_resume_in_a_bucket_equal_an_uninterrupted_run(
     _caption(clean)
     proc = subprocess.Popen(
         [sys.executable, "-c", CAPTION_SCRIPT, f"{killed}/manifests", "1.0"],
-        env=_env(), cwd=ROOT, start_new_session=True,
+        env=child_env(), cwd=ROOT, start_new_session=True,
     )  # fmt: skip
     _wait_for(fs, killed.removeprefix("s3://") + "/manifests/captions", proc)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -178,5 +166,5 @@ def test_sigkill_and_resume_in_a_bucket_equal_an_uninterrupted_run(
     assert _captions(killed) < _captions(clean)
     _caption(killed)
     assert _captions(killed) == _captions(clean)
-    leaks = [n for n, data in _objects(s3, killed).items() if SECRET.encode() in data]
+    leaks = [n for n, data in bucket_objects(s3.fs(), killed).items() if SECRET.encode() in data]
     assert not leaks, leaks
