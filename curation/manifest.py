@@ -375,7 +375,11 @@ def _merge(
     n_out = max(1, -(-rows // step))
     written = [f"c-{gen:06d}-{i:05d}.parquet" for i in range(n_out)]
     with tempfile.TemporaryDirectory(prefix="vjp-compact-") as tmp:
-        writers: dict[int, pq.ParquetWriter] = {}
+        # Each output's spill is cut by position into buckets of at most a row group's rows (and
+        # about _GROUP_BYTES): rows arrive in any order (Ray batch parts are named by a hash, not a
+        # key), and sorting one bucket at a time holds a bucket, never a whole output file.
+        width = max(1, min(ROW_GROUP_ROWS, step * _GROUP_BYTES // max(bytes_per_file, 1)))
+        writers: dict[tuple[int, int], pq.ParquetWriter] = {}
         # Pieces wait until a row group's worth has gathered: thousands of per-video parts written
         # as thousands of tiny row groups cost ~230 kB of memory each when the spill is read back.
         # Bounded: every output flushes at a row group's rows, all of them at _SPILL_BYTES in all.
@@ -393,9 +397,12 @@ def _merge(
             fresh.pop(j, None)
             bytes_waiting -= sum(x.nbytes for x in pieces)
             piece = pa.concat_tables(pieces).combine_chunks()
-            if j not in writers:
-                writers[j] = pq.ParquetWriter(os.path.join(tmp, f"{j}.parquet"), piece.schema)
-            writers[j].write_table(piece)
+            bucket = (piece.column("__pos").to_numpy() - j * step) // width
+            for k in np.unique(bucket).tolist():
+                part = piece.filter(pa.array(bucket == k))
+                if (j, k) not in writers:
+                    writers[(j, k)] = pq.ParquetWriter(os.path.join(tmp, f"{j}-{k}.parquet"), part.schema)
+                writers[(j, k)].write_table(part)
 
         def gather(j: int) -> None:
             """The latest small pieces of output j as one table: memory, not a row group."""
@@ -435,32 +442,28 @@ def _merge(
             for w in writers.values():
                 w.close()
         for j, name in enumerate(written):
-            spill = os.path.join(tmp, f"{j}.parquet")
-            if os.path.exists(spill) and _in_order(spill):
-                # Parts named by their key arrive in order: stream the spill, no table of it all.
-                _copy_spill(spill, atomic.join(folder, name))
-                os.remove(spill)
-                continue
-            if os.path.exists(spill):
-                t = pq.read_table(spill).sort_by("__pos").drop_columns(["__pos"])
-                os.remove(spill)
-            else:  # an empty manifest still gets one (empty) file
+            spills = [s for s in (os.path.join(tmp, f"{j}-{k}.parquet") for k in range(-(-step // width)))
+                      if os.path.exists(s)]  # fmt: skip
+            if not spills:  # an empty manifest still gets one (empty) file
                 t = (schema or _read_file(folder, files[0], None).schema).empty_table()
-            write_parquet(t, atomic.join(folder, name))
+                write_parquet(t, atomic.join(folder, name))
+                continue
+            out_schema = pq.read_schema(spills[0])
+            out_schema = out_schema.remove(out_schema.get_field_index("__pos"))
+            write_batches(_sorted_buckets(spills), out_schema, atomic.join(folder, name))
     return rows, written
 
 
-def _in_order(spill: str) -> bool:
-    pos = pq.read_table(spill, columns=["__pos"]).column("__pos").to_numpy()
-    return bool(np.all(np.diff(pos) > 0))
-
-
-def _copy_spill(spill: str, path: str) -> None:
-    """A spill file already in output order, minus its `__pos` column, a row group at a time."""
-    pf = pq.ParquetFile(spill)
-    schema = pf.schema_arrow.remove(pf.schema_arrow.get_field_index("__pos"))
-    groups = (pf.read_row_group(i, columns=schema.names) for i in range(pf.num_row_groups))
-    write_batches(groups, schema, path)
+def _sorted_buckets(spills: list[str]) -> Iterator[pa.Table]:
+    """Each bucket's rows in position order (buckets come in order), removed once read."""
+    for spill in spills:
+        t = pq.read_table(spill)
+        pos = t.column("__pos").to_numpy()
+        if not np.all(np.diff(pos) > 0):
+            t = t.take(pa.array(np.argsort(pos, kind="stable")))
+        os.remove(spill)
+        yield t.drop_columns(["__pos"])
+        del t
 
 
 def _latest_mask(keys: pa.ChunkedArray, rank: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -215,32 +216,40 @@ def test_small_pieces_are_gathered_while_they_wait(tmp_path: Path, monkeypatch: 
     assert [r["clip_id"] for r in read_rows(str(tmp_path))] == before
 
 
-@pytest.mark.parametrize("in_order", [True, False])
-def test_spills_in_order_stream_and_others_sort(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_order: bool
+@pytest.mark.parametrize("batch_parts", [False, True])
+def test_spills_are_sorted_a_bucket_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_parts: bool
 ) -> None:
-    # Parts named by video id arrive in key order: the spill is copied as it is (no table of the whole
-    # output in memory). A compacted file followed by parts of smaller keys needs the sort.
+    # Rows reach an output's spill in any order: Ray's batch parts are named by a hash of their
+    # videos, each holding videos from all over the key range. Each output is sorted one position
+    # bucket (at most a row group) at a time, never read back whole; the rows come out in key order.
     import curation.manifest as manifest
 
-    if in_order:
+    monkeypatch.setattr(manifest, "ROW_GROUP_ROWS", 8)
+    if batch_parts:
+        for b in range(5):
+            rows = [{"video_id": f"v{i:03d}", "clip_id": f"v{i:03d}_a{j}", "jpeg": b"a"}
+                    for i in range(b, 20, 5) for j in range(2)]  # fmt: skip
+            write_table_atomic(rows, THUMB_SCHEMA, str(tmp_path / f"batch-{b}.parquet"))
+    else:
         for i in range(20):
             _thumbs(tmp_path, f"v{i:03d}", 2)
-    else:
-        for i in range(10, 20):
-            _thumbs(tmp_path, f"v{i:03d}", 2)
-        compact(str(tmp_path), THUMB_SCHEMA, sort_by=("video_id", "clip_id"))
-        for i in range(10):
-            _thumbs(tmp_path, f"v{i:03d}", 2)
-    copies: list[str] = []
-    real = manifest._copy_spill
-    monkeypatch.setattr(manifest, "_copy_spill", lambda s, p: (copies.append(p), real(s, p)))
+    sizes: list[int] = []
+    real = manifest._sorted_buckets
+
+    def spy(spills: list[str]) -> Iterator[pa.Table]:
+        for t in real(spills):
+            sizes.append(t.num_rows)
+            yield t
+
+    monkeypatch.setattr(manifest, "_sorted_buckets", spy)
     compact(str(tmp_path), THUMB_SCHEMA, sort_by=("video_id", "clip_id"))
-    assert len(copies) == (1 if in_order else 0)
+    assert sizes == [8] * 5  # 40 rows, buckets of 8 positions: never the whole output at once
     (name,) = committed_files(str(tmp_path))
     got = pq.read_table(tmp_path / name)
-    assert got.schema.names == THUMB_SCHEMA.names  # the spill's __pos column is gone either way
+    assert got.schema.names == THUMB_SCHEMA.names  # the spill's __pos column is gone
     assert got.column("clip_id").to_pylist() == sorted(f"v{i:03d}_a{j}" for i in range(20) for j in range(2))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("batch-") or n.startswith("v0")]
 
 
 def test_large_rows_close_row_groups_by_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
