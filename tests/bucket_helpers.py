@@ -32,3 +32,24 @@ def bucket_objects(fs: Any, url: str) -> dict[str, bytes]:
     """Every object below `url`, by its name relative to it."""
     root = url.split("://", 1)[1]
     return {p[len(root) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
+
+
+def assert_same_as_local(local: str, url: str, fs: Any) -> dict[str, bytes]:
+    """A curation OUT in a bucket holds what a local run of the same videos holds: the same manifest
+    rows, each folder compacted to one committed file, and byte-identical clips. Returns the objects."""
+    from curation.manifest import committed_files
+    from curation.pipeline import Layout
+
+    la, lb = Layout(local), Layout(url)
+    assert manifest_rows(os.path.dirname(la.clips_manifest)) == manifest_rows(
+        os.path.dirname(lb.clips_manifest)
+    )
+    for folder in ("videos", "scores", "thumbs"):
+        assert manifest_rows(getattr(la, folder)) == manifest_rows(getattr(lb, folder)), folder
+        # Compacted: one committed data file for this small job, no loose per-video parts left.
+        assert [n[:2] for n in committed_files(getattr(lb, folder))] == ["c-"], folder
+    objects = bucket_objects(fs, url)
+    kept = {n for n in objects if n.startswith("clips/")}
+    assert kept == {f"clips/{p.name}" for p in Path(local, "clips").iterdir()}
+    assert all(objects[n] == Path(local, n).read_bytes() for n in kept)  # byte-identical clips
+    return objects

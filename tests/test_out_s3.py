@@ -15,10 +15,16 @@ from typing import Any
 import pytest
 
 from curation.config import CurateConfig
-from curation.manifest import committed_files
 from curation.pipeline import Layout
 from jobs.curate import curate
-from tests.bucket_helpers import ROOT, bucket_objects, child_env, curate_cmd, manifest_rows
+from tests.bucket_helpers import (
+    ROOT,
+    assert_same_as_local,
+    bucket_objects,
+    child_env,
+    curate_cmd,
+    manifest_rows,
+)
 from tests.s3_fixtures import S3Env, s3, s3_server  # noqa: F401
 
 CFG = CurateConfig()
@@ -99,18 +105,7 @@ def test_curate_and_caption_into_a_bucket_equal_a_local_run(
     for s in (a, b):
         s.pop("elapsed_s")
     assert a == b and a["clips_kept"] > 0
-    la, lb = Layout(local), Layout(url)
-    assert manifest_rows(os.path.dirname(la.clips_manifest)) == manifest_rows(
-        os.path.dirname(lb.clips_manifest)
-    )
-    for folder in ("videos", "scores", "thumbs"):
-        assert manifest_rows(getattr(la, folder)) == manifest_rows(getattr(lb, folder)), folder
-        # Compacted: one committed data file for this small job, no loose per-video parts left.
-        assert [n[:2] for n in committed_files(getattr(lb, folder))] == ["c-"], folder
-    objects = bucket_objects(s3.fs(), url)
-    kept = {n for n in objects if n.startswith("clips/")}
-    assert kept == {f"clips/{p.name}" for p in Path(local, "clips").iterdir()}
-    assert all(objects[n] == Path(local, n).read_bytes() for n in kept)  # byte-identical clips
+    assert_same_as_local(local, url, s3.fs())
 
     for out in (local, url):
         _caption(out)
