@@ -194,3 +194,41 @@ def test_storage_options_refuse_credentials() -> None:
     assert "SECRETX" not in str(e.value)
     ok = parse_config({"storage_options": {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}})
     assert ok.storage_options["client_kwargs"]["endpoint_url"].endswith(":9000")
+
+
+def test_old_sample_tables_are_pruned_keeping_the_previous_one(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Each rerun that changes a split writes a new content-named table; the one the replaced index
+    named stays (a reader may have read that index just before), older ones go, other splits' and
+    foreign files stay."""
+    from training.data.sample_format import read_index
+    from training.data.shard_writer import read_record, write_split_index
+
+    stage = _copy_stage(tiny["shards"], tmp_path / "shards" / "tiny")
+    meta = stage / "__index__"
+    index = read_index(meta / "train.json")
+    records = {e.name: read_record(str(stage.parent), "tiny", "train", e.name) for e in index.shards}
+    assert len(index.shards) >= 3 and all(records.values())
+    t0 = index.sample_table.name  # type: ignore[union-attr]
+    (meta / "val.samples.0123456789abcdef.arrow").write_bytes(b"other split")
+    (meta / "train.samples.notahash.arrow").write_bytes(b"not a table name")
+    reader = SampleTable.build(str(stage), "train")  # maps t0
+
+    def commit(k: int) -> str:
+        sub = index.model_copy(
+            update={"shards": index.shards[:k], "samples": sum(e.samples for e in index.shards[:k])}
+        )
+        return write_split_index(str(stage), sub, records).sample_table.name  # type: ignore[union-attr]
+
+    t1 = commit(len(index.shards) - 1)
+    assert t1 != t0 and (meta / t0).exists() and (meta / t1).exists()
+    t2 = commit(len(index.shards) - 2)
+    tables = sorted(p.name for p in meta.glob("train.samples.*.arrow"))
+    assert tables == sorted([t1, t2, "train.samples.notahash.arrow"])
+    assert (meta / "val.samples.0123456789abcdef.arrow").exists()
+    # Same content again: the replaced index named t2 too, so t1 is no longer anyone's previous.
+    assert commit(len(index.shards) - 2) == t2
+    assert sorted(p.name for p in meta.glob("train.samples.*.arrow")) == sorted(
+        [t2, "train.samples.notahash.arrow"]
+    )
+    # A reader that mapped t0 before it was removed still reads it (POSIX keeps the inode).
+    assert len(reader.columns) == index.samples and int(reader.columns.size.sum()) > 0

@@ -62,6 +62,18 @@ def table_name(split: str, sha256: str) -> str:
     return f"{split}.samples.{sha256[:16]}.arrow"
 
 
+def is_table_name(name: str, split: str) -> bool:
+    """Whether a file name in __index__/ is one of `split`'s sample tables (any content hash)."""
+    prefix, suffix = f"{split}.samples.", ".arrow"
+    digest = name[len(prefix) : -len(suffix)]
+    return (
+        name.startswith(prefix)
+        and name.endswith(suffix)
+        and len(digest) == 16
+        and all(c in "0123456789abcdef" for c in digest)
+    )
+
+
 @dataclass
 class TableColumns:
     """The four columns as numpy arrays (views of the mapped file when opened from disk)."""

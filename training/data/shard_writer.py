@@ -810,15 +810,45 @@ def write_split_index(
     data = encode_table(TableColumns.concat(parts))
     sha = hashlib.sha256(data).hexdigest()
     name = table_name(index.split, sha)
+    index_path = store.join(stage_dir, META_DIR, f"{index.split}.json")
+    previous = _table_named_by(index_path, storage_options)
     store.write_bytes(store.join(stage_dir, META_DIR, name), data, storage_options)
     ref = SampleTableRef(name=name, rows=index.samples, bytes=len(data), sha256=sha)
     index = index.model_copy(update={"sample_table": ref})
-    store.write_bytes(
-        store.join(stage_dir, META_DIR, f"{index.split}.json"),
-        dumps(index.model_dump(mode="json")),
-        storage_options,
-    )
+    store.write_bytes(index_path, dumps(index.model_dump(mode="json")), storage_options)
+    prune_sample_tables(stage_dir, index.split, {name, previous} - {None}, storage_options)  # type: ignore[arg-type]
     return index
+
+
+def _table_named_by(index_path: str, storage_options: Mapping[str, Any] | None) -> str | None:
+    """The sample table an existing index names (any index schema), or None."""
+    import json
+
+    if not store.exists(index_path, storage_options):
+        return None
+    try:
+        name = json.loads(store.read_bytes(index_path, storage_options)).get("sample_table", {}).get("name")
+    except (ValueError, AttributeError):
+        return None  # a malformed index names nothing: its table is pruned like any other
+    return name if isinstance(name, str) else None
+
+
+def prune_sample_tables(
+    stage_dir: str, split: str, keep: set[str], storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Remove the split's sample tables other than `keep`; the names removed.
+
+    Tables are content-named, so every rerun that changes a split leaves the old one behind. The
+    new index's table and the one the index it replaced named are kept: a reader that read the old
+    index just before the commit can still open that table (one that has it open keeps its mapping
+    or its downloaded copy either way). Anything older no index names any more."""
+    from training.data.sample_table import is_table_name
+
+    folder = store.join(stage_dir, META_DIR)
+    removed = [n for n in store.listdir(folder, storage_options) if is_table_name(n, split) and n not in keep]
+    for n in removed:
+        store.remove(store.join(folder, n), storage_options)
+    return removed
 
 
 def build_index(
