@@ -285,7 +285,12 @@ def build_demo_captioner(
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
         model.train()
         ctypes = sorted(prompts_text)
-        vk = {"do_sample_frames": False, "size": {"shortest_edge": 28 * 28, "longest_edge": h * w}}
+        vk: dict[str, Any] = {
+            "do_sample_frames": False,
+            "size": {"shortest_edge": 28 * 28, "longest_edge": h * w},
+        }
+        if hasattr(processor.video_processor, "cap_pixels_per_frame"):
+            vk["cap_pixels_per_frame"] = False  # the frames are already sized, as the backend says too
         blank = torch.zeros(n_frames, 3, h, w, dtype=torch.uint8)
         n_prompt = {
             ctype: len(processor(text=[text], videos=[blank], videos_kwargs=vk)["input_ids"][0])
