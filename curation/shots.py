@@ -19,6 +19,7 @@ Detectors (`split.detector`), all fed the small frames of the single analysis de
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -82,8 +83,34 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True)), 1e-3)
 
 
+# Frames per stacked batch of CueTracker.push_many: the frame index is a uint8 histogram dimension.
+_MAX_BATCH = 256
+
+
+@functools.lru_cache(maxsize=8)
+def _frame_plane(n: int, h: int, w: int) -> np.ndarray:
+    """Each pixel's frame number in a stack of n frames of h x w, as one tall uint8 image."""
+    return np.repeat(np.arange(n, dtype=np.uint8), h * w).reshape(n * h, w)
+
+
+def _channel_sums(x: np.ndarray) -> np.ndarray:
+    """Per-frame, per-channel integer sums of an (frames, pixels, 3) uint8 stack."""
+    if not len(x):
+        return np.zeros((0, 3), np.int64)
+    return cv2.reduce(x, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).reshape(len(x), 3).astype(np.int64)
+
+
 class CueTracker:
-    """Per-frame cues of the hardcut detector: a few floats a frame, decisions at the end."""
+    """Per-frame cues of the hardcut detector: a few floats a frame, decisions at the end.
+
+    `push_many` takes a chunk of frames at once: the per-pixel work (colour conversions, differences,
+    histograms, reductions) runs once over the stacked chunk, so tiny detection frames do not pay ~25
+    small library calls each. Every value is bit for bit what one frame at a time gives: integer sums
+    are exact in any order, and OpenCV's means are reproduced as it computes them (sum * (1 / n));
+    what stays per frame is what a batched form would round differently: the INTER_AREA thumbnail
+    (stacked frames would share area cells at their edges) and the float32 BLAS products (a stacked
+    matrix product sums in another order), called with the same shapes and layouts as before.
+    """
 
     def __init__(self) -> None:
         self.content: list[float] = []  # mean |HSV change|, PySceneDetect's content_val
@@ -93,61 +120,117 @@ class CueTracker:
         self.contrast: list[float] = []  # std of the gray thumbnail
         self.black: list[float] = []  # share of pixels no brighter than BLACK_VALUE
         self.strong_lag: list[list[float]] = []  # strong-change share against frame i-1-k, k < LAGS
-        self._vals: list[np.ndarray] = []  # HSV value planes of the last LAGS frames
         self.struct: list[list[float]] = []  # 1 - best shifted correlation with frame i-1-k, k < LAGS
         self.hist_lag: list[list[float]] = []  # 1 - histogram cosine with frame i-1-k, k < LAGS
-        self._prev: tuple[np.ndarray, np.ndarray] | None = None
+        # The last frame's HSV pixels, and the HSV value planes of the last LAGS frames (oldest first).
+        self._hsv: np.ndarray | None = None
+        self._vals = np.zeros((0, 0), np.uint8)
         # Unit centre crops and histograms of the last LAGS frames, newest first, as the rows of one
-        # array each (what np.stack of the lists gave, kept instead of rebuilt every frame).
+        # array each.
         self._centres = np.zeros((0, (THUMB_H - 2) * (THUMB_W - 2)), np.float32)
         self._hists = np.zeros((0, HIST_BINS**3), np.float32)
 
     def push(self, bgr: np.ndarray) -> None:
-        # cv2 reductions rather than numpy ones: this runs on every decoded frame.
-        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
-        hist = cv2.calcHist([bgr], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
-        hist /= max(cv2.norm(hist), 1e-9)
-        self.value.append(cv2.mean(hsv)[2])
-        val = cv2.extractChannel(hsv, 2)
-        self.black.append(1.0 - cv2.countNonZero(cv2.compare(val, BLACK_VALUE, cv2.CMP_GT)) / val.size)
-        # Only the title rule reads these, and only between mostly black frames: skip the others.
-        dark_now = self.black[-1] >= TITLE_BLACK
-        lagged = [
-            cv2.countNonZero(cv2.compare(cv2.absdiff(val, p), STRONG_CHANGE, cv2.CMP_GT)) / val.size
-            if dark_now or self.black[-2 - k] >= TITLE_BLACK
-            else 0.0
-            for k, p in enumerate(self._vals[::-1])
-        ]
-        self.strong_lag.append(lagged + [0.0] * (LAGS - len(lagged)))
-        self._vals = [*self._vals, val][-LAGS:]
-        thumb = cv2.resize(
-            cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA
-        )
-        thumb = thumb.astype(np.float32)
-        self.contrast.append(float(cv2.meanStdDev(thumb)[1][0, 0]))
-        # Every (THUMB_H-2) x (THUMB_W-2) crop inside the thumbnail: the 9 one-pixel shifts.
-        shifted = _unit(thumb.ravel()[_CROP_INDEX])
-        centre = shifted[4]
-        if self._prev is None:
+        self.push_many([bgr])
+
+    def push_many(self, frames: Sequence[np.ndarray]) -> None:
+        """The cues of the next frames, in display order (all of one size, BGR uint8)."""
+        for start in range(0, len(frames), _MAX_BATCH):
+            self._push_batch(np.stack(frames[start : start + _MAX_BATCH]))
+
+    def _push_batch(self, bgr: np.ndarray) -> None:
+        n, h, w = bgr.shape[:3]
+        npx = h * w
+        rows = bgr.reshape(n * h, w, 3)  # the chunk as one tall image: per-pixel work in one call
+        # HSV of the chunk behind the last frame's, so every frame's change is one absdiff.
+        first = self._hsv is None
+        hsv_all = np.empty((n + 1, npx, 3), np.uint8)
+        cv2.cvtColor(rows, cv2.COLOR_BGR2HSV, dst=hsv_all[1:].reshape(n * h, w, 3))
+        hsv = hsv_all[1:]
+        if not first:
+            hsv_all[0] = self._hsv
+        # cv2.mean's arithmetic: an exact integer sum times the reciprocal of the pixel count.
+        inv = 1.0 / npx
+        self.value += (_channel_sums(hsv)[:, 2] * inv).tolist()
+        val = hsv[..., 2]
+        black = 1.0 - np.count_nonzero(val > BLACK_VALUE, axis=1) / npx
+        self.black += black.tolist()
+        self.strong_lag += self._strong_lag(val, black, npx).tolist()
+
+        # 512-bin BGR histograms of all frames at once (the frame as a 4th histogram dimension); the
+        # counts are exact integers, so cv2.norm's double sum of squares is exact too.
+        counts = cv2.calcHist(
+            [rows, _frame_plane(n, h, w)], [3, 0, 1, 2], None, [n, *[HIST_BINS] * 3], [0, n, *[0, 256] * 3]
+        ).reshape(n, -1)
+        c64 = counts.astype(np.float64)
+        norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", c64, c64)), 1e-9)
+        hists = counts / norms.astype(np.float32)[:, None]  # hist /= norm: in float32
+
+        gray = cv2.cvtColor(rows, cv2.COLOR_BGR2GRAY).reshape(n, h, w)
+        thumbs = np.empty((n, THUMB_H, THUMB_W), np.uint8)
+        for i in range(n):
+            thumbs[i] = cv2.resize(gray[i], (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
+        tint = thumbs.reshape(n, -1).astype(np.int64)
+        # cv2.meanStdDev's arithmetic on the float32 thumbnail (exact double sums of integers).
+        tinv = 1.0 / tint.shape[1]
+        mean = tint.sum(axis=1) * tinv
+        self.contrast += np.sqrt(np.maximum((tint * tint).sum(axis=1) * tinv - mean * mean, 0.0)).tolist()
+        crops = thumbs.reshape(n, -1).astype(np.float32)[:, _CROP_INDEX]
+        shifted = _unit(crops.reshape(n * 9, -1)).reshape(n, 9, -1)
+
+        if first:
             self.content.append(0.0)
             self.strong.append(0.0)
+        diff = cv2.absdiff(hsv_all[1:], hsv_all[:-1])[int(first) :]
+        d = _channel_sums(diff) * inv
+        self.content += ((d[:, 0] + d[:, 1] + d[:, 2]) / 3).tolist()
+        self.strong += (np.count_nonzero(diff[..., 2] > STRONG_CHANGE, axis=1) / npx).tolist()
+
+        # The float32 products one frame at a time, on the same shapes and layouts as ever: the
+        # histograms and centres of the chunk and the LAGS before it, newest first, so frame i's
+        # predecessors are a contiguous run of rows.
+        rev_h = np.concatenate((hists[::-1], self._hists))
+        rev_c = np.concatenate((shifted[::-1, 4], self._centres))
+        before = len(self._hists)
+        sims = np.ones((n, LAGS), np.float32)
+        hs = np.ones((n, LAGS), np.float32)
+        dots = []
+        for i in range(n):
+            r = n - 1 - i
+            k = min(LAGS, before + i)
+            if k:
+                sims[i, :k] = (shifted[i] @ rev_c[r + 1 : r + 1 + k].T).max(axis=0)
+                hs[i, :k] = rev_h[r + 1 : r + 1 + k] @ rev_h[r]
+            if not (first and i == 0):
+                dots.append(float(rev_h[r] @ rev_h[r + 1]))
+        if first:
             self.hist.append(0.0)
-        else:
-            p_hsv, p_hist = self._prev
-            diff = cv2.absdiff(hsv, p_hsv)
-            self.content.append(sum(cv2.mean(diff)[:3]) / 3)
-            dv = cv2.extractChannel(diff, 2)
-            self.strong.append(cv2.countNonZero(cv2.compare(dv, STRONG_CHANGE, cv2.CMP_GT)) / dv.size)
-            self.hist.append(max(0.0, 1.0 - float(hist @ p_hist)))
-        sims = (shifted @ self._centres.T).max(axis=0) if len(self._centres) else np.ones(0)
-        hs = self._hists @ hist if len(self._hists) else np.ones(0)
-        pad = [0.0] * (LAGS - len(sims))
-        # float32 arithmetic as per element before (a Python scalar does not widen a float32 array).
-        self.struct.append((1 - sims).tolist() + pad)
-        self.hist_lag.append(np.maximum(0.0, 1 - hs).tolist() + pad)
-        self._centres = np.concatenate((centre[None], self._centres[: LAGS - 1]))
-        self._hists = np.concatenate((hist[None], self._hists[: LAGS - 1]))
-        self._prev = (hsv, hist)
+        self.hist += np.maximum(0.0, 1.0 - np.array(dots, np.float64)).tolist()
+        # float32 arithmetic as per element before (a Python scalar does not widen a float32 array);
+        # the unfilled lags (1) give the 0.0 they were padded with.
+        self.struct += (1 - sims).tolist()
+        self.hist_lag += np.maximum(0.0, 1 - hs).tolist()
+        self._hsv = hsv[-1].copy()
+        self._centres = rev_c[:LAGS].copy()
+        self._hists = rev_h[:LAGS].copy()
+
+    def _strong_lag(self, val: np.ndarray, black: np.ndarray, npx: int) -> np.ndarray:
+        """Strong-change share of each new frame against the LAGS before it; only the title rule reads
+        these, and only between mostly black frames: 0 for the others."""
+        vals = np.concatenate((self._vals.reshape(-1, npx), val)) if len(self._vals) else val
+        dark = np.concatenate((np.asarray(self.black[-LAGS - len(val) : -len(val)]), black)) >= TITLE_BLACK
+        before = len(vals) - len(val)
+        out = np.zeros((len(val), LAGS))
+        now = np.arange(before, len(vals))
+        for k in range(LAGS):
+            then = now - 1 - k
+            need = then >= 0
+            need[need] &= dark[now[need]] | dark[then[need]]
+            if need.any():
+                changed = cv2.absdiff(vals[now[need]], vals[then[need]]) > STRONG_CHANGE
+                out[need, k] = np.count_nonzero(changed, axis=1) / npx
+        self._vals = vals[-LAGS:].copy()
+        return out
 
     def cuts(self, cfg: SplitConfig, gap: int = 1) -> list[int]:
         """Frames that start a new shot: the learned combiner's peaks no closer than `gap` frames,
@@ -387,6 +470,8 @@ class ShotDetector:
             self._flush()
 
     def _flush(self) -> None:
+        if self._cues is not None and self._pending:
+            self._cues.push_many([bgr for _, bgr in self._pending])
         for index, bgr in self._pending:
             self._process(index, bgr)
         self._pending = []
@@ -396,8 +481,6 @@ class ShotDetector:
         if self._sd is not None:
             for tc in self._sd.process_frame(FrameTimecode(index, self.fps), bgr):
                 self.cuts.append(tc.frame_num)
-        if self._cues is not None:
-            self._cues.push(bgr)
         if self._tn is not None:
             self._tn.push(tn_frame(bgr))
         elif self._keep is not None:
