@@ -19,7 +19,6 @@ Detectors (`split.detector`), all fed the small frames of the single analysis de
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -83,33 +82,54 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True)), 1e-3)
 
 
-# Frames per stacked batch of CueTracker.push_many: the frame index is a uint8 histogram dimension.
-_MAX_BATCH = 256
+# Frames per stacked batch of CueTracker.push_many (bounds its buffers when handed a long list).
+_MAX_BATCH = 64
+_CROP = (THUMB_H - 2) * (THUMB_W - 2)
 
 
-@functools.lru_cache(maxsize=8)
-def _frame_plane(n: int, h: int, w: int) -> np.ndarray:
-    """Each pixel's frame number in a stack of n frames of h x w, as one tall uint8 image."""
-    return np.repeat(np.arange(n, dtype=np.uint8), h * w).reshape(n * h, w)
+class _Scratch:
+    """Buffers a CueTracker reuses from chunk to chunk (fresh large temporaries cost page faults)."""
+
+    def __init__(self, cap: int, h: int, w: int) -> None:
+        self.cap, self.size = cap, (h, w)
+        self.bgr = np.empty((cap, h, w, 3), np.uint8)
+        self.hsv = np.empty((cap + 1, h, w, 3), np.uint8)  # row 0: the frame before the chunk
+        self.diff = np.empty((cap, h, w, 3), np.uint8)
+        self.val = np.empty((cap, h * w), np.uint8)
+        self.dv = np.empty((cap, h * w), np.uint8)
+        self.gray = np.empty((cap, h, w), np.uint8)
+        self.thumbs = np.empty((cap, THUMB_H, THUMB_W), np.uint8)
+        self.crops = np.empty((cap * 9, _CROP), np.float32)
+        self.squares = np.empty((cap * 9, _CROP), np.float32)
+        self.crop_sums = np.empty((cap * 9, 1), np.float32)
+        # Flat indices of every frame's 9 shifted crops in the (frames, THUMB_H * THUMB_W) thumbnails.
+        frame_start = np.arange(cap)[:, None, None] * (THUMB_W * THUMB_H)
+        self.crop_index = (frame_start + _CROP_INDEX).reshape(cap * 9, -1)
 
 
-def _channel_sums(x: np.ndarray) -> np.ndarray:
-    """Per-frame, per-channel integer sums of an (frames, pixels, 3) uint8 stack."""
-    if not len(x):
-        return np.zeros((0, 3), np.int64)
-    return cv2.reduce(x, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).reshape(len(x), 3).astype(np.int64)
+def _windows(rows: np.ndarray) -> np.ndarray:
+    """Every run of LAGS consecutive rows, as the columns of one (len - LAGS + 1, width, LAGS) view."""
+    return np.lib.stride_tricks.sliding_window_view(rows, LAGS, axis=0)
+
+
+def _row_sums(x: np.ndarray) -> np.ndarray:
+    """Exact integer sums of the rows of a 2-D uint8 array."""
+    return cv2.reduce(x, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
 
 
 class CueTracker:
     """Per-frame cues of the hardcut detector: a few floats a frame, decisions at the end.
 
-    `push_many` takes a chunk of frames at once: the per-pixel work (colour conversions, differences,
-    histograms, reductions) runs once over the stacked chunk, so tiny detection frames do not pay ~25
-    small library calls each. Every value is bit for bit what one frame at a time gives: integer sums
-    are exact in any order, and OpenCV's means are reproduced as it computes them (sum * (1 / n));
-    what stays per frame is what a batched form would round differently: the INTER_AREA thumbnail
-    (stacked frames would share area cells at their edges) and the float32 BLAS products (a stacked
-    matrix product sums in another order), called with the same shapes and layouts as before.
+    `push_many` takes a chunk of frames at once: the colour conversions, differences and reductions
+    run once over the stacked chunk, and the thumbnails' unit normalisation once over all their
+    crops. Every value is bit for bit what one frame at a time gave (tests/test_cue_batch.py keeps
+    that code as the reference): integer sums are exact in any order, OpenCV's means are reproduced
+    as it computes them (an integer sum times 1 / count), and the float32 normalisation runs the same
+    row-wise numpy operations. What stays per frame is what a stacked form would round differently
+    or did not make cheaper: the INTER_AREA thumbnail (stacked frames would share area cells at their
+    edges), the float32 BLAS products (a stacked product sums in another order; they are called on
+    the same shapes and layouts as before), the 512-bin histogram (one calcHist a frame was the
+    fastest exact form) and the per-channel content means.
     """
 
     def __init__(self) -> None:
@@ -122,97 +142,132 @@ class CueTracker:
         self.strong_lag: list[list[float]] = []  # strong-change share against frame i-1-k, k < LAGS
         self.struct: list[list[float]] = []  # 1 - best shifted correlation with frame i-1-k, k < LAGS
         self.hist_lag: list[list[float]] = []  # 1 - histogram cosine with frame i-1-k, k < LAGS
-        # The last frame's HSV pixels, and the HSV value planes of the last LAGS frames (oldest first).
-        self._hsv: np.ndarray | None = None
-        self._vals = np.zeros((0, 0), np.uint8)
+        self._vals = np.zeros((0, 0), np.uint8)  # HSV value planes of the last LAGS frames, oldest first
         # Unit centre crops and histograms of the last LAGS frames, newest first, as the rows of one
         # array each.
-        self._centres = np.zeros((0, (THUMB_H - 2) * (THUMB_W - 2)), np.float32)
+        self._centres = np.zeros((0, _CROP), np.float32)
         self._hists = np.zeros((0, HIST_BINS**3), np.float32)
+        self._scratch: _Scratch | None = None
 
     def push(self, bgr: np.ndarray) -> None:
         self.push_many([bgr])
 
     def push_many(self, frames: Sequence[np.ndarray]) -> None:
-        """The cues of the next frames, in display order (all of one size, BGR uint8)."""
+        """The cues of the next frames, in display order (BGR uint8, all of one size)."""
         for start in range(0, len(frames), _MAX_BATCH):
-            self._push_batch(np.stack(frames[start : start + _MAX_BATCH]))
+            self._push_batch(frames[start : start + _MAX_BATCH])
 
-    def _push_batch(self, bgr: np.ndarray) -> None:
-        n, h, w = bgr.shape[:3]
+    def _buffers(self, n: int, h: int, w: int) -> _Scratch:
+        sc = self._scratch
+        if sc is not None and sc.size != (h, w):
+            raise ValueError(f"frame of {w}x{h} after frames of {sc.size[1]}x{sc.size[0]}")
+        if sc is None or sc.cap < n:
+            grown = _Scratch(max(n, DETECT_CHUNK), h, w)
+            if sc is not None:
+                grown.hsv[0] = sc.hsv[0]
+            self._scratch = sc = grown
+        return sc
+
+    def _push_batch(self, frames: Sequence[np.ndarray]) -> None:
+        n = len(frames)
+        if not n:
+            return
+        h, w = frames[0].shape[:2]
         npx = h * w
+        sc = self._buffers(n, h, w)
+        first = not self.content
+        bgr = np.stack(frames, out=sc.bgr[:n])
         rows = bgr.reshape(n * h, w, 3)  # the chunk as one tall image: per-pixel work in one call
-        # HSV of the chunk behind the last frame's, so every frame's change is one absdiff.
-        first = self._hsv is None
-        hsv_all = np.empty((n + 1, npx, 3), np.uint8)
-        cv2.cvtColor(rows, cv2.COLOR_BGR2HSV, dst=hsv_all[1:].reshape(n * h, w, 3))
-        hsv = hsv_all[1:]
-        if not first:
-            hsv_all[0] = self._hsv
+        # HSV of the chunk behind the last frame's (row 0), so every frame's change is one absdiff.
+        hsv = sc.hsv[: n + 1]
+        cv2.cvtColor(rows, cv2.COLOR_BGR2HSV, dst=hsv[1:].reshape(n * h, w, 3))
         # cv2.mean's arithmetic: an exact integer sum times the reciprocal of the pixel count.
         inv = 1.0 / npx
-        self.value += (_channel_sums(hsv)[:, 2] * inv).tolist()
-        val = hsv[..., 2]
-        black = 1.0 - np.count_nonzero(val > BLACK_VALUE, axis=1) / npx
+        val = cv2.extractChannel(hsv[1:].reshape(n * h, w, 3), 2, dst=sc.val[:n].reshape(n * h, w))
+        val = val.reshape(n, npx)
+        self.value += (_row_sums(val) * inv).tolist()
+        black = 1.0 - _row_sums(cv2.compare(val, BLACK_VALUE, cv2.CMP_GT)) // 255 / npx
         self.black += black.tolist()
         self.strong_lag += self._strong_lag(val, black, npx).tolist()
 
-        # 512-bin BGR histograms of all frames at once (the frame as a 4th histogram dimension); the
-        # counts are exact integers, so cv2.norm's double sum of squares is exact too.
-        counts = cv2.calcHist(
-            [rows, _frame_plane(n, h, w)], [3, 0, 1, 2], None, [n, *[HIST_BINS] * 3], [0, n, *[0, 256] * 3]
-        ).reshape(n, -1)
+        diff = cv2.absdiff(
+            hsv[1:].reshape(n * h, w, 3), hsv[:-1].reshape(n * h, w, 3), dst=sc.diff[:n].reshape(n * h, w, 3)
+        )
+        dv = cv2.extractChannel(diff, 2, dst=sc.dv[:n].reshape(n * h, w)).reshape(n, npx)
+        strong = _row_sums(cv2.compare(dv, STRONG_CHANGE, cv2.CMP_GT)) // 255 / npx
+        if first:  # frame 0 has no change
+            self.content.append(0.0)
+            self.strong.append(0.0)
+        self.content += [sum(cv2.mean(d)[:3]) / 3 for d in diff.reshape(n, h, w, 3)[int(first) :]]
+        self.strong += strong[int(first) :].tolist()
+        sc.hsv[0] = hsv[n]
+
+        # 512-bin BGR histograms, unit length in float32 (hist /= norm); their counts are integers,
+        # so cv2.norm's double sum of squares is exact in any order.
+        counts = np.stack([cv2.calcHist([f], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3) for f in bgr])
+        counts = counts.reshape(n, -1)
         c64 = counts.astype(np.float64)
         norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", c64, c64)), 1e-9)
-        hists = counts / norms.astype(np.float32)[:, None]  # hist /= norm: in float32
+        hists = counts / norms.astype(np.float32)[:, None]
 
-        gray = cv2.cvtColor(rows, cv2.COLOR_BGR2GRAY).reshape(n, h, w)
-        thumbs = np.empty((n, THUMB_H, THUMB_W), np.uint8)
+        gray = cv2.cvtColor(rows, cv2.COLOR_BGR2GRAY, dst=sc.gray[:n].reshape(n * h, w)).reshape(n, h, w)
+        thumbs = sc.thumbs[:n]
         for i in range(n):
-            thumbs[i] = cv2.resize(gray[i], (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
+            cv2.resize(gray[i], (THUMB_W, THUMB_H), dst=thumbs[i], interpolation=cv2.INTER_AREA)
         tint = thumbs.reshape(n, -1).astype(np.int64)
         # cv2.meanStdDev's arithmetic on the float32 thumbnail (exact double sums of integers).
         tinv = 1.0 / tint.shape[1]
         mean = tint.sum(axis=1) * tinv
         self.contrast += np.sqrt(np.maximum((tint * tint).sum(axis=1) * tinv - mean * mean, 0.0)).tolist()
-        crops = thumbs.reshape(n, -1).astype(np.float32)[:, _CROP_INDEX]
-        shifted = _unit(crops.reshape(n * 9, -1)).reshape(n, 9, -1)
+        shifted = self._unit_crops(sc, thumbs.reshape(n, -1).astype(np.float32), n).reshape(n, 9, _CROP)
 
-        if first:
-            self.content.append(0.0)
-            self.strong.append(0.0)
-        diff = cv2.absdiff(hsv_all[1:], hsv_all[:-1])[int(first) :]
-        d = _channel_sums(diff) * inv
-        self.content += ((d[:, 0] + d[:, 1] + d[:, 2]) / 3).tolist()
-        self.strong += (np.count_nonzero(diff[..., 2] > STRONG_CHANGE, axis=1) / npx).tolist()
-
-        # The float32 products one frame at a time, on the same shapes and layouts as ever: the
-        # histograms and centres of the chunk and the LAGS before it, newest first, so frame i's
-        # predecessors are a contiguous run of rows.
+        # The float32 products with the LAGS frames before each frame. A stacked product would sum in
+        # another order, so each frame gets the BLAS call it got alone, on the same shapes and
+        # strides: np.matmul over a stack calls gemm (gemv, dot) once per frame. The histograms and
+        # centres of the chunk and the LAGS before it are rows newest first, so frame i's
+        # predecessors are a window of rows (sliding_window_view: the transposed layout as before).
         rev_h = np.concatenate((hists[::-1], self._hists))
         rev_c = np.concatenate((shifted[::-1, 4], self._centres))
         before = len(self._hists)
-        sims = np.ones((n, LAGS), np.float32)
+        sims = np.ones((n, LAGS), np.float32)  # unfilled lags give 1 - 1 = 0, their former padding
         hs = np.ones((n, LAGS), np.float32)
-        dots = []
-        for i in range(n):
-            r = n - 1 - i
-            k = min(LAGS, before + i)
+        full = max(0, LAGS - before)  # frames from here on have LAGS predecessors
+        for i in range(min(full, n)):  # the first frames of a video: fewer
+            r, k = n - 1 - i, before + i
             if k:
                 sims[i, :k] = (shifted[i] @ rev_c[r + 1 : r + 1 + k].T).max(axis=0)
                 hs[i, :k] = rev_h[r + 1 : r + 1 + k] @ rev_h[r]
-            if not (first and i == 0):
-                dots.append(float(rev_h[r] @ rev_h[r + 1]))
+        if full < n:
+            m = n - full
+            sims[full:] = np.matmul(shifted[full:], _windows(rev_c)[m:0:-1]).max(axis=1)
+            lagged = _windows(rev_h).transpose(0, 2, 1)[m:0:-1]
+            hs[full:] = np.matmul(lagged, rev_h[m - 1 :: -1, :, None])[..., 0]
         if first:
             self.hist.append(0.0)
-        self.hist += np.maximum(0.0, 1.0 - np.array(dots, np.float64)).tolist()
-        # float32 arithmetic as per element before (a Python scalar does not widen a float32 array);
-        # the unfilled lags (1) give the 0.0 they were padded with.
+        m = n - int(first)  # frames with a frame before them: the histogram cosine with it
+        if m:
+            dots = np.matmul(rev_h[m - 1 :: -1, None, :], rev_h[m:0:-1, :, None]).ravel()
+            self.hist += np.maximum(0.0, 1.0 - dots.astype(np.float64)).tolist()
+        # float32 arithmetic as per element before (a Python scalar does not widen a float32 array).
         self.struct += (1 - sims).tolist()
         self.hist_lag += np.maximum(0.0, 1 - hs).tolist()
-        self._hsv = hsv[-1].copy()
         self._centres = rev_c[:LAGS].copy()
         self._hists = rev_h[:LAGS].copy()
+
+    @staticmethod
+    def _unit_crops(sc: _Scratch, thumbs: np.ndarray, n: int) -> np.ndarray:
+        """_unit of every frame's 9 shifted crops, as rows: the same row-wise float32 operations,
+        in place on reused buffers."""
+        x, sq, s = sc.crops[: n * 9], sc.squares[: n * 9], sc.crop_sums[: n * 9]
+        np.take(thumbs, sc.crop_index[: n * 9], out=x)
+        np.add.reduce(x, axis=-1, keepdims=True, out=s)
+        np.true_divide(s, np.intp(_CROP), out=s, casting="unsafe")
+        np.subtract(x, s, out=x)
+        np.multiply(x, x, out=sq)
+        np.add.reduce(sq, axis=-1, keepdims=True, out=s)
+        np.sqrt(s, out=s)
+        np.maximum(s, 1e-3, out=s)
+        return np.divide(x, s, out=x)
 
     def _strong_lag(self, val: np.ndarray, black: np.ndarray, npx: int) -> np.ndarray:
         """Strong-change share of each new frame against the LAGS before it; only the title rule reads
@@ -221,6 +276,9 @@ class CueTracker:
         dark = np.concatenate((np.asarray(self.black[-LAGS - len(val) : -len(val)]), black)) >= TITLE_BLACK
         before = len(vals) - len(val)
         out = np.zeros((len(val), LAGS))
+        if not dark.any():
+            self._vals = vals[-LAGS:].copy()
+            return out
         now = np.arange(before, len(vals))
         for k in range(LAGS):
             then = now - 1 - k
