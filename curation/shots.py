@@ -272,13 +272,15 @@ class CueTracker:
     def _strong_lag(self, val: np.ndarray, black: np.ndarray, npx: int) -> np.ndarray:
         """Strong-change share of each new frame against the LAGS before it; only the title rule reads
         these, and only between mostly black frames: 0 for the others."""
-        vals = np.concatenate((self._vals.reshape(-1, npx), val)) if len(self._vals) else val
-        dark = np.concatenate((np.asarray(self.black[-LAGS - len(val) : -len(val)]), black)) >= TITLE_BLACK
-        before = len(vals) - len(val)
-        out = np.zeros((len(val), LAGS))
-        if not dark.any():
-            self._vals = vals[-LAGS:].copy()
+        n = len(val)
+        dark = np.concatenate((np.asarray(self.black[-LAGS - n : -n]), black)) >= TITLE_BLACK
+        out = np.zeros((n, LAGS))
+        if n >= LAGS and not dark.any():  # the common case: nothing to compute, nothing to join
+            self._vals = val[-LAGS:].copy()
             return out
+        vals = np.concatenate((self._vals.reshape(-1, npx), val))
+        self._vals = vals[-LAGS:].copy()
+        before = len(vals) - n
         now = np.arange(before, len(vals))
         for k in range(LAGS):
             then = now - 1 - k
@@ -287,7 +289,6 @@ class CueTracker:
             if need.any():
                 changed = cv2.absdiff(vals[now[need]], vals[then[need]]) > STRONG_CHANGE
                 out[need, k] = np.count_nonzero(changed, axis=1) / npx
-        self._vals = vals[-LAGS:].copy()
         return out
 
     def cuts(self, cfg: SplitConfig, gap: int = 1) -> list[int]:
