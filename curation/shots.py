@@ -109,7 +109,9 @@ class _Scratch:
 
 def _windows(rows: np.ndarray) -> np.ndarray:
     """Every run of LAGS consecutive rows, as the columns of one (len - LAGS + 1, width, LAGS) view."""
-    return np.lib.stride_tricks.sliding_window_view(rows, LAGS, axis=0)
+    # sliding_window_view(rows, LAGS, axis=0), built directly: its checks cost more than the products.
+    row, col = rows.strides
+    return np.ndarray((len(rows) - LAGS + 1, rows.shape[1], LAGS), rows.dtype, rows, 0, (row, col, row))
 
 
 def _row_sums(x: np.ndarray) -> np.ndarray:
@@ -275,8 +277,9 @@ class CueTracker:
         n = len(val)
         dark = np.concatenate((np.asarray(self.black[-LAGS - n : -n]), black)) >= TITLE_BLACK
         out = np.zeros((n, LAGS))
-        if n >= LAGS and not dark.any():  # the common case: nothing to compute, nothing to join
-            self._vals = val[-LAGS:].copy()
+        if not dark.any():  # the common case: nothing to compute
+            joined = val if n >= LAGS else np.concatenate((self._vals.reshape(-1, npx), val))
+            self._vals = joined[-LAGS:].copy()
             return out
         vals = np.concatenate((self._vals.reshape(-1, npx), val))
         self._vals = vals[-LAGS:].copy()
