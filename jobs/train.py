@@ -55,10 +55,15 @@ def train_from_config(
     from training.config import load_train_config
 
     cfg = load_train_config(config_path, list(overrides))
-    ckpt = latest_checkpoint(out)
+    so = cfg.checkpoint.storage_options
+    ckpt = latest_checkpoint(cfg.checkpoint.root(out), so)
     if ckpt and not resume:
         raise FileExistsError(f"{out} has checkpoints: pass --resume (resume=True) or a new run folder")
-    if ckpt and read_meta(ckpt)["step"] >= cfg.steps and os.path.exists(os.path.join(out, "summary.json")):
+    if (
+        ckpt
+        and read_meta(ckpt, so)["step"] >= cfg.steps
+        and os.path.exists(os.path.join(out, "summary.json"))
+    ):
         return launch.read_summary(out)
     resume = bool(ckpt)
     if launcher == "ray":

@@ -1,13 +1,15 @@
 """Shards on object storage, against a real S3-protocol server on loopback (moto, tests/s3_fixtures):
 `vjp shard` / `vjp encode` write to the bucket (whole objects, index last, rerun reuses), the stream
 reads the index and table from it with one ranged GET per sample, and a 2-process run on the
-bucket killed with SIGKILL after a checkpoint resumes with the losses of the same run from disk."""
+bucket, checkpointing into the bucket, killed with SIGKILL after a checkpoint resumes with the losses of
+the same run from disk."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,6 @@ from tests.train_fixtures import (
     make_tiny_shards,
     tiny_config,
     torchrun,
-    wait_for_checkpoint,
 )
 
 __all__ = ["s3", "s3_server"]  # fixtures, found by name
@@ -164,15 +165,20 @@ def test_sigkill_and_resume_from_a_bucket_repeat_the_run_from_disk(
     data: dict[str, Any], s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)  # moto takes any key; none may reach a log
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where fetched checkpoints go
     bucket = s3.bucket("train")
     assert _shard_to(data, f"{bucket}/shards") == 0
     train = {"steps": 12, "checkpoint__every": 3, "checkpoint__keep_last": 2, "vae__posterior": "mean"}
     disk_cfg = tiny_config(tmp_path / "disk.yaml", data["models"], **train)
+    endpoint = {"client_kwargs": {"endpoint_url": s3.endpoint_url}}
+    ckpts = f"{bucket}/run/checkpoints"  # shards and checkpoints in the bucket: no shared disk needed
     s3_cfg = tiny_config(
         tmp_path / "s3.yaml",
         data["models"],
         **train,
-        data__storage_options={"client_kwargs": {"endpoint_url": s3.endpoint_url}},
+        data__storage_options=endpoint,
+        checkpoint__folder=ckpts,
+        checkpoint__storage_options=endpoint,
     )
     disk = tmp_path / "disk"
     copy = _download(s3, f"{bucket}/shards/tiny", tmp_path / "copy")  # the same bytes on disk
@@ -182,7 +188,12 @@ def test_sigkill_and_resume_from_a_bucket_repeat_the_run_from_disk(
     run = tmp_path / "s3run"
     args = ["--config", str(s3_cfg), "--shards", f"{bucket}/shards/tiny", "--out", str(run)]
     proc = torchrun(2, args, wait=False)
-    wait_for_checkpoint(proc, run, 3)
+    fs = s3.fs()
+    deadline = time.time() + 300
+    while not fs.exists(f"{ckpts}/step_000003/meta.json".removeprefix("s3://")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+        fs.invalidate_cache()
     kill_tree(proc.pid)  # torchrun, both ranks and their data workers, mid-run
     out1 = proc.stdout.read() if proc.stdout else ""
     proc.wait()
@@ -194,7 +205,28 @@ def test_sigkill_and_resume_from_a_bucket_repeat_the_run_from_disk(
     assert sorted(b) == sorted(a) == list(range(1, 13))
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-7), f"step {step}: {a[step]} vs {b[step]}"
+    # checkpoints only in the bucket, the last keep_last complete; `vjp sample RUN` finds them through
+    # RUN/config.json and fetches the export: the bytes in the bucket
+    from training.checkpoint import list_checkpoints
+    from training.sample import resolve_export
+
+    assert not (run / "checkpoints").exists()
+    assert [s for s, _ in list_checkpoints(ckpts, endpoint)] == [9, 12]
+    export = Path(resolve_export(str(run)))
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert (export / weights).read_bytes() == fs.cat_file(
+        f"{ckpts}/step_000012/export/{weights}".removeprefix("s3://")
+    )
+    assert json.loads((export / "videojp.json").read_text())["step"] == 12
     # the table came from the bucket once into the run's cache; no credential in any file or log
     assert list((run / "stream").glob("*.arrow"))
-    for text in [out1, r.stdout, r.stderr, *(p.read_text(errors="replace") for p in run.rglob("*.json*"))]:
+    objects = _tree(fs, ckpts)
+    texts = [v.decode(errors="replace") for k, v in objects.items() if k.endswith(".json")]
+    for text in [
+        out1,
+        r.stdout,
+        r.stderr,
+        *(p.read_text(errors="replace") for p in run.rglob("*.json*")),
+        *texts,
+    ]:
         assert SECRET not in text

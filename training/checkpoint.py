@@ -9,8 +9,12 @@
         export/raw/               the same for the trained (non-EMA) weights (checkpoint.export_raw)
     RUN/checkpoints/latest        the name of the newest complete checkpoint
 
-A checkpoint is written under a hidden temporary name and renamed into place by rank 0 once
-every rank has finished, so a kill at any moment leaves either a complete checkpoint or none.
+`checkpoint.folder` puts the checkpoints folder elsewhere, an fsspec URL (s3://, gs://) included:
+on a cluster without a shared file system every node writes its ranks' shards there and reads
+them back on resume. Locally a checkpoint is written under a hidden temporary name and renamed
+into place by rank 0 once every rank has finished; on a store, where there is no rename, objects
+go under their final names and meta.json, written last by rank 0, is the commit record. Either
+way a kill at any moment leaves a complete checkpoint or one that no reader counts (no meta.json).
 Nothing here unpickles: DCP reads tensors by name, everything else is JSON.
 """
 
@@ -19,14 +23,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import posixpath
 import re
 import shutil
+import tempfile
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from training.data.shard_writer import write_atomic
+from training.data import store
 from training.parallel import Dist, full_tensor
 
 CKPT_DIR = "checkpoints"
@@ -41,47 +48,104 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def is_complete(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "meta.json"))
+Options = Mapping[str, Any] | None
 
 
-def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    root = os.path.join(run_dir, CKPT_DIR)
-    if not os.path.isdir(root):
-        return []
+def checkpoint_root(run_dir: str, folder: str | None = None) -> str:
+    """A run's checkpoints folder: `checkpoint.folder` (a path or a URL), else RUN/checkpoints."""
+    return folder or os.path.join(run_dir, CKPT_DIR)
+
+
+def is_complete(path: str, storage_options: Options = None) -> bool:
+    return store.exists(store.join(path, "meta.json"), storage_options)
+
+
+def list_checkpoints(root: str, storage_options: Options = None) -> list[tuple[int, str]]:
+    """(step, folder) of every complete checkpoint in a checkpoints folder, oldest first."""
     out = []
-    for name in os.listdir(root):
+    for name in store.listdir(root, storage_options):
         m = _STEP_RE.match(name)
-        if m and is_complete(os.path.join(root, name)):
-            out.append((int(m.group(1)), os.path.join(root, name)))
+        if m and is_complete(store.join(root, name), storage_options):
+            out.append((int(m.group(1)), store.join(root, name)))
     return sorted(out)
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    ckpts = list_checkpoints(run_dir)
+def latest_checkpoint(root: str, storage_options: Options = None) -> str | None:
+    ckpts = list_checkpoints(root, storage_options)
     return ckpts[-1][1] if ckpts else None
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A step folder, a run folder (its latest) or a checkpoints folder -> a complete step folder."""
-    path = os.path.normpath(path)
-    if is_complete(path):
+def resolve_checkpoint(path: str, storage_options: Options = None) -> str:
+    """A step folder, a checkpoints folder (its latest) or a run folder (RUN/checkpoints' latest),
+    local or a URL -> a complete step folder."""
+    path = path.rstrip("/") if store.is_url(path) else os.path.normpath(path)
+    if is_complete(path, storage_options):
         return path
-    for run in (path, os.path.dirname(path)):
-        found = latest_checkpoint(run)
+    for root in (path, store.join(path, CKPT_DIR), _configured_folder(path, storage_options)):
+        found = root and latest_checkpoint(root, storage_options)
         if found:
             return found
     raise FileNotFoundError(f"{path}: no complete checkpoint (a step_NNNNNN folder with meta.json)")
 
 
-def read_meta(path: str) -> dict[str, Any]:
-    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
-        return json.load(f)
+def _configured_folder(run_dir: str, storage_options: Options) -> str | None:
+    """checkpoint.folder of the run whose config.json is in run_dir (a run that checkpoints to a
+    store keeps its logs and config locally): `vjp sample RUN` finds its checkpoints there."""
+    path = store.join(run_dir, "config.json")
+    if store.is_url(run_dir) or not os.path.isfile(path):
+        return None
+    try:
+        folder = json.loads(store.read_bytes(path)).get("checkpoint", {}).get("folder")
+    except (ValueError, AttributeError):
+        return None
+    return folder if isinstance(folder, str) and folder else None
 
 
-def write_json(path: str, obj: Any) -> None:
-    """JSON under its final name complete or not at all (temporary name + rename)."""
-    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True).encode())
+def read_meta(path: str, storage_options: Options = None) -> dict[str, Any]:
+    return json.loads(store.read_bytes(store.join(path, "meta.json"), storage_options))
+
+
+def write_json(path: str, obj: Any, storage_options: Options = None) -> None:
+    """JSON under its final name complete or not at all (temporary name + rename, or one PUT)."""
+    store.write_bytes(
+        path, json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True).encode(), storage_options
+    )
+
+
+def _remove_tree(path: str, storage_options: Options = None) -> None:
+    if not store.is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, p = store.filesystem(path, storage_options)
+    fs.invalidate_cache(p)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def fetch_step(path: str, cache: str | None = None, storage_options: Options = None) -> str:
+    """The step folder `resolve_checkpoint` finds, as a local folder: a checkpoint on a store is
+    copied (meta.json and export/, what the sampler and `vjp eval` read) into
+    `cache` (default $XDG_CACHE_HOME/videojp or ~/.cache/videojp), keyed by its URL and its export's
+    videojp.json, so a newer checkpoint at the same URL is fetched again."""
+    import hashlib
+
+    step = resolve_checkpoint(path, storage_options)
+    if not store.is_url(step):
+        return step
+    meta = store.read_bytes(store.join(step, EXPORT, EXPORT_META), storage_options)
+    key = hashlib.sha256(step.encode() + b"\0" + meta).hexdigest()[:16]
+    base = cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "videojp")
+    dest = os.path.join(base, "checkpoints", f"{posixpath.basename(step)}-{key}")
+    if is_complete(dest):
+        return dest
+    fs, p = store.filesystem(step, storage_options)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(dest))
+    fs.get(posixpath.join(p, EXPORT) + "/", os.path.join(tmp, EXPORT), recursive=True)
+    fs.get(posixpath.join(p, "meta.json"), os.path.join(tmp, "meta.json"))  # last: marks the copy whole
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
+    return dest
 
 
 def rng_state() -> dict[str, str]:
@@ -101,7 +165,11 @@ def set_rng_state(state: dict[str, str]) -> None:
 
 
 def export_transformer(
-    d: Dist, model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: str
+    d: Dist,
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    folder: str,
+    storage_options: Options = None,
 ) -> None:
     """Weights (possibly sharded) -> a diffusers CogVideoXTransformer3DModel folder, by rank 0."""
     from safetensors.torch import save_file
@@ -113,21 +181,53 @@ def export_transformer(
             full[name] = t.detach().float().cpu()
     if not d.is_main:
         return
-    os.makedirs(folder, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in full.items()},
-        os.path.join(folder, "diffusion_pytorch_model.safetensors"),
-    )
     import diffusers
 
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     config.update(_class_name="CogVideoXTransformer3DModel", _diffusers_version=diffusers.__version__)
-    write_json(os.path.join(folder, "config.json"), config)
+    weights_name = "diffusion_pytorch_model.safetensors"
+    if not store.is_url(folder):
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(folder, weights_name))
+        write_json(os.path.join(folder, "config.json"), config)
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # safetensors writes a file: upload it whole
+        save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(tmp, weights_name))
+        store.put_file(os.path.join(tmp, weights_name), store.join(folder, weights_name), storage_options)
+    write_json(store.join(folder, "config.json"), config, storage_options)
+
+
+def _dcp_save(state: dict[str, Any], path: str, storage_options: Options) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # "assuming single process" when there is no group: intended
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        if store.is_url(path):
+            # torch's fsspec writer (a private module, public since torch 2.1's DCP docs): it takes
+            # the storage options that a checkpoint_id URL alone cannot carry (endpoint, region).
+            from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+            dcp.save(state, storage_writer=FsspecWriter(path, **dict(storage_options or {})))
+        else:
+            dcp.save(state, checkpoint_id=path)
+
+
+def _dcp_load(state: dict[str, Any], path: str, storage_options: Options) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        if store.is_url(path):
+            from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+            dcp.load(state, storage_reader=FsspecReader(path, **dict(storage_options or {})))
+        else:
+            dcp.load(state, checkpoint_id=path)
 
 
 def save_checkpoint(
     d: Dist,
-    run_dir: str,
+    root: str,
     step: int,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -137,60 +237,59 @@ def save_checkpoint(
     export_meta: dict[str, Any] | None,
     keep_last: int,
     export_raw: bool = False,
+    storage_options: Options = None,
 ) -> str:
-    import torch.distributed.checkpoint as dcp
+    """One checkpoint into the checkpoints folder `root` (a path or a URL); its step folder."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    root = os.path.join(run_dir, CKPT_DIR)
-    final = os.path.join(root, step_name(step))
-    tmp = os.path.join(root, f".{step_name(step)}.tmp")
+    so = storage_options
+    remote = store.is_url(root)
+    final = store.join(root, step_name(step))
+    # On a store there is no rename: write under the final name; meta.json, last, commits it. What
+    # a killed attempt at this step left there goes first, so no stale rank file survives into it.
+    tmp = final if remote else os.path.join(root, f".{step_name(step)}.tmp")
     if d.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        _remove_tree(tmp, so)
+        if not remote:
+            os.makedirs(tmp)
     d.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():  # "assuming single process" when there is no group: intended
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.save(
-            {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()},
-            checkpoint_id=os.path.join(tmp, "dcp"),
-        )
+    _dcp_save({"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()}, store.join(tmp, "dcp"), so)
     write_json(
-        os.path.join(tmp, "ranks", f"rank_{d.rank:05d}.json"), {"position": position, "rng": rng_state()}
+        store.join(tmp, "ranks", f"rank_{d.rank:05d}.json"), {"position": position, "rng": rng_state()}, so
     )
     if export_meta is not None:
-        exports = [(os.path.join(tmp, EXPORT), "ema", ema.state_dict())]
+        exports = [(store.join(tmp, EXPORT), "ema", ema.state_dict())]
         if export_raw:
-            exports.append((os.path.join(tmp, EXPORT, RAW), "raw", ema.live_state_dict()))
+            exports.append((store.join(tmp, EXPORT, RAW), "raw", ema.live_state_dict()))
         for folder, kind, weights in exports:
-            export_transformer(d, model, weights, os.path.join(folder, "transformer"))
+            export_transformer(d, model, weights, store.join(folder, "transformer"), so)
             if d.is_main:
                 write_json(
-                    os.path.join(folder, EXPORT_META),
+                    store.join(folder, EXPORT_META),
                     {"format": EXPORT_FORMAT, "step": step, "weights": kind, **export_meta},
+                    so,
                 )
     d.barrier()
     if d.is_main:
-        write_json(os.path.join(tmp, "meta.json"), {"step": step, "world_size": d.world_size, **meta})
-        shutil.rmtree(final, ignore_errors=True)  # a complete older copy of the same step (rerun)
-        os.rename(tmp, final)
-        write_atomic(os.path.join(root, "latest"), (step_name(step) + "\n").encode())
-        for _, old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        write_json(store.join(tmp, "meta.json"), {"step": step, "world_size": d.world_size, **meta}, so)
+        if not remote:
+            shutil.rmtree(final, ignore_errors=True)  # a complete older copy of the same step (rerun)
+            os.rename(tmp, final)
+        store.write_bytes(store.join(root, "latest"), (step_name(step) + "\n").encode(), so)
+        for _, old in list_checkpoints(root, so)[:-keep_last]:
+            _remove_tree(old, so)
     d.barrier()
     return final
 
 
-def load_model_weights(path: str, model: torch.nn.Module) -> None:
+def load_model_weights(path: str, model: torch.nn.Module, storage_options: Options = None) -> None:
     """Only the trained weights (the DCP `model` entry) of a step folder into a (possibly sharded)
     model, each rank reading its own shards: the Video-DPO reference at a run's starting weights."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     state = {"model": get_model_state_dict(model)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+    _dcp_load(state, store.join(path, "dcp"), storage_options)
     set_model_state_dict(model, state["model"])
 
 
@@ -200,9 +299,9 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     ema: Any,
+    storage_options: Options = None,
 ) -> dict[str, Any]:
     """Load model + EMA (+ optimizer unless None) in place; returns meta plus this rank's extras."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     if optimizer is not None:
@@ -212,21 +311,17 @@ def load_checkpoint(
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         state = {"model": get_model_state_dict(model), "ema": ema.state_dict()}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+    _dcp_load(state, store.join(path, "dcp"), storage_options)
     if optimizer is not None:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     else:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
         set_model_state_dict(model, state["model"])
-    meta = read_meta(path)
-    extra_path = os.path.join(path, "ranks", f"rank_{d.rank:05d}.json")
-    if os.path.exists(extra_path):
-        with open(extra_path, encoding="utf-8") as f:
-            meta["rank_state"] = json.load(f)
-    else:  # a different world size: rank 0's position is the reference for resharding
-        with open(os.path.join(path, "ranks", "rank_00000.json"), encoding="utf-8") as f:
-            meta["rank_state"] = json.load(f)
+    meta = read_meta(path, storage_options)
+    extra_path = store.join(path, "ranks", f"rank_{d.rank:05d}.json")
+    if not store.exists(extra_path, storage_options):
+        # a different world size: rank 0's position is the reference for resharding
+        extra_path = store.join(path, "ranks", "rank_00000.json")
+    meta["rank_state"] = json.loads(store.read_bytes(extra_path, storage_options))
     return meta

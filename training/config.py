@@ -211,6 +211,29 @@ class CheckpointConfig(_Strict):
     export_raw: bool = Field(
         True, description="also export/raw/: the trained (non-EMA) weights, `vjp sample --weights raw`"
     )
+    folder: str | None = Field(
+        None,
+        description="where checkpoints go: a path or an fsspec URL (s3://bucket/run1/checkpoints) that every "
+        "node reaches; null = RUN/checkpoints. Resume reads the latest complete one from here",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for a `folder` URL (endpoint_url, region, profile); credentials come "
+        "from the environment, never from here",
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> CheckpointConfig:
+        from training.data.store import check_storage_options
+
+        check_storage_options(self.storage_options, "checkpoint.storage_options")
+        return self
+
+    def root(self, run_dir: str) -> str:
+        """The checkpoints folder of a run in `run_dir`."""
+        from training.checkpoint import checkpoint_root
+
+        return checkpoint_root(run_dir, self.folder)
 
 
 class LogConfig(_Strict):

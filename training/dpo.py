@@ -158,7 +158,8 @@ def build_reference(
             )
     model = parallelize_frozen(model.to(d.device), cfg.parallel, d)
     if cfg.dpo.reference is None and cfg.model.init_from:
-        load_model_weights(resolve_checkpoint(cfg.model.init_from), model)
+        so = cfg.checkpoint.storage_options
+        load_model_weights(resolve_checkpoint(cfg.model.init_from, so), model, so)
     return model
 
 

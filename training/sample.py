@@ -36,16 +36,17 @@ import numpy as np
 import torch
 
 from training import flow
-from training.checkpoint import EXPORT, EXPORT_META, resolve_checkpoint
+from training.checkpoint import EXPORT, EXPORT_META, fetch_step
 from training.config import TextConfig, VAEConfig
 from training.modeling import VAE, TextEncoder, joint_mask, load_transformer
 
 
 def resolve_export(path: str) -> str:
-    """export/ of a step folder, a run folder's latest, or an export folder itself."""
+    """export/ of a step folder, a run folder's latest, or an export folder itself; a checkpoint on a
+    store (s3://, gs://, credentials from the environment) is fetched into the local cache first."""
     if os.path.isfile(os.path.join(path, EXPORT_META)):
         return path
-    step = resolve_checkpoint(path)
+    step = fetch_step(path)
     folder = os.path.join(step, EXPORT)
     if not os.path.isfile(os.path.join(folder, EXPORT_META)):
         raise FileNotFoundError(f"{step}: no export/ (the run had checkpoint.export=false)")

@@ -239,11 +239,10 @@ def build_stream(cfg: TrainConfig, shards: str, out: str, d: Dist) -> RankStream
 def open_run_dir(cfg: TrainConfig, out: str, resume: bool, d: Dist) -> str | None:
     """The run folder: its latest checkpoint (an error without --resume), config.json written."""
     os.makedirs(out, exist_ok=True)
-    ckpt = latest_checkpoint(out)
+    root = cfg.checkpoint.root(out)
+    ckpt = latest_checkpoint(root, cfg.checkpoint.storage_options)
     if ckpt and not resume:
-        raise FileExistsError(
-            f"{out} has checkpoints ({os.path.basename(ckpt)}): pass --resume or a new --out"
-        )
+        raise FileExistsError(f"{root} has checkpoints ({ckpt}): pass --resume or a new --out")
     if d.is_main:
         write_json(os.path.join(out, "config.json"), cfg.model_dump(mode="json"))
     return ckpt
@@ -253,7 +252,7 @@ def restore(cfg: TrainConfig, tr: Trainer, ckpt: str | None, stream: RankStream)
     """(step, consumed samples, skipped steps) after loading the run's checkpoint or init_from."""
     d = tr.d
     if ckpt:
-        meta = load_checkpoint(d, ckpt, tr.model, tr.optimizer, tr.ema)
+        meta = load_checkpoint(d, ckpt, tr.model, tr.optimizer, tr.ema, cfg.checkpoint.storage_options)
         tr.scheduler.load_state_dict(meta["scheduler"])
         consumed = resume_consumed(meta["rank_state"]["position"], stream, cfg.parallel.allow_reshard)
         if meta["world_size"] == d.world_size:
@@ -262,9 +261,10 @@ def restore(cfg: TrainConfig, tr: Trainer, ckpt: str | None, stream: RankStream)
             print(f"resumed from {ckpt} at step {meta['step']}", flush=True)
         return int(meta["step"]), consumed, int(meta.get("skipped_steps", 0))
     if cfg.model.init_from:
-        src = resolve_checkpoint(cfg.model.init_from)
+        so = cfg.checkpoint.storage_options
+        src = resolve_checkpoint(cfg.model.init_from, so)
         optimizer = None if cfg.model.reset_optimizer else tr.optimizer
-        meta = load_checkpoint(d, src, tr.model, optimizer, tr.ema)
+        meta = load_checkpoint(d, src, tr.model, optimizer, tr.ema, so)
         if d.is_main:
             print(f"initialised from {src} (step {meta['step']})", flush=True)
     return 0, 0, 0
@@ -359,7 +359,7 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
         if step % cfg.checkpoint.every == 0 or step == cfg.steps:
             last_ckpt = save_checkpoint(
                 d,
-                out,
+                cfg.checkpoint.root(out),
                 step,
                 tr.model,
                 tr.optimizer,
@@ -369,6 +369,7 @@ def _train(cfg: TrainConfig, shards: str, out: str, resume: bool, d: Dist) -> di
                 meta_out,
                 cfg.checkpoint.keep_last,
                 export_raw=cfg.checkpoint.export_raw,
+                storage_options=cfg.checkpoint.storage_options,
             )
     log.close()
     summary = {

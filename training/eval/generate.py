@@ -50,13 +50,12 @@ def resolve_checkpoint(path: str) -> tuple[str, int | None, str]:
     The identity hashes the export's videojp.json (step and training config), so videos made from
     an older checkpoint at the same path are not reused.
     """
-    from training.checkpoint import EXPORT, EXPORT_META
-    from training.checkpoint import resolve_checkpoint as resolve_step
+    from training.checkpoint import EXPORT, EXPORT_META, fetch_step
 
     if os.path.isfile(os.path.join(path, EXPORT_META)):
         folder = export = os.path.abspath(path)
-    else:
-        folder = os.path.abspath(resolve_step(path))
+    else:  # a checkpoint on a store (or a run checkpointing to one): fetched into the local cache
+        folder = os.path.abspath(fetch_step(path))
         export = os.path.join(folder, EXPORT)
     meta_path = os.path.join(export, EXPORT_META)
     step, identity = None, ""
