@@ -147,8 +147,7 @@ class StepLog:
             print(
                 f"step {row['step']} loss {row['loss']:.5f}{pref} lr {row['lr']:.3e} "
                 f"gnorm {row['grad_norm']:.3f} {row['samples_per_s']:.2f} samples/s "
-                f"data {row['data_wait']:.0%}{mfu}"
-                + (" SKIPPED (non-finite)" if row["skipped"] else ""),
+                f"data {row['data_wait']:.0%}{mfu}" + (" SKIPPED (non-finite)" if row["skipped"] else ""),
                 flush=True,
             )
 
