@@ -115,8 +115,8 @@ def _windows(rows: np.ndarray) -> np.ndarray:
 
 
 def _row_sums(x: np.ndarray) -> np.ndarray:
-    """Exact integer sums of the rows of a 2-D uint8 array."""
-    return cv2.reduce(x, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+    """Sums of the rows of a 2-D uint8 array: integers, exact in float64 for any frame size."""
+    return cv2.reduce(x, 1, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
 
 
 class CueTracker:

@@ -159,8 +159,10 @@ def test_chunked_cues_equal_per_frame(name: str, limit: int | None) -> None:
     ref = _reference(frames)
     n = len(frames)
     # 1 (push), 3, DETECT_CHUNK, mixed sizes (the chunk boundaries land at every lag offset), fewer
-    # than LAGS frames in all, and the whole video in one chunk (ending on the last frame).
-    for sizes in ([1], [3], [shots.DETECT_CHUNK], [2, 7, 1, 16, 4], [n]):
+    # than LAGS frames in all, and the whole video in one chunk (ending on the last frame; longer
+    # videos in batches of _MAX_BATCH).
+    # [1, 40]: the tracker's buffers grow after its first chunk.
+    for sizes in ([1], [3], [shots.DETECT_CHUNK], [2, 7, 1, 16, 4], [1, 40], [n]):
         _assert_same(ref, _chunked(frames, sizes), f"{name} chunks {sizes}")
     few = frames[: LAGS - 2]
     _assert_same(_reference(few), _chunked(few, [len(few)]), f"{name} first {len(few)} frames")
@@ -208,3 +210,14 @@ def test_shot_detector_cuts_unchanged() -> None:
         seen += 1
     if not seen:
         pytest.skip("no shared video of tests/data/cuts present")
+
+
+def test_frame_size_change_is_refused() -> None:
+    """A frame of another size than the ones before is an error that names both sizes (the former
+    push failed inside OpenCV); an empty chunk changes nothing."""
+    t = CueTracker()
+    t.push_many([np.zeros((8, 12, 3), np.uint8)] * 2)
+    t.push_many([])
+    assert len(t.content) == 2
+    with pytest.raises(ValueError, match="12x8"):
+        t.push(np.zeros((10, 12, 3), np.uint8))
