@@ -74,14 +74,6 @@ _CROP_OFFSETS = (np.arange(THUMB_H - 2)[:, None] * THUMB_W + np.arange(THUMB_W -
 _CROP_INDEX = _CROP_ORIGINS + _CROP_OFFSETS
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    # x.mean's own arithmetic (float32 sum, divided by an intp count into it), without its wrapper.
-    mean = np.add.reduce(x, axis=-1, keepdims=True)
-    x = x - np.true_divide(mean, np.intp(x.shape[-1]), out=mean, casting="unsafe")
-    # np.linalg.norm's own arithmetic for a real vector norm, without its per-call dispatch.
-    return x / np.maximum(np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True)), 1e-3)
-
-
 # Frames per stacked batch of CueTracker.push_many (bounds its buffers when handed a long list).
 _MAX_BATCH = 64
 _CROP = (THUMB_H - 2) * (THUMB_W - 2)
@@ -258,8 +250,10 @@ class CueTracker:
 
     @staticmethod
     def _unit_crops(sc: _Scratch, thumbs: np.ndarray, n: int) -> np.ndarray:
-        """_unit of every frame's 9 shifted crops, as rows: the same row-wise float32 operations,
-        in place on reused buffers."""
+        """Every frame's 9 shifted crops, each made zero-mean and unit-length (norm floored at 1e-3),
+        as rows. The arithmetic is the former per-frame code's (x.mean's: a float32 sum divided by an
+        intp count into it; np.linalg.norm's for a real vector), row by row, in place on reused
+        buffers."""
         x, sq, s = sc.crops[: n * 9], sc.squares[: n * 9], sc.crop_sums[: n * 9]
         np.take(thumbs, sc.crop_index[: n * 9], out=x)
         np.add.reduce(x, axis=-1, keepdims=True, out=s)
@@ -488,6 +482,7 @@ def tn_frame(bgr: np.ndarray) -> np.ndarray:
 # Detection frames are handed to the detectors DETECT_CHUNK at a time, not as each is decoded: the
 # decoder and the cue code then each run on warm caches. Interleaved frame by frame, decode + cues
 # cost 10-15% more CPU than in chunks of 16 (the shared videos, this machine); the cues are the same.
+# The hardcut cues of a chunk are computed together (CueTracker.push_many), bit for bit as per frame.
 DETECT_CHUNK = 16
 
 

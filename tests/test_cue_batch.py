@@ -26,7 +26,6 @@ from curation.shots import (
     TITLE_BLACK,
     CueTracker,
     ShotDetector,
-    _unit,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
@@ -34,9 +33,17 @@ CUTS = Path(__file__).parent / "data" / "cuts"
 LISTS = ("content", "strong", "hist", "value", "contrast", "black", "strong_lag", "struct", "hist_lag")
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    # x.mean's own arithmetic (float32 sum, divided by an intp count into it), without its wrapper.
+    mean = np.add.reduce(x, axis=-1, keepdims=True)
+    x = x - np.true_divide(mean, np.intp(x.shape[-1]), out=mean, casting="unsafe")
+    # np.linalg.norm's own arithmetic for a real vector norm, without its per-call dispatch.
+    return x / np.maximum(np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True)), 1e-3)
+
+
 class ReferenceCues:
-    """The per-frame CueTracker.push as it was before push_many (commit 8d527f5), kept verbatim as
-    the reference the batched cues must equal."""
+    """The per-frame CueTracker.push as it was before push_many (commit 8d527f5, with its _unit),
+    kept verbatim as the reference the batched cues must equal."""
 
     def __init__(self) -> None:
         self.content: list[float] = []
