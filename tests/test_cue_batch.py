@@ -228,3 +228,14 @@ def test_frame_size_change_is_refused() -> None:
     assert len(t.content) == 2
     with pytest.raises(ValueError, match="12x8"):
         t.push(np.zeros((10, 12, 3), np.uint8))
+
+
+def test_row_sums_exact_past_int32() -> None:
+    """Rows whose sum could overflow int32 are summed in int64, still exactly."""
+    wide = np.full((2, 2**31 // 255 + 1), 255, np.uint8)
+    wide[1, :3] = 0
+    sums = shots._row_sums(wide)
+    assert sums.tolist() == [255 * wide.shape[1], 255 * (wide.shape[1] - 3)]
+    assert sums[0] > 2**31 - 1
+    small = np.arange(12, dtype=np.uint8).reshape(2, 6)
+    assert shots._row_sums(small).tolist() == [15, 51]
