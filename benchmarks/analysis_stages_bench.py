@@ -17,8 +17,8 @@ and the fastest repetition kept (CPU time; the machine is shared, so minima are 
   decode + detection, frame by frame / in chunks
                     the decode pass feeding ShotDetector (detection frames + hardcut cues), with
                     the frames handed over as each is decoded (DETECT_CHUNK = 1) and in chunks (the
-                    default): the same work, cheaper when the decoder and the cues each run on warm
-                    caches (the two are measured alternately)
+                    default): the same results; in chunks the decoder and the cues each run on warm
+                    caches and the cues are computed a chunk at a time (measured alternately)
 
 Every figure is printed as CPU seconds and as a share of the decode pass.
 Usage: python benchmarks/analysis_stages_bench.py [VIDEO ...] [--reps 3]
