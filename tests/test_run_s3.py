@@ -105,7 +105,10 @@ def bucket_runs(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
         log = base / "reference.log"
         runs.logs.append(log)
-        rc, _ = _run(_cmd(runs.reference, s3_server, runs.local), log)
+        # The reference also checkpoints into the bucket (the option a cluster without a shared
+        # volume takes; the default, checkpoints in run.local, is test_run_demo's local layout).
+        ckpts = f"train.checkpoint.folder={json.dumps(runs.reference + '/train/checkpoints')}"
+        rc, _ = _run(_cmd(runs.reference, s3_server, runs.local, "--set", ckpts), log)
         assert rc == 0, tail(log)
 
         steps = ("--steps", "curate,caption,shard", "--no-report")
@@ -164,14 +167,20 @@ def test_demo_in_a_bucket_runs_every_step_and_trains_from_its_shards(
     assert list((runs.local / "train" / "stream").glob("*.arrow"))
     trainer_cfg = json.loads(objects["train/config.json"])
     assert trainer_cfg["data"]["storage_options"] == config["run"]["storage_options"]
-    # Results published to the bucket; checkpoints (resumable state) stay in the local run folder.
+    # Results published to the bucket; the checkpoints were written there by the trainer (every
+    # rank's DCP files, meta.json last), none in the local run folder, whose stream cache stays local.
     summary = json.loads(objects["train/summary.json"])
-    assert summary["steps"] == 6 and (runs.local / "train" / "checkpoints" / "step_000006" / "dcp").is_dir()
+    assert (
+        summary["steps"] == 6 and summary["checkpoint"] == f"{runs.reference}/train/checkpoints/step_000006"
+    )
+    assert not (runs.local / "train" / "checkpoints").exists()
+    assert "train/checkpoints/step_000006/meta.json" in objects
+    assert [n for n in objects if n.startswith("train/checkpoints/step_000006/dcp/")]
     assert [json.loads(x)["step"] for x in objects["train/metrics.jsonl"].decode().splitlines()] == [
         1, 2, 3, 4, 5, 6
     ]  # fmt: skip
     assert "train/checkpoints/step_000006/export/videojp.json" in objects
-    assert not [n for n in objects if "/dcp/" in n or n.startswith("train/stream/")]
+    assert not [n for n in objects if n.startswith("train/stream/")]
     prompts = json.loads(objects["train/samples/step_000006/prompts.json"])
     assert len(prompts["samples"]) == 2
     assert all(f"train/samples/step_000006/{s['file']}" in objects for s in prompts["samples"])
