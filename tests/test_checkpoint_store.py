@@ -54,3 +54,6 @@ def test_only_committed_steps_count_and_a_run_folder_finds_its_bucket(
     again = Path(fetch_step(root))
     assert again != local and json.loads((again / "export" / "videojp.json").read_text())["tag"] == "b"
     assert fetch_step(str(local)) == str(local)  # a local step folder is itself
+    fs.rm(f"{root}/step_000004/export".removeprefix("s3://"), recursive=True)
+    with pytest.raises(FileNotFoundError, match="step_000004: no export/"):
+        fetch_step(root)

@@ -132,7 +132,10 @@ def fetch_step(path: str, cache: str | None = None, storage_options: Options = N
     step = resolve_checkpoint(path, storage_options)
     if not store.is_url(step):
         return step
-    meta = store.read_bytes(store.join(step, EXPORT, EXPORT_META), storage_options)
+    meta_url = store.join(step, EXPORT, EXPORT_META)
+    if not store.exists(meta_url, storage_options):
+        raise FileNotFoundError(f"{step}: no export/ (the run had checkpoint.export=false)")
+    meta = store.read_bytes(meta_url, storage_options)
     key = hashlib.sha256(step.encode() + b"\0" + meta).hexdigest()[:16]
     base = cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "videojp")
     dest = os.path.join(base, "checkpoints", f"{posixpath.basename(step)}-{key}")
