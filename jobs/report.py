@@ -199,7 +199,7 @@ def eval_section(out: str) -> tuple[str, list[str]]:
         return _eval_section(folder)
     import tempfile
 
-    from jobs.run_paths import download
+    from training.data.store import download
 
     with tempfile.TemporaryDirectory(prefix="vjp-eval-") as tmp:  # the section reads a local folder
         download(folder, tmp)

@@ -130,34 +130,6 @@ def install_storage_options(out: str, options: Mapping[str, Any]) -> dict[str, s
 
 
 # ---- copies between the store and LOCAL -------------------------------------------------------
-def download(url: str, dest: str) -> int:
-    """Copy the objects below `url` to the same relative paths below the local folder `dest`;
-    returns how many. One listing, one batched download; an object name that would land outside
-    `dest` is refused before anything is fetched."""
-    fs, root = atomic.get_fs(url)
-    root = root.rstrip("/")
-    try:
-        listing = fs.find(root, detail=True)
-    except FileNotFoundError:
-        listing = {}
-    base = os.path.abspath(dest)
-    names, targets = [], []
-    for path, info in sorted(listing.items()):
-        rel = path[len(root) + 1 :]
-        if not rel or info.get("type", "file") == "directory":
-            continue
-        target = os.path.normpath(os.path.join(base, *rel.split("/")))
-        if os.path.commonpath([target, base]) != base:
-            raise ValueError(f"{url}/{rel}: object name escapes the local folder {dest}")
-        names.append(f"{root}/{rel}")
-        targets.append(target)
-    for t in targets:
-        os.makedirs(os.path.dirname(t), exist_ok=True)
-    if names:
-        fs.get(names, targets)
-    return len(names)
-
-
 def publish(local_dir: str, dest: str, skip: Iterable[str] = ()) -> int:
     """Upload the files of a local folder to `dest` (same relative paths, one whole object each),
     leaving out the top-level entries in `skip`; returns how many were uploaded."""

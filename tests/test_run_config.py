@@ -207,7 +207,8 @@ def test_install_storage_options_reaches_this_process_and_its_children(
 
 
 def test_publish_uploads_a_folder_and_download_fetches_it_back(s3: S3Env, tmp_path: Path) -> None:
-    from jobs.run_paths import download, publish
+    from jobs.run_paths import publish
+    from training.data.store import download
 
     src = tmp_path / "run"
     files = {"summary.json": b"{}", "samples/step_1/a.mp4": b"AAA", "checkpoints/x": b"state"}

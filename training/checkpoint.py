@@ -21,6 +21,7 @@ Nothing here unpickles: DCP reads tensors by name, everything else is JSON.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import posixpath
@@ -141,11 +142,11 @@ def fetch_step(path: str, cache: str | None = None, storage_options: Options = N
     dest = os.path.join(base, "checkpoints", f"{posixpath.basename(step)}-{key}")
     if is_complete(dest):
         return dest
-    fs, p = store.filesystem(step, storage_options)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(dest))
-    fs.get(posixpath.join(p, EXPORT) + "/", os.path.join(tmp, EXPORT), recursive=True)
-    fs.get(posixpath.join(p, "meta.json"), os.path.join(tmp, "meta.json"))  # last: marks the copy whole
+    store.download(store.join(step, EXPORT), os.path.join(tmp, EXPORT), storage_options)
+    with open(os.path.join(tmp, "meta.json"), "wb") as f:  # last: marks the copy whole
+        f.write(store.read_bytes(store.join(step, "meta.json"), storage_options))
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(tmp, dest)
     return dest
@@ -189,14 +190,15 @@ def export_transformer(
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     config.update(_class_name="CogVideoXTransformer3DModel", _diffusers_version=diffusers.__version__)
     weights_name = "diffusion_pytorch_model.safetensors"
-    if not store.is_url(folder):
-        os.makedirs(folder, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(folder, weights_name))
-        write_json(os.path.join(folder, "config.json"), config)
-        return
-    with tempfile.TemporaryDirectory() as tmp:  # safetensors writes a file: upload it whole
-        save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(tmp, weights_name))
-        store.put_file(os.path.join(tmp, weights_name), store.join(folder, weights_name), storage_options)
+    remote = store.is_url(folder)
+    # safetensors writes a file: into the folder itself, or a temporary one uploaded whole.
+    with tempfile.TemporaryDirectory() if remote else contextlib.nullcontext(folder) as local:
+        os.makedirs(local, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(local, weights_name))
+        if remote:
+            store.put_file(
+                os.path.join(local, weights_name), store.join(folder, weights_name), storage_options
+            )
     write_json(store.join(folder, "config.json"), config, storage_options)
 
 

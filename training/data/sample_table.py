@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,15 +64,8 @@ def table_name(split: str, sha256: str) -> str:
 
 
 def is_table_name(name: str, split: str) -> bool:
-    """Whether a file name in __index__/ is one of `split`'s sample tables (any content hash)."""
-    prefix, suffix = f"{split}.samples.", ".arrow"
-    digest = name[len(prefix) : -len(suffix)]
-    return (
-        name.startswith(prefix)
-        and name.endswith(suffix)
-        and len(digest) == 16
-        and all(c in "0123456789abcdef" for c in digest)
-    )
+    """Whether a file name in __index__/ is one of `split`'s sample tables (`table_name`, any hash)."""
+    return re.fullmatch(rf"{re.escape(split)}\.samples\.[0-9a-f]{{16}}\.arrow", name) is not None
 
 
 @dataclass

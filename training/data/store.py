@@ -117,6 +117,34 @@ def listdir(path: str, storage_options: Mapping[str, Any] | None = None) -> list
         return []
 
 
+def download(url: str, dest: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """Copy the objects below `url` to the same relative paths below the local folder `dest`;
+    returns how many. One listing, one batched download; an object name that would land outside
+    `dest` is refused before anything is fetched."""
+    fs, root = filesystem(url, storage_options)
+    root = root.rstrip("/")
+    try:
+        listing = fs.find(root, detail=True)
+    except FileNotFoundError:
+        listing = {}
+    base = os.path.abspath(dest)
+    names, targets = [], []
+    for path, info in sorted(listing.items()):
+        rel = path[len(root) + 1 :]
+        if not rel or info.get("type", "file") == "directory":
+            continue
+        target = os.path.normpath(os.path.join(base, *rel.split("/")))
+        if os.path.commonpath([target, base]) != base:
+            raise ValueError(f"{url}/{rel}: object name escapes the local folder {dest}")
+        names.append(f"{root}/{rel}")
+        targets.append(target)
+    for t in targets:
+        os.makedirs(os.path.dirname(t), exist_ok=True)
+    if names:
+        fs.get(names, targets)
+    return len(names)
+
+
 def remove(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
     if not is_url(path):
         os.remove(local_path(path))
